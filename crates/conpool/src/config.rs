@@ -1,0 +1,408 @@
+//! Configuration: every limit, timeout and hook of a pool, validated once.
+//!
+//! [`Config::default()`] carries defaults that protect a user who sets
+//! nothing: every wait is bounded and TLS verification is on. A
+//! [`ConfigBuilder`] has one setter per field, named after the field, and
+//! [`ConfigBuilder::build`] refuses a value that breaks a rule with
+//! [`Error::InvalidConfig`] naming the field, the value and the rule. Values
+//! are never clamped silently.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::{CloseReason, Endpoint, Error, Stream};
+
+/// A boxed, `Send` future, as returned by health checks and dialers.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An async check of an idle connection before it is handed out again.
+///
+/// Implemented for every `Fn(&mut Stream) -> BoxFuture<'_, bool>`; see
+/// [`ConfigBuilder::health_check`].
+pub trait HealthCheck: Send + Sync + 'static {
+    /// Returns `true` when the connection may be reused.
+    fn check<'a>(&'a self, stream: &'a mut Stream) -> BoxFuture<'a, bool>;
+}
+
+impl<F> HealthCheck for F
+where
+    F: for<'a> Fn(&'a mut Stream) -> BoxFuture<'a, bool> + Send + Sync + 'static,
+{
+    fn check<'a>(&'a self, stream: &'a mut Stream) -> BoxFuture<'a, bool> {
+        self(stream)
+    }
+}
+
+type EndpointHook = Arc<dyn Fn(&Endpoint) + Send + Sync>;
+type CloseHook = Arc<dyn Fn(&Endpoint, CloseReason) + Send + Sync>;
+
+/// A pool's configuration. Build one with [`Config::builder`].
+///
+/// | field | default |
+/// | --- | --- |
+/// | `max_connections_per_endpoint` | 10 |
+/// | `max_idle_time` | 60 s |
+/// | `max_connection_lifetime` | 300 s |
+/// | `max_connection_uses` | unlimited |
+/// | `connect_timeout` | 10 s |
+/// | `connect_retry_count` | 3 attempts |
+/// | `connect_retry_delay` | 100 ms, doubled after each failed attempt |
+/// | `acquire_timeout` | 30 s |
+/// | `health_check` | none |
+/// | hooks | none |
+/// | `tls_config` | the webpki root certificates, ring provider |
+///
+/// ```
+/// use std::time::Duration;
+/// use conpool::Config;
+///
+/// let config = Config::builder()
+///     .max_connections_per_endpoint(32)
+///     .max_idle_time(Duration::from_secs(30))
+///     .connect_timeout(Duration::from_secs(2))
+///     .max_connection_uses(1000)
+///     .build()?;
+/// assert_eq!(config.max_connections_per_endpoint(), 32);
+///
+/// let err = Config::builder().max_connections_per_endpoint(0).build().unwrap_err();
+/// assert_eq!(err.to_string(), "invalid config: max_connections_per_endpoint is 0; it must be at least 1");
+/// # Ok::<(), conpool::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    max_connections_per_endpoint: usize,
+    max_idle_time: Duration,
+    max_connection_lifetime: Duration,
+    max_connection_uses: Option<u64>,
+    connect_timeout: Option<Duration>,
+    connect_retry_count: u32,
+    connect_retry_delay: Duration,
+    acquire_timeout: Option<Duration>,
+    health_check: Option<Arc<dyn HealthCheck>>,
+    on_connection_created: Option<EndpointHook>,
+    on_connection_reused: Option<EndpointHook>,
+    on_connection_closed: Option<CloseHook>,
+    tls_config: Arc<rustls::ClientConfig>,
+}
+
+/// The most connect attempts a config may ask for: past this, the doubling
+/// backoff would wait for years.
+pub const MAX_CONNECT_RETRY_COUNT: u32 = 32;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_connections_per_endpoint: 10,
+            max_idle_time: Duration::from_secs(60),
+            max_connection_lifetime: Duration::from_secs(300),
+            max_connection_uses: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            connect_retry_count: 3,
+            connect_retry_delay: Duration::from_millis(100),
+            acquire_timeout: Some(Duration::from_secs(30)),
+            health_check: None,
+            on_connection_created: None,
+            on_connection_reused: None,
+            on_connection_closed: None,
+            tls_config: default_tls_config(),
+        }
+    }
+}
+
+/// A rustls client config that trusts the webpki roots, built once per
+/// process since building the root store is not free.
+pub fn default_tls_config() -> Arc<rustls::ClientConfig> {
+    static DEFAULT: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+            )
+        })
+        .clone()
+}
+
+impl Config {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::default(),
+        }
+    }
+
+    /// A builder starting from this config.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        ConfigBuilder {
+            config: self.clone(),
+        }
+    }
+
+    /// Most connections per endpoint: leased, idle and being dialed together.
+    pub fn max_connections_per_endpoint(&self) -> usize {
+        self.max_connections_per_endpoint
+    }
+    /// An idle connection unused for longer is closed instead of reused.
+    pub fn max_idle_time(&self) -> Duration {
+        self.max_idle_time
+    }
+    /// A connection older than this is closed instead of reused.
+    pub fn max_connection_lifetime(&self) -> Duration {
+        self.max_connection_lifetime
+    }
+    /// A connection handed out this many times is closed on its return.
+    pub fn max_connection_uses(&self) -> Option<u64> {
+        self.max_connection_uses
+    }
+    /// The bound on one connect attempt (resolve, TCP connect and TLS
+    /// handshake); `None` waits as long as the OS does.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+    /// How many connect attempts a dial makes before it fails.
+    pub fn connect_retry_count(&self) -> u32 {
+        self.connect_retry_count
+    }
+    /// The wait after the first failed attempt; doubled after each next one.
+    pub fn connect_retry_delay(&self) -> Duration {
+        self.connect_retry_delay
+    }
+    /// The bound on [`Pool::get`](crate::Pool::get) as a whole: waiting
+    /// for a free slot plus dialing. `None` waits forever.
+    pub fn acquire_timeout(&self) -> Option<Duration> {
+        self.acquire_timeout
+    }
+    /// The custom check run on an idle connection before reuse, if any.
+    pub fn health_check(&self) -> Option<&Arc<dyn HealthCheck>> {
+        self.health_check.as_ref()
+    }
+    /// The TLS client configuration used for TLS endpoints.
+    pub fn tls_config(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls_config
+    }
+
+    pub(crate) fn notify_created(&self, endpoint: &Endpoint) {
+        if let Some(hook) = &self.on_connection_created {
+            run_hook("on_connection_created", || hook(endpoint));
+        }
+    }
+
+    pub(crate) fn notify_reused(&self, endpoint: &Endpoint) {
+        if let Some(hook) = &self.on_connection_reused {
+            run_hook("on_connection_reused", || hook(endpoint));
+        }
+    }
+
+    pub(crate) fn notify_closed(&self, endpoint: &Endpoint, reason: CloseReason) {
+        if let Some(hook) = &self.on_connection_closed {
+            run_hook("on_connection_closed", || hook(endpoint, reason));
+        }
+    }
+}
+
+/// Hooks run inside the pool's bookkeeping, sometimes from a `Drop`; a
+/// panicking hook must not unwind through it and corrupt the counts.
+fn run_hook(name: &str, hook: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(hook)).is_err() {
+        tracing::warn!(hook = name, "a conpool hook panicked; the panic was caught");
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field(
+                "max_connections_per_endpoint",
+                &self.max_connections_per_endpoint,
+            )
+            .field("max_idle_time", &self.max_idle_time)
+            .field("max_connection_lifetime", &self.max_connection_lifetime)
+            .field("max_connection_uses", &self.max_connection_uses)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("connect_retry_count", &self.connect_retry_count)
+            .field("connect_retry_delay", &self.connect_retry_delay)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("health_check", &self.health_check.is_some())
+            .field(
+                "on_connection_created",
+                &self.on_connection_created.is_some(),
+            )
+            .field("on_connection_reused", &self.on_connection_reused.is_some())
+            .field("on_connection_closed", &self.on_connection_closed.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Config`]; every setter is named after its field.
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+impl ConfigBuilder {
+    /// Most connections per endpoint (leased + idle + dialing); at least 1.
+    pub fn max_connections_per_endpoint(mut self, max: usize) -> Self {
+        self.config.max_connections_per_endpoint = max;
+        self
+    }
+    /// Longest time a connection may sit idle and still be reused; above 0.
+    pub fn max_idle_time(mut self, max: Duration) -> Self {
+        self.config.max_idle_time = max;
+        self
+    }
+    /// Longest time a connection may live; above 0.
+    pub fn max_connection_lifetime(mut self, max: Duration) -> Self {
+        self.config.max_connection_lifetime = max;
+        self
+    }
+    /// Most times a connection is handed out (`None`: unlimited); at least 1.
+    pub fn max_connection_uses(mut self, max: impl Into<Option<u64>>) -> Self {
+        self.config.max_connection_uses = max.into();
+        self
+    }
+    /// Bound on one connect attempt (`None`: the OS's own); above 0.
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.connect_timeout = timeout.into();
+        self
+    }
+    /// Connect attempts per dial, 1 to [`MAX_CONNECT_RETRY_COUNT`].
+    pub fn connect_retry_count(mut self, attempts: u32) -> Self {
+        self.config.connect_retry_count = attempts;
+        self
+    }
+    /// Wait after the first failed attempt, doubled after each next one.
+    pub fn connect_retry_delay(mut self, delay: Duration) -> Self {
+        self.config.connect_retry_delay = delay;
+        self
+    }
+    /// Bound on [`Pool::get`](crate::Pool::get) (`None`: unbounded); above 0.
+    pub fn acquire_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.acquire_timeout = timeout.into();
+        self
+    }
+
+    /// A check run on an idle connection before it is handed out again; a
+    /// connection that fails it is closed and the next one (or a new dial)
+    /// is used. Connections handed straight from one lease to a waiting
+    /// caller were never idle and are not checked.
+    ///
+    /// ```
+    /// use conpool::{Config, Stream};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let config = Config::builder()
+    ///     .health_check(|stream: &mut Stream| {
+    ///         Box::pin(async move {
+    ///             let mut reply = [0u8; 7];
+    ///             stream.write_all(b"PING\r\n").await.is_ok()
+    ///                 && stream.read_exact(&mut reply).await.is_ok()
+    ///                 && &reply == b"+PONG\r\n"
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn health_check<F>(mut self, check: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut Stream) -> BoxFuture<'a, bool> + Send + Sync + 'static,
+    {
+        self.config.health_check = Some(Arc::new(check));
+        self
+    }
+
+    /// Called with the endpoint after each new connection is established.
+    pub fn on_connection_created(
+        mut self,
+        hook: impl Fn(&Endpoint) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.on_connection_created = Some(Arc::new(hook));
+        self
+    }
+    /// Called with the endpoint each time an existing connection is handed out again.
+    pub fn on_connection_reused(
+        mut self,
+        hook: impl Fn(&Endpoint) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.on_connection_reused = Some(Arc::new(hook));
+        self
+    }
+    /// Called with the endpoint and the reason each time a connection is closed.
+    pub fn on_connection_closed(
+        mut self,
+        hook: impl Fn(&Endpoint, CloseReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.config.on_connection_closed = Some(Arc::new(hook));
+        self
+    }
+    /// The rustls client configuration for TLS endpoints (custom roots,
+    /// client certificates, ALPN). Certificate verification stays whatever
+    /// this config says; the default verifies against the webpki roots.
+    pub fn tls_config(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.config.tls_config = tls;
+        self
+    }
+
+    /// Checks every value and returns the config, or the first rule broken.
+    pub fn build(self) -> Result<Config, Error> {
+        let c = &self.config;
+        fn bad(field: &'static str, reason: String) -> Result<Config, Error> {
+            Err(Error::InvalidConfig { field, reason })
+        }
+        if c.max_connections_per_endpoint == 0 {
+            return bad(
+                "max_connections_per_endpoint",
+                "is 0; it must be at least 1".into(),
+            );
+        }
+        if c.max_idle_time.is_zero() {
+            return bad("max_idle_time", "is 0s; it must be above zero".into());
+        }
+        if c.max_connection_lifetime.is_zero() {
+            return bad(
+                "max_connection_lifetime",
+                "is 0s; it must be above zero".into(),
+            );
+        }
+        if c.max_connection_uses == Some(0) {
+            return bad(
+                "max_connection_uses",
+                "is 0; it must be at least 1 (or None for unlimited)".into(),
+            );
+        }
+        if c.connect_timeout.is_some_and(|t| t.is_zero()) {
+            return bad(
+                "connect_timeout",
+                "is 0s; it must be above zero (or None for the OS's own timeout)".into(),
+            );
+        }
+        if c.connect_retry_count == 0 || c.connect_retry_count > MAX_CONNECT_RETRY_COUNT {
+            return bad(
+                "connect_retry_count",
+                format!(
+                    "is {}; it must be from 1 to {MAX_CONNECT_RETRY_COUNT} attempts",
+                    c.connect_retry_count
+                ),
+            );
+        }
+        if c.acquire_timeout.is_some_and(|t| t.is_zero()) {
+            return bad(
+                "acquire_timeout",
+                "is 0s; it must be above zero (or None to wait without bound)".into(),
+            );
+        }
+        Ok(self.config)
+    }
+}

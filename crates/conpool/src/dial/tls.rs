@@ -1,0 +1,38 @@
+//! The TLS handshake, with SNI and verification for the endpoint's host.
+//!
+//! The server name comes from the endpoint: an IP literal is verified as an
+//! IP address (and sends no SNI, as RFC 6066 requires), a DNS name as a DNS
+//! name. Whatever verifier the rustls config carries decides; the default
+//! config verifies the chain against the webpki roots.
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::Endpoint;
+
+/// Runs the client handshake over `tcp`.
+pub async fn handshake(
+    config: &Arc<rustls::ClientConfig>,
+    endpoint: &Endpoint,
+    tcp: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
+    let host = endpoint.host();
+    let name = ServerName::try_from(host.strip_suffix('.').unwrap_or(host))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        .to_owned();
+    TlsConnector::from(config.clone()).connect(name, tcp).await
+}
+
+/// Whether an I/O error from the handshake is TLS's own verdict (a
+/// certificate that does not verify, a protocol error) rather than the
+/// network's; such an error is not retried.
+pub fn is_tls_failure(err: &io::Error) -> Option<String> {
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map(|tls| tls.to_string())
+}

@@ -1,0 +1,148 @@
+//! Errors: one type for everything the pool can report.
+//!
+//! Every variant prints as one sentence that says what happened and to which
+//! endpoint, so that a log line is enough to act on. Underlying I/O errors
+//! are kept as [`std::error::Error::source`], never flattened into text.
+
+use std::io;
+use std::time::Duration;
+
+use crate::Endpoint;
+use crate::stats::PoolState;
+
+/// What went wrong. `#[non_exhaustive]`: new failure modes may be added.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The system resolver found no address for the host.
+    #[error("DNS resolution failed for host {host:?}")]
+    DnsResolutionFailed {
+        /// The host name that did not resolve.
+        host: String,
+        /// What the resolver said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Every connect attempt failed; `source` is the last attempt's error.
+    #[error("could not connect to {endpoint} after {attempts} attempt{}", plural(*attempts))]
+    ConnectionFailed {
+        /// Where the pool tried to connect.
+        endpoint: Endpoint,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last attempt's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The last connect attempt did not finish within `connect_timeout`.
+    #[error(
+        "connecting to {endpoint} timed out after {timeout:?} ({attempts} attempt{} made)",
+        plural(*attempts)
+    )]
+    ConnectionTimeout {
+        /// Where the pool tried to connect.
+        endpoint: Endpoint,
+        /// The configured `connect_timeout`.
+        timeout: Duration,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+
+    /// The TLS handshake failed: the certificate did not verify, the name
+    /// did not match, or the server spoke something other than TLS. Not
+    /// retried, as retrying cannot fix it.
+    #[error("TLS handshake with {endpoint} failed: {reason}")]
+    Tls {
+        /// The TLS endpoint.
+        endpoint: Endpoint,
+        /// What rustls reported, in words.
+        reason: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// No connection could be had within `acquire_timeout`.
+    #[error(
+        "no connection to {endpoint} within {timeout:?} (the endpoint had {} active, {} idle, {} dialing, {} waiting){}",
+        state.active, state.idle, state.dialing, state.waiting,
+        last_dial_error.as_deref().map(|e| format!("; last dial error: {e}")).unwrap_or_default()
+    )]
+    AcquireTimeout {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+        /// The configured `acquire_timeout`.
+        timeout: Duration,
+        /// The endpoint's pool at the moment the wait ended.
+        state: PoolState,
+        /// The last dial failure on this endpoint, if the last dial failed.
+        last_dial_error: Option<String>,
+    },
+
+    /// A configuration value broke a rule; nothing was built.
+    #[error("invalid config: {field} {reason}")]
+    InvalidConfig {
+        /// The field, named as its builder setter.
+        field: &'static str,
+        /// The value and the rule it broke.
+        reason: String,
+    },
+
+    /// An endpoint could not be built or parsed.
+    #[error("invalid endpoint: {reason}")]
+    InvalidEndpoint {
+        /// The value and the rule it broke.
+        reason: String,
+    },
+
+    /// The pool was closed with [`Pool::close`](crate::Pool::close).
+    #[error("the connection pool is closed")]
+    PoolClosed,
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+impl Error {
+    /// The endpoint the error concerns, when there is one.
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        match self {
+            Error::ConnectionFailed { endpoint, .. }
+            | Error::ConnectionTimeout { endpoint, .. }
+            | Error::Tls { endpoint, .. }
+            | Error::AcquireTimeout { endpoint, .. } => Some(endpoint),
+            _ => None,
+        }
+    }
+
+    /// Whether the error is about time running out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Error::ConnectionTimeout { .. } | Error::AcquireTimeout { .. }
+        )
+    }
+}
+
+/// Lets a closure given to [`Pool::with_connection`](crate::Pool::with_connection)
+/// return `io::Result` and still use `?` on pool errors.
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        let kind = match &err {
+            Error::ConnectionFailed { source, .. } => source.kind(),
+            Error::ConnectionTimeout { .. } | Error::AcquireTimeout { .. } => {
+                io::ErrorKind::TimedOut
+            }
+            Error::InvalidConfig { .. } | Error::InvalidEndpoint { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            Error::Tls { .. } => io::ErrorKind::InvalidData,
+            Error::DnsResolutionFailed { .. } => io::ErrorKind::NotFound,
+            Error::PoolClosed => io::ErrorKind::NotConnected,
+        };
+        io::Error::new(kind, err)
+    }
+}

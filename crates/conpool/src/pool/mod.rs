@@ -1,0 +1,226 @@
+//! The pool: a map from endpoint to that endpoint's pool.
+//!
+//! [`Pool`] is a cheap handle (`Arc` inside) shared by every task. It owns
+//! the map of per-endpoint pools ([`EndpointPool`]) and nothing else: all
+//! limits, queues and counters are per endpoint, so the map's lock is held
+//! only for a lookup (or an insert the first time an endpoint is seen) and a
+//! slow endpoint never slows another.
+
+mod conn;
+mod endpoint_pool;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::RwLock;
+
+pub(crate) use conn::Conn;
+pub(crate) use endpoint_pool::{Context, EndpointPool};
+
+use crate::dial::{Dial, TcpTlsDialer};
+use crate::{Config, Endpoint, Error, PooledConnection, Stats};
+
+/// A connection pool keyed by [`Endpoint`]. Clone it freely: clones share
+/// one pool.
+///
+/// ```no_run
+/// use conpool::{Config, Endpoint, Pool};
+/// use tokio::io::AsyncWriteExt;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::new(Config::default());
+/// let redis = Endpoint::new("127.0.0.1", 6379)?;
+///
+/// let mut conn = pool.get(&redis).await?;
+/// conn.write_all(b"PING\r\n").await?;
+/// drop(conn); // returned for reuse
+///
+/// println!("{:?}", pool.stats(&redis));
+/// pool.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    ctx: Arc<Context>,
+    endpoints: RwLock<HashMap<Endpoint, Arc<EndpointPool>>>,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    /// A pool that dials TCP, and TLS with the config's `tls_config`.
+    pub fn new(config: Config) -> Self {
+        let dialer = TcpTlsDialer::new(config.tls_config().clone());
+        Pool::with_dialer(config, dialer)
+    }
+
+    /// A pool that dials with a custom [`Dial`] (Unix sockets, proxies,
+    /// test doubles). Timeouts, retries and limits still come from `config`.
+    pub fn with_dialer(config: Config, dialer: impl Dial) -> Self {
+        tracing::info!(
+            max_per_endpoint = config.max_connections_per_endpoint(),
+            max_idle = ?config.max_idle_time(),
+            max_lifetime = ?config.max_connection_lifetime(),
+            "connection pool created"
+        );
+        Pool {
+            shared: Arc::new(Shared {
+                ctx: Arc::new(Context {
+                    config,
+                    dialer: Arc::new(dialer),
+                }),
+                endpoints: RwLock::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.ctx.config
+    }
+
+    /// Leases a connection to `endpoint`: the most recently used idle one
+    /// that is still fit, else a new one, else (at the endpoint's limit) the
+    /// first one freed, in arrival order, within `acquire_timeout`.
+    ///
+    /// Cancelling the returned future at any point leaks nothing: a caller
+    /// that stops waiting leaves the queue, and a dial it started finishes
+    /// for the next caller.
+    pub async fn get(&self, endpoint: &Endpoint) -> Result<PooledConnection, Error> {
+        self.endpoint_pool(endpoint)?.acquire().await
+    }
+
+    /// Runs `f` with a leased connection and returns its result. The
+    /// connection goes back to the pool when `f` returns `Ok`, and is closed
+    /// when it returns `Err` (the exchange may have stopped half-way).
+    ///
+    /// ```no_run
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # async fn demo(pool: conpool::Pool, ep: conpool::Endpoint) -> std::io::Result<()> {
+    /// let reply = pool
+    ///     .with_connection(&ep, async |conn| {
+    ///         conn.write_all(b"PING\r\n").await?;
+    ///         let mut reply = [0u8; 7];
+    ///         conn.read_exact(&mut reply).await?;
+    ///         Ok::<_, std::io::Error>(reply)
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_connection<F, T, E>(&self, endpoint: &Endpoint, f: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut PooledConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.get(endpoint).await?;
+        let result = f(&mut conn).await;
+        if result.is_err() {
+            conn.discard();
+        }
+        result
+    }
+
+    /// A snapshot of one endpoint's statistics (all zero for an endpoint
+    /// never used).
+    pub fn stats(&self, endpoint: &Endpoint) -> Stats {
+        self.shared
+            .endpoints
+            .read()
+            .get(endpoint)
+            .map(|pool| pool.stats())
+            .unwrap_or_default()
+    }
+
+    /// Every endpoint's statistics, sorted by endpoint.
+    pub fn all_stats(&self) -> Vec<(Endpoint, Stats)> {
+        let pools: Vec<Arc<EndpointPool>> =
+            self.shared.endpoints.read().values().cloned().collect();
+        let mut all: Vec<(Endpoint, Stats)> = pools
+            .iter()
+            .map(|p| (p.endpoint.clone(), p.stats()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Closes every idle connection to `endpoint` now; connections leased
+    /// out close when they come back instead of being reused. Waiting
+    /// callers keep waiting and are served by new connections. The
+    /// endpoint's counters are kept.
+    pub fn clear_endpoint(&self, endpoint: &Endpoint) {
+        let pool = self.shared.endpoints.read().get(endpoint).cloned();
+        match pool {
+            Some(pool) => pool.clear(),
+            None => tracing::debug!(%endpoint, "clear_endpoint: no pool for this endpoint"),
+        }
+    }
+
+    /// Closes the pool: idle connections close at once, waiting and new
+    /// calls to [`get`](Pool::get) fail with [`Error::PoolClosed`], and
+    /// leased connections close as they come back. Never blocks on a peer.
+    pub async fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether [`close`](Pool::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    fn endpoint_pool(&self, endpoint: &Endpoint) -> Result<Arc<EndpointPool>, Error> {
+        if let Some(pool) = self.shared.endpoints.read().get(endpoint) {
+            return Ok(pool.clone());
+        }
+        let mut map = self.shared.endpoints.write();
+        // Checked under the write lock, which `close` also takes, so no
+        // endpoint pool is created after the pool closed.
+        if self.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        Ok(map
+            .entry(endpoint.clone())
+            .or_insert_with(|| {
+                tracing::info!(%endpoint, "endpoint pool created");
+                Arc::new(EndpointPool::new(endpoint.clone(), self.shared.ctx.clone()))
+            })
+            .clone())
+    }
+}
+
+impl Shared {
+    fn close(&self) {
+        let pools: Vec<Arc<EndpointPool>> = {
+            let map = self.endpoints.write();
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            map.values().cloned().collect()
+        };
+        tracing::info!(endpoints = pools.len(), "connection pool closing");
+        for pool in pools {
+            pool.close();
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle is gone: nothing can lease again, so idle
+    /// connections close now and leases close as they come back.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoints", &self.shared.endpoints.read().len())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

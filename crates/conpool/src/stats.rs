@@ -1,0 +1,167 @@
+//! Statistics: the one place the pool counts.
+//!
+//! Each endpoint's pool owns a [`Counters`] of monotonically increasing
+//! atomics (created, reused, closed, errors), bumped only through the
+//! methods here so that every path that opens, hands out or closes a
+//! connection counts it the same way. The gauges (active, idle, dialing,
+//! waiting) are not stored twice: they are read from the endpoint's state
+//! under its lock when a snapshot is taken.
+//!
+//! The invariant the test suite checks after every scenario: when nothing is
+//! in flight, `total_created - total_closed == active + idle`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection was closed; given to the `on_connection_closed` hook and
+/// written to the debug log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Older than `max_connection_lifetime`.
+    LifetimeExpired,
+    /// Idle for longer than `max_idle_time`.
+    IdleExpired,
+    /// Handed out `max_connection_uses` times.
+    UsesExhausted,
+    /// The configured health check returned `false`.
+    HealthCheckFailed,
+    /// The lease's owner called [`PooledConnection::discard`](crate::PooledConnection::discard),
+    /// or `with_connection`'s closure returned `Err`.
+    Discarded,
+    /// A read or write on the lease returned an error.
+    IoError,
+    /// A read on the lease saw end of stream: the peer closed its side.
+    PeerClosed,
+    /// The lease was dropped while a read or write was still pending, so
+    /// the stream may hold half a request or an unread reply.
+    Cancelled,
+    /// The lease was dropped while its task was panicking.
+    Panicked,
+    /// [`Pool::clear_endpoint`](crate::Pool::clear_endpoint) was called.
+    Cleared,
+    /// [`Pool::close`](crate::Pool::close) was called.
+    PoolClosed,
+}
+
+impl CloseReason {
+    /// Whether the close means the connection failed while in use, which
+    /// counts in [`Stats::errors`].
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            CloseReason::IoError | CloseReason::Cancelled | CloseReason::Panicked
+        )
+    }
+
+    /// A short name for logs and metrics, such as `"idle_expired"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::LifetimeExpired => "lifetime_expired",
+            CloseReason::IdleExpired => "idle_expired",
+            CloseReason::UsesExhausted => "uses_exhausted",
+            CloseReason::HealthCheckFailed => "health_check_failed",
+            CloseReason::Discarded => "discarded",
+            CloseReason::IoError => "io_error",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Cancelled => "cancelled",
+            CloseReason::Panicked => "panicked",
+            CloseReason::Cleared => "cleared",
+            CloseReason::PoolClosed => "pool_closed",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of one endpoint's pool.
+///
+/// ```
+/// # async fn demo(pool: conpool::Pool, ep: conpool::Endpoint) {
+/// let s = pool.stats(&ep);
+/// println!("{} active, {} idle, {} reused of {} created", s.active, s.idle, s.total_reused, s.total_created);
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections leased out right now.
+    pub active: usize,
+    /// Connections idle in the pool right now.
+    pub idle: usize,
+    /// Connections opened since the pool started.
+    pub total_created: u64,
+    /// Times an idle connection was handed out again.
+    pub total_reused: u64,
+    /// Connections closed since the pool started.
+    pub total_closed: u64,
+    /// Failed dials (after their retries) plus connections that failed while
+    /// leased (I/O error, cancelled I/O, panic).
+    pub errors: u64,
+    /// Callers waiting for a connection right now.
+    pub waiting: usize,
+    /// Connections being dialed right now.
+    pub dialing: usize,
+}
+
+/// The gauges of an endpoint's pool at one moment; carried by
+/// [`Error::AcquireTimeout`](crate::Error::AcquireTimeout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolState {
+    /// Connections leased out.
+    pub active: usize,
+    /// Idle connections.
+    pub idle: usize,
+    /// Connections being dialed.
+    pub dialing: usize,
+    /// Callers waiting.
+    pub waiting: usize,
+}
+
+/// The cumulative counters of one endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    created: AtomicU64,
+    reused: AtomicU64,
+    closed: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn created(&self) {
+        self.created.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn reused(&self) {
+        self.reused.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closed.fetch_add(1, Relaxed);
+        if reason.is_error() {
+            self.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn dial_failed(&self) {
+        self.errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, state: PoolState) -> Stats {
+        Stats {
+            active: state.active,
+            idle: state.idle,
+            dialing: state.dialing,
+            waiting: state.waiting,
+            total_created: self.created.load(Relaxed),
+            total_reused: self.reused.load(Relaxed),
+            total_closed: self.closed.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+}
