@@ -52,6 +52,14 @@ type CloseHook = Arc<dyn Fn(&Endpoint, CloseReason) + Send + Sync>;
 /// | `connect_retry_count` | 3 attempts |
 /// | `connect_retry_delay` | 100 ms, doubled after each failed attempt |
 /// | `acquire_timeout` | 30 s |
+/// | `max_waiters_per_endpoint` | unbounded |
+/// | `max_concurrent_dials` | 8 per endpoint |
+/// | `min_idle_per_endpoint` | 0 |
+/// | `liveness_check` | on |
+/// | `liveness_check_bypass` | 500 ms |
+/// | `max_connection_lifetime_jitter` | 0.025 (up to 2.5 % shorter) |
+/// | `maintenance_interval` | 1 s |
+/// | `leak_threshold` | off |
 /// | `health_check` | none |
 /// | hooks | none |
 /// | `tls_config` | the webpki root certificates, ring provider |
@@ -82,6 +90,14 @@ pub struct Config {
     connect_retry_count: u32,
     connect_retry_delay: Duration,
     acquire_timeout: Option<Duration>,
+    max_waiters_per_endpoint: Option<usize>,
+    max_concurrent_dials: usize,
+    min_idle_per_endpoint: usize,
+    liveness_check: bool,
+    liveness_check_bypass: Duration,
+    max_connection_lifetime_jitter: f64,
+    maintenance_interval: Option<Duration>,
+    leak_threshold: Option<Duration>,
     health_check: Option<Arc<dyn HealthCheck>>,
     on_connection_created: Option<EndpointHook>,
     on_connection_reused: Option<EndpointHook>,
@@ -104,6 +120,14 @@ impl Default for Config {
             connect_retry_count: 3,
             connect_retry_delay: Duration::from_millis(100),
             acquire_timeout: Some(Duration::from_secs(30)),
+            max_waiters_per_endpoint: None,
+            max_concurrent_dials: 8,
+            min_idle_per_endpoint: 0,
+            liveness_check: true,
+            liveness_check_bypass: Duration::from_millis(500),
+            max_connection_lifetime_jitter: 0.025,
+            maintenance_interval: Some(Duration::from_secs(1)),
+            leak_threshold: None,
             health_check: None,
             on_connection_created: None,
             on_connection_reused: None,
@@ -184,6 +208,43 @@ impl Config {
     pub fn acquire_timeout(&self) -> Option<Duration> {
         self.acquire_timeout
     }
+    /// Callers allowed to wait per endpoint; past it `get` fails at once
+    /// with [`Error::TooManyWaiters`].
+    pub fn max_waiters_per_endpoint(&self) -> Option<usize> {
+        self.max_waiters_per_endpoint
+    }
+    /// Dials in flight per endpoint at most; callers past it wait.
+    pub fn max_concurrent_dials(&self) -> usize {
+        self.max_concurrent_dials
+    }
+    /// Idle connections the background task keeps warm per endpoint in use.
+    pub fn min_idle_per_endpoint(&self) -> usize {
+        self.min_idle_per_endpoint
+    }
+    /// Whether an idle connection is probed (without blocking) for a peer
+    /// close, a reset or stray bytes before it is handed out.
+    pub fn liveness_check(&self) -> bool {
+        self.liveness_check
+    }
+    /// Connections idle for less than this skip the liveness probe.
+    pub fn liveness_check_bypass(&self) -> Duration {
+        self.liveness_check_bypass
+    }
+    /// Each connection's lifetime is shortened by a random fraction up to
+    /// this, so that connections made together do not expire together.
+    pub fn max_connection_lifetime_jitter(&self) -> f64 {
+        self.max_connection_lifetime_jitter
+    }
+    /// How often the background task evicts expired and dead idle
+    /// connections and refills `min_idle_per_endpoint`; `None`: no task.
+    pub fn maintenance_interval(&self) -> Option<Duration> {
+        self.maintenance_interval
+    }
+    /// A lease held longer than this logs one warning naming where it was
+    /// acquired.
+    pub fn leak_threshold(&self) -> Option<Duration> {
+        self.leak_threshold
+    }
     /// The custom check run on an idle connection before reuse, if any.
     pub fn health_check(&self) -> Option<&Arc<dyn HealthCheck>> {
         self.health_check.as_ref()
@@ -234,6 +295,17 @@ impl fmt::Debug for Config {
             .field("connect_retry_count", &self.connect_retry_count)
             .field("connect_retry_delay", &self.connect_retry_delay)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("max_waiters_per_endpoint", &self.max_waiters_per_endpoint)
+            .field("max_concurrent_dials", &self.max_concurrent_dials)
+            .field("min_idle_per_endpoint", &self.min_idle_per_endpoint)
+            .field("liveness_check", &self.liveness_check)
+            .field("liveness_check_bypass", &self.liveness_check_bypass)
+            .field(
+                "max_connection_lifetime_jitter",
+                &self.max_connection_lifetime_jitter,
+            )
+            .field("maintenance_interval", &self.maintenance_interval)
+            .field("leak_threshold", &self.leak_threshold)
             .field("health_check", &self.health_check.is_some())
             .field(
                 "on_connection_created",
@@ -291,6 +363,50 @@ impl ConfigBuilder {
     /// Bound on [`Pool::get`](crate::Pool::get) (`None`: unbounded); above 0.
     pub fn acquire_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.acquire_timeout = timeout.into();
+        self
+    }
+    /// Callers allowed to wait per endpoint (`None`: unbounded); `Some(0)`
+    /// fails at once whenever the endpoint is at its limit.
+    pub fn max_waiters_per_endpoint(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.config.max_waiters_per_endpoint = max.into();
+        self
+    }
+    /// Dials in flight per endpoint at most; at least 1.
+    pub fn max_concurrent_dials(mut self, max: usize) -> Self {
+        self.config.max_concurrent_dials = max;
+        self
+    }
+    /// Warm idle connections kept per endpoint in use; at most
+    /// `max_connections_per_endpoint`, and needs a `maintenance_interval`.
+    pub fn min_idle_per_endpoint(mut self, min: usize) -> Self {
+        self.config.min_idle_per_endpoint = min;
+        self
+    }
+    /// Probe idle connections before reuse (on by default).
+    pub fn liveness_check(mut self, on: bool) -> Self {
+        self.config.liveness_check = on;
+        self
+    }
+    /// Connections idle for less than this skip the probe; `Duration::ZERO`
+    /// probes every checkout.
+    pub fn liveness_check_bypass(mut self, window: Duration) -> Self {
+        self.config.liveness_check_bypass = window;
+        self
+    }
+    /// Largest random fraction cut from each connection's lifetime, from
+    /// 0.0 (none) to 0.5.
+    pub fn max_connection_lifetime_jitter(mut self, fraction: f64) -> Self {
+        self.config.max_connection_lifetime_jitter = fraction;
+        self
+    }
+    /// Period of the background task (`None`: no background task); above 0.
+    pub fn maintenance_interval(mut self, every: impl Into<Option<Duration>>) -> Self {
+        self.config.maintenance_interval = every.into();
+        self
+    }
+    /// Warn about leases held longer than this (`None`: off); above 0.
+    pub fn leak_threshold(mut self, threshold: impl Into<Option<Duration>>) -> Self {
+        self.config.leak_threshold = threshold.into();
         self
     }
 
@@ -401,6 +517,48 @@ impl ConfigBuilder {
             return bad(
                 "acquire_timeout",
                 "is 0s; it must be above zero (or None to wait without bound)".into(),
+            );
+        }
+        if c.max_concurrent_dials == 0 {
+            return bad("max_concurrent_dials", "is 0; it must be at least 1".into());
+        }
+        if c.min_idle_per_endpoint > c.max_connections_per_endpoint {
+            return bad(
+                "min_idle_per_endpoint",
+                format!(
+                    "is {}; it must not exceed max_connections_per_endpoint ({})",
+                    c.min_idle_per_endpoint, c.max_connections_per_endpoint
+                ),
+            );
+        }
+        if c.min_idle_per_endpoint > 0 && c.maintenance_interval.is_none() {
+            return bad(
+                "min_idle_per_endpoint",
+                format!(
+                    "is {}, but maintenance_interval is None; the background task keeps idle connections warm",
+                    c.min_idle_per_endpoint
+                ),
+            );
+        }
+        if !(0.0..=0.5).contains(&c.max_connection_lifetime_jitter) {
+            return bad(
+                "max_connection_lifetime_jitter",
+                format!(
+                    "is {}; it must be a fraction from 0.0 to 0.5",
+                    c.max_connection_lifetime_jitter
+                ),
+            );
+        }
+        if c.maintenance_interval.is_some_and(|t| t.is_zero()) {
+            return bad(
+                "maintenance_interval",
+                "is 0s; it must be above zero (or None for no background task)".into(),
+            );
+        }
+        if c.leak_threshold.is_some_and(|t| t.is_zero()) {
+            return bad(
+                "leak_threshold",
+                "is 0s; it must be above zero (or None for off)".into(),
             );
         }
         Ok(self.config)

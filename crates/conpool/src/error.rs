@@ -81,6 +81,20 @@ pub enum Error {
         last_dial_error: Option<String>,
     },
 
+    /// The endpoint already had `max_waiters_per_endpoint` callers waiting.
+    #[error(
+        "too many callers waiting for {endpoint}: the limit is {max_waiters} (the endpoint had {} active, {} idle, {} dialing)",
+        state.active, state.idle, state.dialing
+    )]
+    TooManyWaiters {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+        /// The configured `max_waiters_per_endpoint`.
+        max_waiters: usize,
+        /// The endpoint's pool at that moment.
+        state: PoolState,
+    },
+
     /// A configuration value broke a rule; nothing was built.
     #[error("invalid config: {field} {reason}")]
     InvalidConfig {
@@ -113,7 +127,8 @@ impl Error {
             Error::ConnectionFailed { endpoint, .. }
             | Error::ConnectionTimeout { endpoint, .. }
             | Error::Tls { endpoint, .. }
-            | Error::AcquireTimeout { endpoint, .. } => Some(endpoint),
+            | Error::AcquireTimeout { endpoint, .. }
+            | Error::TooManyWaiters { endpoint, .. } => Some(endpoint),
             _ => None,
         }
     }
@@ -142,6 +157,7 @@ impl From<Error> for io::Error {
             Error::Tls { .. } => io::ErrorKind::InvalidData,
             Error::DnsResolutionFailed { .. } => io::ErrorKind::NotFound,
             Error::PoolClosed => io::ErrorKind::NotConnected,
+            Error::TooManyWaiters { .. } => io::ErrorKind::WouldBlock,
         };
         io::Error::new(kind, err)
     }

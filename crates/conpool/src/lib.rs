@@ -56,6 +56,7 @@
 //! | [`dial`] | resolve, TCP connect, TLS handshake, retry with backoff |
 //! | `pool` | the map of endpoints and each endpoint's slots and queue |
 //! | [`lease`] | the RAII guard that returns or closes a connection |
+//! | `maintenance` | the background task: eviction, warm-up, leak warnings |
 //! | [`stream`] | the byte stream: TCP, TLS or custom |
 //!
 //! # Guarantees
@@ -76,6 +77,7 @@ pub mod dial;
 pub mod endpoint;
 pub mod error;
 pub mod lease;
+mod maintenance;
 mod pool;
 pub mod stats;
 pub mod stream;

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// written to the debug log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[repr(u8)]
 pub enum CloseReason {
     /// Older than `max_connection_lifetime`.
     LifetimeExpired,
@@ -31,8 +32,18 @@ pub enum CloseReason {
     Discarded,
     /// A read or write on the lease returned an error.
     IoError,
-    /// A read on the lease saw end of stream: the peer closed its side.
+    /// The peer closed the connection: a read on the lease, or the liveness
+    /// probe of an idle connection, saw end of stream (or a TLS close_notify).
     PeerClosed,
+    /// The liveness probe found bytes on an idle connection that nobody
+    /// asked for (a late reply, or a server's goodbye message).
+    UnexpectedData,
+    /// The liveness probe of an idle connection saw an error, such as a
+    /// reset.
+    ProbeFailed,
+    /// Closed to keep the pool within `max_idle_total` or
+    /// `max_connections_total`: it was the least recently used idle one.
+    PoolLimit,
     /// The lease was dropped while a read or write was still pending, so
     /// the stream may hold half a request or an unread reply.
     Cancelled,
@@ -64,11 +75,40 @@ impl CloseReason {
             CloseReason::Discarded => "discarded",
             CloseReason::IoError => "io_error",
             CloseReason::PeerClosed => "peer_closed",
+            CloseReason::UnexpectedData => "unexpected_data",
+            CloseReason::ProbeFailed => "probe_failed",
+            CloseReason::PoolLimit => "pool_limit",
             CloseReason::Cancelled => "cancelled",
             CloseReason::Panicked => "panicked",
             CloseReason::Cleared => "cleared",
             CloseReason::PoolClosed => "pool_closed",
         }
+    }
+}
+
+impl CloseReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [CloseReason; 14] = [
+        CloseReason::LifetimeExpired,
+        CloseReason::IdleExpired,
+        CloseReason::UsesExhausted,
+        CloseReason::HealthCheckFailed,
+        CloseReason::Discarded,
+        CloseReason::IoError,
+        CloseReason::PeerClosed,
+        CloseReason::UnexpectedData,
+        CloseReason::ProbeFailed,
+        CloseReason::PoolLimit,
+        CloseReason::Cancelled,
+        CloseReason::Panicked,
+        CloseReason::Cleared,
+        CloseReason::PoolClosed,
+    ];
+
+    /// `ALL` lists the variants in declaration order, so the discriminant
+    /// is the index.
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -106,6 +146,31 @@ pub struct Stats {
     pub waiting: usize,
     /// Connections being dialed right now.
     pub dialing: usize,
+    closed_by: [u64; CloseReason::ALL.len()],
+}
+
+impl Stats {
+    /// How many connections were closed for `reason`; these add up to
+    /// [`total_closed`](Stats::total_closed).
+    pub fn closed_for(&self, reason: CloseReason) -> u64 {
+        self.closed_by[reason.index()]
+    }
+
+    /// Adds another snapshot's figures to these (for totals across
+    /// endpoints).
+    pub fn add(&mut self, other: &Stats) {
+        self.active += other.active;
+        self.idle += other.idle;
+        self.waiting += other.waiting;
+        self.dialing += other.dialing;
+        self.total_created += other.total_created;
+        self.total_reused += other.total_reused;
+        self.total_closed += other.total_closed;
+        self.errors += other.errors;
+        for (mine, theirs) in self.closed_by.iter_mut().zip(other.closed_by) {
+            *mine += theirs;
+        }
+    }
 }
 
 /// The gauges of an endpoint's pool at one moment; carried by
@@ -130,6 +195,7 @@ pub(crate) struct Counters {
     reused: AtomicU64,
     closed: AtomicU64,
     errors: AtomicU64,
+    closed_by: [AtomicU64; CloseReason::ALL.len()],
 }
 
 impl Counters {
@@ -143,6 +209,7 @@ impl Counters {
 
     pub(crate) fn closed(&self, reason: CloseReason) {
         self.closed.fetch_add(1, Relaxed);
+        self.closed_by[reason.index()].fetch_add(1, Relaxed);
         if reason.is_error() {
             self.errors.fetch_add(1, Relaxed);
         }
@@ -162,6 +229,19 @@ impl Counters {
             total_reused: self.reused.load(Relaxed),
             total_closed: self.closed.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            closed_by: std::array::from_fn(|i| self.closed_by[i].load(Relaxed)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_at_its_index() {
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason}");
         }
     }
 }

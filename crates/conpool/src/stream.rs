@@ -84,6 +84,66 @@ impl Stream {
     }
 }
 
+/// What a non-blocking look at an idle stream found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// Nothing to read: the peer has said nothing since the last exchange.
+    Quiet,
+    /// End of stream (for TLS, also a close_notify).
+    Closed,
+    /// Bytes nobody asked for.
+    UnexpectedData,
+    /// A read error, such as a reset.
+    Failed,
+}
+
+impl Stream {
+    /// Looks, without blocking, at whether the peer closed the connection
+    /// or sent something while it sat idle.
+    ///
+    /// It is one `poll_read` of a single byte. For TCP, tokio answers
+    /// `Pending` from its readiness flags without a system call while
+    /// nothing has arrived; for TLS, the read goes through rustls, so a
+    /// post-handshake session ticket is consumed as the protocol message it
+    /// is and a close_notify reads as end of stream. A byte read here is
+    /// lost, which does not matter: a connection with stray bytes is closed.
+    ///
+    /// The caller runs this outside tokio's cooperative budget (see
+    /// `tokio::task::unconstrained`): with the budget spent, a ready socket
+    /// would look quiet.
+    pub(crate) fn poll_liveness(&mut self, cx: &mut Context<'_>) -> Liveness {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        match Pin::new(self).poll_read(cx, &mut buf) {
+            Poll::Pending => Liveness::Quiet,
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Liveness::Closed,
+            Poll::Ready(Ok(())) => Liveness::UnexpectedData,
+            Poll::Ready(Err(_)) => Liveness::Failed,
+        }
+    }
+
+    /// [`poll_liveness`](Self::poll_liveness) from async code: one poll,
+    /// outside the cooperative budget.
+    pub(crate) async fn liveness(&mut self) -> Liveness {
+        tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Poll::Ready(self.poll_liveness(cx))
+        }))
+        .await
+    }
+}
+
+impl Liveness {
+    /// The close reason for a stream that is not quiet.
+    pub(crate) fn close_reason(self) -> Option<crate::CloseReason> {
+        match self {
+            Liveness::Quiet => None,
+            Liveness::Closed => Some(crate::CloseReason::PeerClosed),
+            Liveness::UnexpectedData => Some(crate::CloseReason::UnexpectedData),
+            Liveness::Failed => Some(crate::CloseReason::ProbeFailed),
+        }
+    }
+}
+
 impl fmt::Debug for Stream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.inner {

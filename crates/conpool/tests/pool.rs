@@ -626,8 +626,7 @@ async fn acquire_timeout_names_the_endpoint_and_its_state() {
     let server = EchoServer::start().await;
     let ep = server.endpoint();
     let pool = Pool::new(
-        Config::builder()
-            .connect_timeout(None)
+        untimed()
             .max_connections_per_endpoint(1)
             .acquire_timeout(Duration::from_secs(2))
             .build()

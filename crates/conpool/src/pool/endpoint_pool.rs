@@ -23,16 +23,19 @@
 //! dial it started, and the new connection goes to the next waiter or to
 //! idle.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::panic::Location;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Waker};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::conn::Conn;
-use crate::dial::{Dial, dial_with_retry};
+use crate::dial::{Dial, backoff_delay, dial_with_retry};
 use crate::stats::{Counters, PoolState};
+use crate::stream::Liveness;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats};
 
 /// What every endpoint of a pool shares: the config and the dialer.
@@ -57,13 +60,33 @@ struct State {
     dialing: usize,
     generation: u64,
     closed: bool,
+    /// Removed from the pool's map for being empty too long: callers that
+    /// still hold it look the endpoint up again.
+    retired: bool,
     next_waiter_id: u64,
     last_dial_error: Option<String>,
+    /// Leases out now, tracked only when `leak_threshold` is set.
+    leases: HashMap<u64, LeaseRecord>,
+    /// Since when the endpoint has had nothing in it, for retirement.
+    empty_since: Option<Instant>,
+    /// Consecutive failed warm-up dials, and when the next may start.
+    warm_failures: u32,
+    warm_retry_at: Option<Instant>,
+}
+
+struct LeaseRecord {
+    since: Instant,
+    caller: &'static Location<'static>,
+    warned: bool,
 }
 
 impl State {
     fn total(&self) -> usize {
         self.active + self.idle.len() + self.dialing
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total() == 0 && self.waiters.is_empty()
     }
 
     fn gauges(&self) -> PoolState {
@@ -98,6 +121,16 @@ pub(crate) enum Step {
     Wait(WaitTicket),
 }
 
+/// What [`EndpointPool::maintain`] did, for the maintenance log.
+#[derive(Debug, Default)]
+pub(crate) struct Upkeep {
+    pub(crate) closed: usize,
+    pub(crate) warming: usize,
+    pub(crate) leaks: usize,
+    /// Empty since before the cut-off: may be removed from the map.
+    pub(crate) removable: bool,
+}
+
 /// The outcome of a health check.
 enum Checked {
     Healthy(PooledConnection),
@@ -128,17 +161,36 @@ impl EndpointPool {
     }
 
     /// Gets a connection: an idle one if any is fit, else a new dial, else
-    /// a place in the queue.
-    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<PooledConnection, Error> {
-        let step = self.begin_acquire(Instant::now())?;
-        let config = self.config();
-        if let Step::Reuse(conn) = step {
-            if config.health_check().is_none() {
-                return Ok(self.lease(conn, true));
+    /// a place in the queue. `Ok(None)`: this endpoint pool was retired
+    /// from the map; look the endpoint up again.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        caller: &'static Location<'static>,
+    ) -> Result<Option<PooledConnection>, Error> {
+        let now = Instant::now();
+        let Some(step) = self.begin_acquire(now)? else {
+            return Ok(None);
+        };
+        if let Step::Reuse(conn) = &step {
+            if !self.needs_check(conn, now) {
+                let Step::Reuse(conn) = step else {
+                    unreachable!()
+                };
+                return Ok(Some(self.lease(conn, true, caller)));
             }
-            return self.bounded(self.finish_acquire(Step::Reuse(conn))).await;
         }
-        self.bounded(self.finish_acquire(step)).await
+        self.bounded(self.finish_acquire(step, caller))
+            .await
+            .map(Some)
+    }
+
+    /// Whether an idle connection must be probed or health-checked before
+    /// it is handed out.
+    fn needs_check(&self, conn: &Conn, now: Instant) -> bool {
+        let config = self.config();
+        config.health_check().is_some()
+            || (config.liveness_check()
+                && now.saturating_duration_since(conn.last_used) >= config.liveness_check_bypass())
     }
 
     /// Runs the slow part of an acquire under `acquire_timeout`.
@@ -165,28 +217,48 @@ impl EndpointPool {
     }
 
     /// The synchronous decision: take an idle connection, dial, or wait.
-    fn begin_acquire(self: &Arc<Self>, now: Instant) -> Result<Step, Error> {
+    fn begin_acquire(self: &Arc<Self>, now: Instant) -> Result<Option<Step>, Error> {
         let mut closing = Closing::new();
         let step = {
             let mut st = self.state.lock();
             if st.closed {
                 return Err(Error::PoolClosed);
             }
-            self.pop_fit_idle(&mut st, now, &mut closing)
-                .map(Step::Reuse)
-                .unwrap_or_else(|| {
-                    if st.total() < self.config().max_connections_per_endpoint()
-                        && st.waiters.is_empty()
-                    {
-                        st.dialing += 1;
-                        Step::Dial
-                    } else {
-                        Step::Wait(self.enqueue(&mut st))
-                    }
-                })
+            if st.retired {
+                return Ok(None);
+            }
+            st.empty_since = None;
+            if let Some(conn) = self.pop_fit_idle(&mut st, now, &mut closing) {
+                Step::Reuse(conn)
+            } else if st.waiters.is_empty() && self.may_dial(&st) {
+                st.dialing += 1;
+                Step::Dial
+            } else if self
+                .config()
+                .max_waiters_per_endpoint()
+                .is_some_and(|max| st.waiters.len() >= max)
+            {
+                let state = st.gauges();
+                drop(st);
+                self.close_all(closing);
+                return Err(Error::TooManyWaiters {
+                    endpoint: self.endpoint.clone(),
+                    max_waiters: self.config().max_waiters_per_endpoint().unwrap_or(0),
+                    state,
+                });
+            } else {
+                Step::Wait(self.enqueue(&mut st))
+            }
         };
         self.close_all(closing);
-        Ok(step)
+        Ok(Some(step))
+    }
+
+    /// Whether a new dial fits under the endpoint's limit and dial cap.
+    fn may_dial(&self, st: &State) -> bool {
+        let config = self.config();
+        st.total() < config.max_connections_per_endpoint()
+            && st.dialing < config.max_concurrent_dials()
     }
 
     /// Pops idle connections until one is fit; the unfit ones are counted
@@ -219,17 +291,21 @@ impl EndpointPool {
         }
     }
 
-    async fn finish_acquire(self: &Arc<Self>, mut step: Step) -> Result<PooledConnection, Error> {
+    async fn finish_acquire(
+        self: &Arc<Self>,
+        mut step: Step,
+        caller: &'static Location<'static>,
+    ) -> Result<PooledConnection, Error> {
         loop {
             step = match step {
-                Step::Reuse(conn) => match self.health_check(conn).await? {
+                Step::Reuse(conn) => match self.check_idle(conn, caller).await? {
                     Checked::Healthy(lease) => return Ok(lease),
                     Checked::Next(next) => next,
                 },
-                Step::Dial => return self.dial().await,
+                Step::Dial => return self.dial(caller).await,
                 Step::Wait(mut ticket) => match ticket.wait().await {
                     // Straight from another lease: it was never idle.
-                    Grant::Conn(conn) => return Ok(self.lease(conn, true)),
+                    Grant::Conn(conn) => return Ok(self.lease(conn, true, caller)),
                     Grant::Dial => Step::Dial,
                     Grant::Closed => return Err(Error::PoolClosed),
                 },
@@ -237,32 +313,44 @@ impl EndpointPool {
         }
     }
 
-    /// Runs the configured health check on a connection taken from idle.
-    /// On failure the connection is closed and this caller keeps its slot:
-    /// the next step is another idle connection or a dial.
-    async fn health_check(self: &Arc<Self>, conn: Conn) -> Result<Checked, Error> {
-        let Some(check) = self.config().health_check() else {
-            return Ok(Checked::Healthy(self.lease(conn, true)));
-        };
-        // Held as a lease during the check, so that a caller cancelled
+    /// Checks a connection taken from idle: the liveness probe (unless it
+    /// was idle for less than the bypass window), then the configured health
+    /// check. On failure the connection is closed and this caller keeps its
+    /// slot: the next step is another idle connection or a dial.
+    async fn check_idle(
+        self: &Arc<Self>,
+        conn: Conn,
+        caller: &'static Location<'static>,
+    ) -> Result<Checked, Error> {
+        let config = self.config();
+        let idle_for = Instant::now().saturating_duration_since(conn.last_used);
+        // Held as a lease during the checks, so that a caller cancelled
         // mid-check closes the connection rather than returning it with a
         // half-done exchange on it.
-        let mut lease = self.lease_without_counting(conn);
-        lease.set_busy(true);
-        let healthy = check.check(lease.stream_mut()).await;
-        lease.set_busy(false);
-        if healthy {
+        let mut lease = self.lease_without_counting(conn, caller);
+        let mut failure = None;
+        if config.liveness_check() && idle_for >= config.liveness_check_bypass() {
+            failure = lease.stream_mut().liveness().await.close_reason();
+        }
+        if let (None, Some(check)) = (failure, config.health_check()) {
+            lease.set_busy(true);
+            let healthy = check.check(lease.stream_mut()).await;
+            lease.set_busy(false);
+            failure = (!healthy).then_some(CloseReason::HealthCheckFailed);
+        }
+        let Some(reason) = failure else {
             self.count_checkout(&mut lease, true);
             return Ok(Checked::Healthy(lease));
-        }
-        tracing::debug!(endpoint = %self.endpoint, "connection failed its health check");
+        };
+        tracing::debug!(endpoint = %self.endpoint, %reason, "idle connection failed its check");
         let conn = lease
             .take_conn()
             .expect("the lease still holds its connection");
-        let mut closing = vec![(conn, CloseReason::HealthCheckFailed)];
-        self.counters.closed(CloseReason::HealthCheckFailed);
+        let mut closing = vec![(conn, reason)];
+        self.counters.closed(reason);
         let next = {
             let mut st = self.state.lock();
+            st.leases.remove(&closing[0].0.id);
             st.active -= 1;
             if st.closed {
                 Err(Error::PoolClosed)
@@ -280,20 +368,14 @@ impl EndpointPool {
     /// Dials in a task of its own (this caller holds a dialing slot) and
     /// waits for the result. If this caller goes away, the task still
     /// finishes and the connection goes to the next waiter or to idle.
-    async fn dial(self: &Arc<Self>) -> Result<PooledConnection, Error> {
+    async fn dial(
+        self: &Arc<Self>,
+        caller: &'static Location<'static>,
+    ) -> Result<PooledConnection, Error> {
         let (tx, rx) = oneshot::channel();
-        let slot = DialSlot(Some(self.clone()));
-        tokio::spawn(async move {
-            let pool = slot
-                .0
-                .as_ref()
-                .expect("the slot is held until the dial ends");
-            let ctx = &pool.ctx;
-            let result = dial_with_retry(&*ctx.dialer, &pool.endpoint, &ctx.config).await;
-            slot.finish(result, tx);
-        });
+        self.spawn_dial(tx, false);
         match rx.await {
-            Ok(Ok(conn)) => Ok(self.lease(conn, false)),
+            Ok(Ok(conn)) => Ok(self.lease(conn, false, caller)),
             Ok(Err(err)) => Err(err),
             // The dial task panicked (a custom dialer's bug); the slot's
             // guard gave the slot back.
@@ -305,22 +387,44 @@ impl EndpointPool {
         }
     }
 
+    /// Starts a dial into a dialing slot this caller already holds. With
+    /// `warm`, nobody waits for it (the maintenance task keeping
+    /// `min_idle_per_endpoint`): the connection goes to a waiter or idle,
+    /// and a failure backs off the next warm-up.
+    fn spawn_dial(self: &Arc<Self>, tx: oneshot::Sender<Result<Conn, Error>>, warm: bool) {
+        let slot = DialSlot(Some(self.clone()));
+        tokio::spawn(async move {
+            let pool = slot
+                .0
+                .as_ref()
+                .expect("the slot is held until the dial ends");
+            let ctx = &pool.ctx;
+            let result = dial_with_retry(&*ctx.dialer, &pool.endpoint, &ctx.config).await;
+            slot.finish(result, tx, warm);
+        });
+    }
+
     fn finish_dial(
         self: &Arc<Self>,
         result: Result<crate::Stream, Error>,
         tx: oneshot::Sender<Result<Conn, Error>>,
+        warm: bool,
     ) {
         match result {
             Ok(stream) => {
                 let now = Instant::now();
                 self.counters.created();
-                tracing::debug!(endpoint = %self.endpoint, "connection created");
+                tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
                 self.config().notify_created(&self.endpoint);
                 let conn = {
                     let mut st = self.state.lock();
                     st.dialing -= 1;
                     st.last_dial_error = None;
-                    let conn = Conn::new(stream, now, st.generation);
+                    if warm {
+                        st.warm_failures = 0;
+                        st.warm_retry_at = None;
+                    }
+                    let conn = Conn::new(stream, now, st.generation, self.config());
                     if st.closed {
                         self.counters.closed(CloseReason::PoolClosed);
                         drop(st);
@@ -329,6 +433,8 @@ impl EndpointPool {
                         return;
                     }
                     st.active += 1;
+                    // The dial cap may have held a waiter back.
+                    self.grant_free_slot(&mut st);
                     conn
                 };
                 if let Err(Ok(conn)) = tx.send(Ok(conn)) {
@@ -342,6 +448,13 @@ impl EndpointPool {
                     let mut st = self.state.lock();
                     st.dialing -= 1;
                     st.last_dial_error = Some(err.to_string());
+                    if warm {
+                        st.warm_failures += 1;
+                        let wait =
+                            backoff_delay(self.config().connect_retry_delay(), st.warm_failures);
+                        st.warm_retry_at =
+                            Some(Instant::now() + wait.min(self.config().max_idle_time()));
+                    }
                     self.grant_free_slot(&mut st);
                 }
                 let _ = tx.send(Err(err));
@@ -349,14 +462,31 @@ impl EndpointPool {
         }
     }
 
-    fn lease(self: &Arc<Self>, conn: Conn, reused: bool) -> PooledConnection {
-        let mut lease = self.lease_without_counting(conn);
+    fn lease(
+        self: &Arc<Self>,
+        conn: Conn,
+        reused: bool,
+        caller: &'static Location<'static>,
+    ) -> PooledConnection {
+        let mut lease = self.lease_without_counting(conn, caller);
         self.count_checkout(&mut lease, reused);
         lease
     }
 
-    fn lease_without_counting(self: &Arc<Self>, mut conn: Conn) -> PooledConnection {
+    fn lease_without_counting(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        caller: &'static Location<'static>,
+    ) -> PooledConnection {
         conn.uses += 1;
+        if self.config().leak_threshold().is_some() {
+            let record = LeaseRecord {
+                since: Instant::now(),
+                caller,
+                warned: false,
+            };
+            self.state.lock().leases.insert(conn.id, record);
+        }
         PooledConnection::new(conn, self.clone())
     }
 
@@ -375,6 +505,9 @@ impl EndpointPool {
         conn.last_used = now;
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
         let mut st = self.state.lock();
+        if !st.leases.is_empty() {
+            st.leases.remove(&conn.id);
+        }
         let reason = reason
             .or(st.closed.then_some(CloseReason::PoolClosed))
             .or((conn.generation != st.generation).then_some(CloseReason::Cleared));
@@ -399,7 +532,7 @@ impl EndpointPool {
 
     /// A slot just became free: the first live waiter may dial into it.
     fn grant_free_slot(&self, st: &mut State) {
-        if st.closed || st.total() >= self.config().max_connections_per_endpoint() {
+        if st.closed || !self.may_dial(st) {
             return;
         }
         while let Some(waiter) = st.waiters.pop_front() {
@@ -457,12 +590,102 @@ impl EndpointPool {
                 endpoint = %self.endpoint,
                 id = conn.id,
                 uses = conn.uses,
+                age = ?conn.created_at.elapsed(),
                 %reason,
                 "closing connection"
             );
             drop(conn);
             self.config().notify_closed(&self.endpoint, reason);
         }
+    }
+
+    /// The background task's visit: closes idle connections that expired
+    /// or whose probe fails, warns once about each lease held past
+    /// `leak_threshold`, starts warm-up dials up to `min_idle_per_endpoint`,
+    /// and says whether the endpoint has been empty since before
+    /// `empty_cutoff`.
+    pub(crate) fn maintain(self: &Arc<Self>, now: Instant, empty_cutoff: Instant) -> Upkeep {
+        let config = self.config();
+        let mut upkeep = Upkeep::default();
+        let mut closing = Closing::new();
+        let mut warm = 0;
+        {
+            let mut st = self.state.lock();
+            if st.closed || st.retired {
+                return upkeep;
+            }
+            // A noop waker: the task polls again next tick, and a later
+            // checkout registers its own waker.
+            let mut cx = TaskContext::from_waker(Waker::noop());
+            let mut kept = Vec::with_capacity(st.idle.len());
+            for mut conn in st.idle.drain(..) {
+                let reason = conn.reuse_verdict(now, config).or_else(|| {
+                    config
+                        .liveness_check()
+                        .then(|| conn.stream.poll_liveness(&mut cx))
+                        .and_then(Liveness::close_reason)
+                });
+                match reason {
+                    None => kept.push(conn),
+                    Some(reason) => closing.push((conn, reason)),
+                }
+            }
+            st.idle = kept;
+            for (_, reason) in &closing {
+                self.counters.closed(*reason);
+            }
+            if let Some(threshold) = config.leak_threshold() {
+                for (id, lease) in st.leases.iter_mut() {
+                    if !lease.warned && now.saturating_duration_since(lease.since) >= threshold {
+                        lease.warned = true;
+                        upkeep.leaks += 1;
+                        tracing::warn!(
+                            endpoint = %self.endpoint,
+                            connection = id,
+                            held_for = ?now.saturating_duration_since(lease.since),
+                            acquired_at = %lease.caller,
+                            "a connection has been leased for longer than leak_threshold; is it leaked?"
+                        );
+                    }
+                }
+            }
+            let want = config.min_idle_per_endpoint();
+            let backing_off = st.warm_retry_at.is_some_and(|at| now < at);
+            while want > 0
+                && !backing_off
+                && st.idle.len() + st.dialing < want
+                && st.waiters.is_empty()
+                && self.may_dial(&st)
+            {
+                st.dialing += 1;
+                warm += 1;
+            }
+            if st.is_empty() {
+                let since = *st.empty_since.get_or_insert(now);
+                upkeep.removable = want == 0 && since <= empty_cutoff;
+            } else {
+                st.empty_since = None;
+            }
+        }
+        for _ in 0..warm {
+            // Nobody receives: the connection goes to a waiter or to idle.
+            let (tx, _) = oneshot::channel();
+            self.spawn_dial(tx, true);
+        }
+        upkeep.closed = closing.len();
+        upkeep.warming = warm;
+        self.close_all(closing);
+        upkeep
+    }
+
+    /// Marks the endpoint retired if it is still empty; called with the
+    /// pool's map locked for writing, just before removing it.
+    pub(crate) fn retire_if_empty(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.is_empty() && !st.closed {
+            st.retired = true;
+        }
+        st.retired
     }
 
     fn withdraw(&self, id: u64) -> bool {
@@ -499,9 +722,10 @@ impl DialSlot {
         mut self,
         result: Result<crate::Stream, Error>,
         tx: oneshot::Sender<Result<Conn, Error>>,
+        warm: bool,
     ) {
         if let Some(pool) = self.0.take() {
-            pool.finish_dial(result, tx);
+            pool.finish_dial(result, tx, warm);
         }
     }
 }

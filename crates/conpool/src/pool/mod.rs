@@ -10,8 +10,9 @@ mod conn;
 mod endpoint_pool;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::panic::Location;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 
@@ -45,10 +46,13 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     ctx: Arc<Context>,
     endpoints: RwLock<HashMap<Endpoint, Arc<EndpointPool>>>,
     closed: AtomicBool,
+    /// Wakes the maintenance task when the pool closes.
+    closing: Arc<tokio::sync::Notify>,
+    maintenance_started: AtomicBool,
 }
 
 impl Pool {
@@ -75,6 +79,8 @@ impl Pool {
                 }),
                 endpoints: RwLock::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                closing: Arc::new(tokio::sync::Notify::new()),
+                maintenance_started: AtomicBool::new(false),
             }),
         }
     }
@@ -91,8 +97,23 @@ impl Pool {
     /// Cancelling the returned future at any point leaks nothing: a caller
     /// that stops waiting leaves the queue, and a dial it started finishes
     /// for the next caller.
-    pub async fn get(&self, endpoint: &Endpoint) -> Result<PooledConnection, Error> {
-        self.endpoint_pool(endpoint)?.acquire().await
+    ///
+    /// The caller's source location is remembered for the
+    /// `leak_threshold` warning.
+    #[track_caller]
+    pub fn get<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> impl Future<Output = Result<PooledConnection, Error>> + Send + 'a {
+        let caller = Location::caller();
+        async move {
+            loop {
+                if let Some(lease) = self.endpoint_pool(endpoint)?.acquire(caller).await? {
+                    return Ok(lease);
+                }
+                // The endpoint pool was retired between lookup and acquire.
+            }
+        }
     }
 
     /// Runs `f` with a leased connection and returns its result. The
@@ -182,15 +203,68 @@ impl Pool {
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
-        Ok(map
+        let pool = map
             .entry(endpoint.clone())
             .or_insert_with(|| {
                 tracing::info!(%endpoint, "endpoint pool created");
                 Arc::new(EndpointPool::new(endpoint.clone(), self.shared.ctx.clone()))
             })
-            .clone())
+            .clone();
+        drop(map);
+        self.start_maintenance();
+        Ok(pool)
+    }
+
+    /// Starts the background task on the first endpoint, from inside the
+    /// runtime (`Pool::new` may run outside one).
+    fn start_maintenance(&self) {
+        let Some(every) = self.config().maintenance_interval() else {
+            return;
+        };
+        if self.shared.maintenance_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        crate::maintenance::spawn(
+            Arc::downgrade(&self.shared),
+            self.shared.closing.clone(),
+            every,
+        );
     }
 }
+
+impl Shared {
+    pub(crate) fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Every endpoint pool, for the maintenance pass.
+    pub(crate) fn endpoint_pools(&self) -> Vec<Arc<EndpointPool>> {
+        self.endpoints.read().values().cloned().collect()
+    }
+
+    /// Removes the endpoint pools that are still empty.
+    pub(crate) fn remove_empty(&self, candidates: &[Arc<EndpointPool>]) -> usize {
+        if candidates.is_empty() {
+            return 0;
+        }
+        let mut map = self.endpoints.write();
+        let mut removed = 0;
+        for pool in candidates {
+            if pool.retire_if_empty() {
+                map.remove(&pool.endpoint);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// A handle the maintenance task holds without keeping the pool alive.
+pub(crate) type WeakShared = Weak<Shared>;
 
 impl Shared {
     fn close(&self) {
@@ -202,6 +276,7 @@ impl Shared {
             map.values().cloned().collect()
         };
         tracing::info!(endpoints = pools.len(), "connection pool closing");
+        self.closing.notify_waiters();
         for pool in pools {
             pool.close();
         }
