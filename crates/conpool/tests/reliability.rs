@@ -1,0 +1,434 @@
+//! Reuse you can trust: the liveness probe, background maintenance, bounded
+//! waiting, the dial cap, dials that outlive their caller, leak warnings.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conpool::dial::{Dial, DialError};
+use conpool::{BoxFuture, CloseReason, Config, ConfigBuilder, Endpoint, Error, Pool, Stream};
+use support::{EchoServer, TlsCert, assert_books_balance, eventually, round_trip};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+/// Probes every checkout, however short the idle time.
+fn probing() -> ConfigBuilder {
+    Config::builder().liveness_check_bypass(Duration::ZERO)
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(probing().build().unwrap());
+    for round in 0..5 {
+        let mut conn = pool.get(&ep).await.unwrap();
+        round_trip(&mut conn, b"hello").await.unwrap();
+        drop(conn);
+        server.close_all();
+        eventually("the server to close", || server.open() == 0).await;
+        // The first try works: the dead one is found and replaced.
+        let mut conn = pool.get(&ep).await.unwrap();
+        assert!(!conn.is_reused(), "round {round}");
+        round_trip(&mut conn, b"again").await.unwrap();
+        drop(conn);
+        server.close_all();
+        eventually("the server to close", || server.open() == 0).await;
+    }
+    let mut conn = pool.get(&ep).await.unwrap();
+    round_trip(&mut conn, b"last").await.unwrap();
+    drop(conn);
+    let s = assert_books_balance(&pool, &ep, server.port());
+    assert_eq!(s.closed_for(CloseReason::PeerClosed), 10);
+    assert_eq!(s.total_created, 11);
+}
+
+#[tokio::test]
+async fn stray_bytes_on_an_idle_connection_get_it_closed() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(probing().build().unwrap());
+    let mut conn = pool.get(&ep).await.unwrap();
+    // A caller that reads only part of its reply and returns the
+    // connection: the rest of the reply is left on the socket.
+    conn.write_all(b"a long reply").await.unwrap();
+    let mut first = [0u8; 1];
+    conn.read_exact(&mut first).await.unwrap();
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut next = pool.get(&ep).await.unwrap();
+    assert!(!next.is_reused());
+    round_trip(&mut next, b"clean").await.unwrap();
+    drop(next);
+    let s = assert_books_balance(&pool, &ep, server.port());
+    assert_eq!(s.closed_for(CloseReason::UnexpectedData), 1);
+}
+
+#[tokio::test]
+async fn within_the_bypass_window_the_probe_is_skipped() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .liveness_check_bypass(Duration::from_secs(3600))
+            .build()
+            .unwrap(),
+    );
+    let first = pool.get(&ep).await.unwrap().id();
+    server.close_all();
+    eventually("the server to close", || server.open() == 0).await;
+    // Not probed: the caller gets the dead connection and sees the close.
+    let mut conn = pool.get(&ep).await.unwrap();
+    assert_eq!(conn.id(), first);
+    let mut buf = [0u8; 1];
+    assert_eq!(conn.read(&mut buf).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn tls_session_tickets_are_not_stray_data_and_a_tls_close_is_seen() {
+    let cert = TlsCert::localhost();
+    let server = EchoServer::start_tls(&cert).await;
+    let ep = server.tls_endpoint();
+    let pool = Pool::new(probing().tls_config(cert.client_config()).build().unwrap());
+
+    // A fresh TLS 1.3 connection whose session tickets arrive after the
+    // handshake and have not been read yet.
+    let first = pool.get(&ep).await.unwrap();
+    assert_eq!(
+        first.tls_session().unwrap().protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let first_id = first.id();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut again = pool.get(&ep).await.unwrap();
+    assert_eq!(again.id(), first_id, "tickets must not count as stray data");
+    round_trip(&mut again, b"over tls").await.unwrap();
+    drop(again);
+
+    server.close_all();
+    eventually("the server to close", || server.open() == 0).await;
+    let mut fresh = pool.get(&ep).await.unwrap();
+    assert_ne!(fresh.id(), first_id);
+    round_trip(&mut fresh, b"after close").await.unwrap();
+    drop(fresh);
+    let s = assert_books_balance(&pool, &ep, server.port());
+    assert_eq!(s.closed_for(CloseReason::UnexpectedData), 0);
+    assert_eq!(
+        s.closed_for(CloseReason::PeerClosed) + s.closed_for(CloseReason::ProbeFailed),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_evicts_idle_connections_without_a_checkout() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .connect_timeout(None)
+            .max_idle_time(Duration::from_secs(10))
+            .maintenance_interval(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    drop(pool.get(&ep).await.unwrap());
+    assert_eq!(pool.stats(&ep).idle, 1);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let s = pool.stats(&ep);
+    assert_eq!((s.idle, s.closed_for(CloseReason::IdleExpired)), (0, 1));
+    eventually("the server to see the close", || server.open() == 0).await;
+    assert_eq!(support::client_sockets_to(server.port()), 0);
+}
+
+#[tokio::test]
+async fn maintenance_evicts_connections_the_server_closed() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .maintenance_interval(Duration::from_millis(20))
+            .build()
+            .unwrap(),
+    );
+    drop(pool.get(&ep).await.unwrap());
+    server.close_all();
+    eventually("maintenance to evict it", || pool.stats(&ep).idle == 0).await;
+    let s = assert_books_balance(&pool, &ep, server.port());
+    assert_eq!(s.closed_for(CloseReason::PeerClosed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_keeps_min_idle_warm() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .connect_timeout(None)
+            .min_idle_per_endpoint(3)
+            .maintenance_interval(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    drop(pool.get(&ep).await.unwrap());
+    eventually("three warm connections", || pool.stats(&ep).idle == 3).await;
+    // Eviction by the server is made good again.
+    server.close_all();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("three warm connections again", || {
+        pool.stats(&ep).idle == 3 && server.open() == 3
+    })
+    .await;
+    assert_books_balance(&pool, &ep, server.port());
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetimes_are_jittered_so_connections_do_not_expire_together() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .connect_timeout(None)
+            .acquire_timeout(None)
+            .maintenance_interval(None)
+            .max_connections_per_endpoint(20)
+            .max_idle_time(Duration::from_secs(1000))
+            .max_connection_lifetime(Duration::from_secs(100))
+            .max_connection_lifetime_jitter(0.2)
+            .build()
+            .unwrap(),
+    );
+    let leases: Vec<_> = futures_join(&pool, &ep, 20).await;
+    drop(leases);
+    // At 90 s some (jitter up to 20 s) but not all have expired.
+    tokio::time::advance(Duration::from_secs(90)).await;
+    let leases: Vec<_> = futures_join(&pool, &ep, 20).await;
+    let reused = leases.iter().filter(|l| l.is_reused()).count();
+    assert!(reused > 0 && reused < 20, "{reused} of 20 survived");
+    drop(leases);
+    let s = pool.stats(&ep);
+    assert_eq!(
+        s.closed_for(CloseReason::LifetimeExpired),
+        20 - reused as u64
+    );
+}
+
+async fn futures_join(pool: &Pool, ep: &Endpoint, n: usize) -> Vec<conpool::PooledConnection> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(pool.get(ep).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn past_max_waiters_get_fails_at_once() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .max_connections_per_endpoint(1)
+            .max_waiters_per_endpoint(1)
+            .build()
+            .unwrap(),
+    );
+    let held = pool.get(&ep).await.unwrap();
+    let waiter = {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await.map(|c| c.id()) })
+    };
+    eventually("the waiter to queue", || pool.stats(&ep).waiting == 1).await;
+    let err = pool.get(&ep).await.unwrap_err();
+    assert!(matches!(err, Error::TooManyWaiters { max_waiters: 1, .. }));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "too many callers waiting for {ep}: the limit is 1 (the endpoint had 1 active, 0 idle, 0 dialing)"
+        )
+    );
+    let held_id = held.id();
+    drop(held);
+    assert_eq!(waiter.await.unwrap().unwrap(), held_id);
+}
+
+/// A dialer whose dials wait for a permit, and which records how many are
+/// in flight at once.
+#[derive(Clone)]
+struct GatedDialer {
+    gate: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    started: Arc<AtomicUsize>,
+}
+
+impl GatedDialer {
+    fn new() -> Self {
+        GatedDialer {
+            gate: Arc::new(Semaphore::new(0)),
+            in_flight: Arc::default(),
+            peak: Arc::default(),
+            started: Arc::default(),
+        }
+    }
+}
+
+impl Dial for GatedDialer {
+    fn dial<'a>(&'a self, _: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
+        Box::pin(async move {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            self.gate.acquire().await.unwrap().forget();
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let (client, server) = tokio::io::duplex(64);
+            // The server half lives as long as the test's runtime.
+            tokio::spawn(async move {
+                let _server = server;
+                std::future::pending::<()>().await
+            });
+            Ok(Stream::custom(client))
+        })
+    }
+}
+
+#[tokio::test]
+async fn concurrent_dials_per_endpoint_are_capped() {
+    let dialer = GatedDialer::new();
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_per_endpoint(50)
+            .max_concurrent_dials(3)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let ep = Endpoint::new("cold.example", 1).unwrap();
+    let gets: Vec<_> = (0..40)
+        .map(|_| {
+            let (pool, ep) = (pool.clone(), ep.clone());
+            tokio::spawn(async move { pool.get(&ep).await.map(|c| c.id()) })
+        })
+        .collect();
+    eventually("three dials and the rest queued", || {
+        let s = pool.stats(&ep);
+        s.dialing == 3 && s.waiting == 37
+    })
+    .await;
+    assert_eq!(dialer.started.load(Ordering::SeqCst), 3);
+    dialer.gate.add_permits(1000);
+    let mut ids = std::collections::HashSet::new();
+    for g in gets {
+        ids.insert(g.await.unwrap().unwrap());
+    }
+    assert!(dialer.peak.load(Ordering::SeqCst) <= 3);
+    let s = pool.stats(&ep);
+    assert!(s.total_created <= 40 && s.total_created >= 3);
+    assert_eq!(s.total_created - s.total_closed, (s.active + s.idle) as u64);
+}
+
+#[tokio::test]
+async fn a_dial_outlives_the_caller_that_gave_up_and_serves_the_next() {
+    let dialer = GatedDialer::new();
+    let pool = Pool::with_dialer(Config::default(), dialer.clone());
+    let ep = Endpoint::new("slow.example", 1).unwrap();
+    let impatient = {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await.map(|_| ()) })
+    };
+    eventually("the dial to start", || pool.stats(&ep).dialing == 1).await;
+    impatient.abort();
+    let _ = impatient.await;
+    assert_eq!(pool.stats(&ep).dialing, 1, "the dial goes on");
+    dialer.gate.add_permits(1);
+    eventually("the connection to land in idle", || {
+        pool.stats(&ep).idle == 1
+    })
+    .await;
+    let conn = pool.get(&ep).await.unwrap();
+    assert!(conn.is_reused());
+    assert_eq!(dialer.started.load(Ordering::SeqCst), 1);
+    let s = pool.stats(&ep);
+    assert_eq!((s.total_created, s.total_closed, s.dialing), (1, 0, 0));
+}
+
+/// Collects everything tracing writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_held_past_the_leak_threshold_is_reported_once_with_its_caller() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .leak_threshold(Duration::from_secs(5))
+            .maintenance_interval(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let ep = Endpoint::new("leaky.example", 1).unwrap();
+    let short = pool.get(&ep).await.unwrap();
+    let leaked = pool.get(&ep).await.unwrap();
+    let line = line!();
+    drop(short);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("leak_threshold"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("leaky.example:1"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains(&format!("reliability.rs:{line}")),
+        "names the acquiring line: {}",
+        warnings[0]
+    );
+    drop(leaked);
+}
+
+#[tokio::test]
+async fn dropping_the_pool_stops_its_maintenance_task() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(1);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .maintenance_interval(Duration::from_millis(10))
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let ep = Endpoint::new("a.example", 1).unwrap();
+    drop(pool.get(&ep).await.unwrap());
+    // The maintenance task, and the in-memory server half.
+    assert_eq!(metrics.num_alive_tasks(), baseline + 2);
+    drop(pool);
+    eventually("the maintenance task to end", || {
+        metrics.num_alive_tasks() == baseline + 1
+    })
+    .await;
+}
