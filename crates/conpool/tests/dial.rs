@@ -1,0 +1,233 @@
+//! Dialing as a user sees it: retries with exponential backoff, the connect
+//! timeout per attempt, failures that are not retried, and a dead endpoint
+//! that must not hold up a healthy one.
+
+mod support;
+
+use std::error::Error as _;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conpool::config::default_tls_config;
+use conpool::dial::{Dial, DialError, TcpTlsDialer};
+use conpool::{BoxFuture, Config, Endpoint, Error, Pool, Stats, Stream};
+use support::{EchoServer, FullBacklog, assert_books_balance, refused_port, round_trip};
+use tokio::time::Instant;
+
+/// The default dialer, wrapped to record when (on tokio's clock) each
+/// attempt starts.
+#[derive(Clone)]
+struct Recording {
+    inner: TcpTlsDialer,
+    attempts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Recording {
+    fn new() -> Recording {
+        Recording {
+            inner: TcpTlsDialer::new(default_tls_config()),
+            attempts: Arc::default(),
+        }
+    }
+
+    fn attempts(&self) -> Vec<Instant> {
+        self.attempts.lock().unwrap().clone()
+    }
+}
+
+impl Dial for Recording {
+    fn dial<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
+        self.attempts.lock().unwrap().push(Instant::now());
+        self.inner.dial(endpoint)
+    }
+}
+
+/// The gaps between consecutive attempts.
+fn gaps(attempts: &[Instant]) -> Vec<Duration> {
+    attempts.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+fn assert_all_gauges_zero(s: &Stats) {
+    assert_eq!(
+        (s.active, s.idle, s.dialing, s.waiting),
+        (0, 0, 0, 0),
+        "nothing may be left active, idle, dialing or waiting: {s:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_connect_is_retried_with_doubling_backoff() {
+    let port = refused_port();
+    let ep = Endpoint::new("127.0.0.1", port).unwrap();
+    let dialer = Recording::new();
+    // No timers but the backoff sleeps: the paused clock then moves only
+    // when the pool sleeps between attempts.
+    let config = Config::builder()
+        .connect_timeout(None)
+        .acquire_timeout(None)
+        .connect_retry_count(3)
+        .connect_retry_delay(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let pool = Pool::with_dialer(config, dialer.clone());
+
+    let err = pool.get(&ep).await.unwrap_err();
+
+    let attempts = dialer.attempts();
+    assert_eq!(attempts.len(), 3, "exactly connect_retry_count attempts");
+    assert_eq!(
+        gaps(&attempts),
+        vec![Duration::from_millis(100), Duration::from_millis(200)],
+        "the delay doubles after each failed attempt"
+    );
+    match &err {
+        Error::ConnectionFailed {
+            endpoint, attempts, ..
+        } => {
+            assert_eq!(endpoint, &ep);
+            assert_eq!(*attempts, 3);
+        }
+        other => panic!("expected ConnectionFailed, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("could not connect to 127.0.0.1:{port} after 3 attempts")
+    );
+    assert!(!err.is_timeout());
+    assert_eq!(err.endpoint(), Some(&ep));
+    let source = err
+        .source()
+        .expect("the last attempt's error is kept as the source");
+    let io_err = source
+        .downcast_ref::<io::Error>()
+        .expect("the source is an io::Error");
+    assert_eq!(io_err.kind(), io::ErrorKind::ConnectionRefused);
+
+    let s = pool.stats(&ep);
+    assert_eq!(s.errors, 1, "one failed dial, however many attempts");
+    assert_eq!((s.total_created, s.total_closed, s.total_reused), (0, 0, 0));
+    assert_all_gauges_zero(&s);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_hangs_times_out_per_attempt() {
+    let black_hole = FullBacklog::start();
+    let ep = black_hole.endpoint();
+    let port = ep.port();
+    let dialer = Recording::new();
+    // The paused clock jumps to the connect timeout as soon as the runtime
+    // is idle, which it is while the dropped SYN goes unanswered.
+    let config = Config::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .connect_retry_count(2)
+        .connect_retry_delay(Duration::from_millis(100))
+        .acquire_timeout(None)
+        .build()
+        .unwrap();
+    let pool = Pool::with_dialer(config, dialer.clone());
+
+    let started = Instant::now();
+    let err = pool.get(&ep).await.unwrap_err();
+
+    match &err {
+        Error::ConnectionTimeout {
+            endpoint,
+            timeout,
+            attempts,
+        } => {
+            assert_eq!(endpoint, &ep);
+            assert_eq!(*timeout, Duration::from_secs(1));
+            assert_eq!(*attempts, 2);
+        }
+        other => panic!("expected ConnectionTimeout, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("connecting to 127.0.0.1:{port} timed out after 1s (2 attempts made)")
+    );
+    assert!(err.is_timeout());
+    assert_eq!(dialer.attempts().len(), 2);
+    assert_eq!(
+        gaps(&dialer.attempts()),
+        vec![Duration::from_millis(1100)],
+        "the second attempt starts after the first's timeout plus the backoff"
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(2100),
+        "the timeout bounds each attempt: 1s + 100ms backoff + 1s"
+    );
+    let s = pool.stats(&ep);
+    assert_eq!((s.errors, s.total_created), (1, 0));
+    assert_all_gauges_zero(&s);
+}
+
+#[tokio::test]
+async fn a_host_that_does_not_resolve_fails_at_once_without_retries() {
+    // ".invalid" never resolves (RFC 2606), and there is no network here.
+    let ep = Endpoint::new("does-not-exist.invalid", 80).unwrap();
+    let dialer = Recording::new();
+    let config = Config::builder()
+        .connect_retry_count(5)
+        .connect_retry_delay(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let pool = Pool::with_dialer(config, dialer.clone());
+
+    let err = pool.get(&ep).await.unwrap_err();
+
+    match &err {
+        Error::DnsResolutionFailed { host, .. } => assert_eq!(host, "does-not-exist.invalid"),
+        other => panic!("expected DnsResolutionFailed, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "DNS resolution failed for host \"does-not-exist.invalid\""
+    );
+    assert!(err.source().is_some(), "the resolver's error is kept");
+    assert_eq!(dialer.attempts().len(), 1, "not retried");
+    let s = pool.stats(&ep);
+    assert_eq!((s.errors, s.total_created), (1, 0));
+    assert_all_gauges_zero(&s);
+}
+
+#[tokio::test]
+async fn a_black_holed_endpoint_does_not_delay_a_healthy_one() {
+    let black_hole = FullBacklog::start();
+    let dead = black_hole.endpoint();
+    let server = EchoServer::start().await;
+    let healthy = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    );
+
+    let stuck = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get(&dead).await.map(drop) }
+    });
+    // Let the stuck get start its dial before the healthy traffic begins.
+    support::eventually("the dead endpoint to be dialing", || {
+        pool.stats(&black_hole.endpoint()).dialing == 1
+    })
+    .await;
+
+    for i in 0..20u32 {
+        let mut conn = pool.get(&healthy).await.unwrap();
+        round_trip(&mut conn, format!("request {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    assert!(
+        !stuck.is_finished(),
+        "the healthy endpoint's 20 round trips finished while the dead one's dial still hangs"
+    );
+    assert_eq!(pool.stats(&black_hole.endpoint()).dialing, 1);
+    stuck.abort();
+    let s = assert_books_balance(&pool, &healthy, server.port());
+    assert_eq!((s.total_created, s.total_reused, s.errors), (1, 19, 0));
+}
