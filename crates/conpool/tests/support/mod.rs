@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub mod redis;
+pub mod servers;
 
 /// A TCP echo server on 127.0.0.1. It counts the connections it has
 /// accepted and those still open on its side, and can close every open one
@@ -142,7 +143,9 @@ impl TlsCert {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         TlsCert {
             cert: certified.cert.der().clone(),
-            key: rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(
+                certified.signing_key.serialize_der().into(),
+            ),
             cert_pem: certified.cert.pem(),
             key_pem: certified.signing_key.serialize_pem(),
         }
@@ -194,14 +197,18 @@ impl FullBacklog {
     pub fn start() -> FullBacklog {
         use socket2::{Domain, Socket, Type};
         let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        listener.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
         listener.listen(0).unwrap();
         let addr = listener.local_addr().unwrap().as_socket().unwrap();
         let mut fillers = Vec::new();
         // Connect until one does not complete: then the queue is full.
         for _ in 0..64 {
             let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            if s.connect_timeout(&addr.into(), Duration::from_millis(200)).is_err() {
+            if s.connect_timeout(&addr.into(), Duration::from_millis(200))
+                .is_err()
+            {
                 break;
             }
             fillers.push(s);
@@ -224,7 +231,9 @@ impl FullBacklog {
 pub fn client_sockets_to(remote_port: u16) -> usize {
     let mut inodes = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.len() < 10 {
@@ -246,7 +255,10 @@ pub fn client_sockets_to(remote_port: u16) -> usize {
     for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         if let Ok(target) = std::fs::read_link(entry.path()) {
             let target = target.to_string_lossy();
-            if let Some(inode) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+            {
                 if inodes.contains(inode) {
                     count += 1;
                 }

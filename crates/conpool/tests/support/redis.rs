@@ -19,8 +19,18 @@ impl RedisServer {
         let port = free_port();
         let port_s = port.to_string();
         let mut args = vec![
-            "--port", &port_s, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--protected-mode", "no",
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ];
         args.extend_from_slice(extra);
         let child = spawn_server("redis-server", "redis-server", &args);

@@ -1,0 +1,179 @@
+//! Real servers for the suite: nginx (plain and TLS, short keep-alive) and
+//! memcached, each started on free loopback ports in a private directory
+//! and stopped when dropped.
+
+use std::process::Child;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::{TlsCert, free_port, spawn_server, wait_for_port};
+
+/// nginx serving `200 ok` on a plain and a TLS port, closing idle
+/// keep-alive connections after `keepalive_timeout`.
+pub struct Nginx {
+    pub port: u16,
+    pub tls_port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub async fn start(cert: &TlsCert, keepalive_timeout: &str) -> Nginx {
+        let dir = TempDir::new("nginx");
+        let (port, tls_port) = (free_port(), free_port());
+        let d = dir.path.display();
+        std::fs::write(dir.path.join("cert.pem"), &cert.cert_pem).unwrap();
+        std::fs::write(dir.path.join("key.pem"), &cert.key_pem).unwrap();
+        let conf = format!(
+            r#"
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_timeout {keepalive_timeout};
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        server_name localhost;
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.path.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let nginx = if std::path::Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = spawn_server(
+            nginx,
+            "nginx",
+            &["-p", &d.to_string(), "-c", conf_path.to_str().unwrap()],
+        );
+        wait_for_port(port, "nginx").await;
+        wait_for_port(tls_port, "nginx (TLS)").await;
+        Nginx {
+            port,
+            tls_port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `GET /` with keep-alive and reads the whole response; returns the
+/// status code and body.
+pub async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+) -> std::io::Result<(u16, String)> {
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut reader = BufReader::with_capacity(1, conn);
+    let mut status = String::new();
+    if reader.read_line(&mut status).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).await?;
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// memcached on a free loopback port.
+pub struct Memcached {
+    pub port: u16,
+    child: Child,
+}
+
+impl Memcached {
+    pub async fn start() -> Memcached {
+        let port = free_port();
+        let child = spawn_server(
+            "memcached",
+            "memcached",
+            &[
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-u",
+                "root",
+                "-m",
+                "16",
+            ],
+        );
+        wait_for_port(port, "memcached").await;
+        Memcached { port, child }
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "conpool-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
