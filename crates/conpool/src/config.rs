@@ -54,6 +54,8 @@ type CloseHook = Arc<dyn Fn(&Endpoint, CloseReason) + Send + Sync>;
 /// | `acquire_timeout` | 30 s |
 /// | `max_waiters_per_endpoint` | unbounded |
 /// | `max_concurrent_dials` | 8 per endpoint |
+/// | `max_connections_total` | unbounded |
+/// | `max_idle_total` | unbounded |
 /// | `min_idle_per_endpoint` | 0 |
 /// | `liveness_check` | on |
 /// | `liveness_check_bypass` | 500 ms |
@@ -92,6 +94,8 @@ pub struct Config {
     acquire_timeout: Option<Duration>,
     max_waiters_per_endpoint: Option<usize>,
     max_concurrent_dials: usize,
+    max_connections_total: Option<usize>,
+    max_idle_total: Option<usize>,
     min_idle_per_endpoint: usize,
     liveness_check: bool,
     liveness_check_bypass: Duration,
@@ -122,6 +126,8 @@ impl Default for Config {
             acquire_timeout: Some(Duration::from_secs(30)),
             max_waiters_per_endpoint: None,
             max_concurrent_dials: 8,
+            max_connections_total: None,
+            max_idle_total: None,
             min_idle_per_endpoint: 0,
             liveness_check: true,
             liveness_check_bypass: Duration::from_millis(500),
@@ -217,6 +223,17 @@ impl Config {
     pub fn max_concurrent_dials(&self) -> usize {
         self.max_concurrent_dials
     }
+    /// Connections across all endpoints at most (leased, idle and dialing).
+    /// At the limit, the least recently used idle connection of any
+    /// endpoint is closed to make room, else the caller waits.
+    pub fn max_connections_total(&self) -> Option<usize> {
+        self.max_connections_total
+    }
+    /// Idle connections across all endpoints at most; past it the least
+    /// recently used idle connection of any endpoint is closed.
+    pub fn max_idle_total(&self) -> Option<usize> {
+        self.max_idle_total
+    }
     /// Idle connections the background task keeps warm per endpoint in use.
     pub fn min_idle_per_endpoint(&self) -> usize {
         self.min_idle_per_endpoint
@@ -297,6 +314,8 @@ impl fmt::Debug for Config {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("max_waiters_per_endpoint", &self.max_waiters_per_endpoint)
             .field("max_concurrent_dials", &self.max_concurrent_dials)
+            .field("max_connections_total", &self.max_connections_total)
+            .field("max_idle_total", &self.max_idle_total)
             .field("min_idle_per_endpoint", &self.min_idle_per_endpoint)
             .field("liveness_check", &self.liveness_check)
             .field("liveness_check_bypass", &self.liveness_check_bypass)
@@ -374,6 +393,16 @@ impl ConfigBuilder {
     /// Dials in flight per endpoint at most; at least 1.
     pub fn max_concurrent_dials(mut self, max: usize) -> Self {
         self.config.max_concurrent_dials = max;
+        self
+    }
+    /// Connections across all endpoints (`None`: unbounded); at least 1.
+    pub fn max_connections_total(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.config.max_connections_total = max.into();
+        self
+    }
+    /// Idle connections across all endpoints (`None`: unbounded).
+    pub fn max_idle_total(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.config.max_idle_total = max.into();
         self
     }
     /// Warm idle connections kept per endpoint in use; at most
@@ -521,6 +550,12 @@ impl ConfigBuilder {
         }
         if c.max_concurrent_dials == 0 {
             return bad("max_concurrent_dials", "is 0; it must be at least 1".into());
+        }
+        if c.max_connections_total == Some(0) {
+            return bad(
+                "max_connections_total",
+                "is 0; it must be at least 1 (or None for unbounded)".into(),
+            );
         }
         if c.min_idle_per_endpoint > c.max_connections_per_endpoint {
             return bad(

@@ -56,6 +56,9 @@ async fn run(shared: WeakShared, closing: Arc<Notify>, every: Duration) {
             }
         }
         let removed = pool.remove_empty(&removable);
+        // A safety net for a wake-up lost to a waiter that left at the
+        // wrong moment: offer free total slots again.
+        pool.wake_starved();
         if closed + warming + leaks + removed > 0 {
             tracing::debug!(closed, warming, leaks, removed, "maintenance pass");
         }

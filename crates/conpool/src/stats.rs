@@ -1,6 +1,6 @@
 //! Statistics: the one place the pool counts.
 //!
-//! Each endpoint's pool owns a [`Counters`] of monotonically increasing
+//! Each endpoint's pool owns a `Counters` of monotonically increasing
 //! atomics (created, reused, closed, errors), bumped only through the
 //! methods here so that every path that opens, hands out or closes a
 //! connection counts it the same way. The gauges (active, idle, dialing,

@@ -28,10 +28,15 @@ impl Closes {
 /// A config with no timers, for tests on tokio's paused clock that also
 /// do real socket I/O (a paused clock jumps to the next timer whenever the
 /// runtime is idle, even while a socket is about to become ready).
+///
+/// Lifetimes are exact (no jitter) and there is no background task, whose
+/// timer the paused clock would jump to.
 fn untimed() -> ConfigBuilder {
     Config::builder()
         .connect_timeout(None)
         .acquire_timeout(None)
+        .maintenance_interval(None)
+        .max_connection_lifetime_jitter(0.0)
 }
 
 #[tokio::test]

@@ -390,8 +390,7 @@ async fn a_lease_held_past_the_leak_threshold_is_reported_once_with_its_caller()
     );
     let ep = Endpoint::new("leaky.example", 1).unwrap();
     let short = pool.get(&ep).await.unwrap();
-    let leaked = pool.get(&ep).await.unwrap();
-    let line = line!();
+    let (leaked, line) = (pool.get(&ep).await.unwrap(), line!());
     drop(short);
     tokio::time::sleep(Duration::from_secs(20)).await;
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
@@ -431,4 +430,125 @@ async fn dropping_the_pool_stops_its_maintenance_task() {
         metrics.num_alive_tasks() == baseline + 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn past_max_idle_total_the_least_recently_used_idle_connection_closes() {
+    let servers = [
+        EchoServer::start().await,
+        EchoServer::start().await,
+        EchoServer::start().await,
+    ];
+    let eps: Vec<Endpoint> = servers.iter().map(|s| s.endpoint()).collect();
+    let pool = Pool::new(Config::builder().max_idle_total(2).build().unwrap());
+    for ep in &eps {
+        drop(pool.get(ep).await.unwrap());
+    }
+    let idle: Vec<usize> = eps.iter().map(|ep| pool.stats(ep).idle).collect();
+    assert_eq!(
+        idle,
+        vec![0, 1, 1],
+        "the first endpoint's connection was the oldest"
+    );
+    assert_eq!(pool.stats(&eps[0]).closed_for(CloseReason::PoolLimit), 1);
+    for (server, ep) in servers.iter().zip(&eps) {
+        assert_books_balance(&pool, ep, server.port());
+    }
+}
+
+#[tokio::test]
+async fn max_connections_total_holds_across_endpoints() {
+    let servers = [
+        EchoServer::start().await,
+        EchoServer::start().await,
+        EchoServer::start().await,
+    ];
+    let eps: Vec<Endpoint> = servers.iter().map(|s| s.endpoint()).collect();
+    let pool = Pool::new(Config::builder().max_connections_total(2).build().unwrap());
+
+    // An idle connection elsewhere is closed to make room.
+    drop(pool.get(&eps[0]).await.unwrap());
+    let held_b = pool.get(&eps[1]).await.unwrap();
+    let held_c = pool.get(&eps[2]).await.unwrap();
+    assert_eq!(pool.stats(&eps[0]).closed_for(CloseReason::PoolLimit), 1);
+    assert_eq!(pool.stats(&eps[0]).idle, 0);
+
+    // With nothing idle, a caller waits until a connection anywhere goes.
+    let waiter = {
+        let (pool, ep) = (pool.clone(), eps[0].clone());
+        tokio::spawn(async move {
+            let mut conn = pool.get(&ep).await.unwrap();
+            round_trip(&mut conn, b"served").await.unwrap();
+        })
+    };
+    eventually("the caller to wait", || pool.stats(&eps[0]).waiting == 1).await;
+    assert_eq!(pool.stats(&eps[0]).dialing, 0);
+    // A connection coming back to another endpoint is closed for it.
+    drop(held_b);
+    waiter.await.unwrap();
+    assert_eq!(pool.stats(&eps[1]).closed_for(CloseReason::PoolLimit), 1);
+    let total: usize = eps
+        .iter()
+        .map(|ep| pool.stats(ep))
+        .map(|s| s.active + s.idle + s.dialing)
+        .sum();
+    assert!(total <= 2, "{total} connections open");
+    drop(held_c);
+    for (server, ep) in servers.iter().zip(&eps) {
+        assert_books_balance(&pool, ep, server.port());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_total_holds_under_load() {
+    let servers = [
+        EchoServer::start().await,
+        EchoServer::start().await,
+        EchoServer::start().await,
+    ];
+    let eps: Vec<Endpoint> = servers.iter().map(|s| s.endpoint()).collect();
+    // Connections alive across endpoints, from the hooks: a connection is
+    // created after its slot is taken and closed before its slot is freed.
+    let live = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (up, down, top) = (live.clone(), live.clone(), peak.clone());
+    let pool = Pool::new(
+        Config::builder()
+            .max_connections_total(4)
+            .on_connection_created(move |_| {
+                let now = up.fetch_add(1, Ordering::SeqCst) + 1;
+                top.fetch_max(now, Ordering::SeqCst);
+            })
+            .on_connection_closed(move |_, _| {
+                down.fetch_sub(1, Ordering::SeqCst);
+            })
+            .build()
+            .unwrap(),
+    );
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let (pool, ep) = (pool.clone(), eps[i % 3].clone());
+            tokio::spawn(async move {
+                let mut conn = pool.get(&ep).await.unwrap();
+                round_trip(&mut conn, b"x").await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        peak.load(Ordering::SeqCst) <= 4,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+    let mut total = conpool::Stats::default();
+    for (server, ep) in servers.iter().zip(&eps) {
+        total.add(&assert_books_balance(&pool, ep, server.port()));
+    }
+    assert_eq!(live.load(Ordering::SeqCst), total.idle);
+    assert!(
+        total.closed_for(CloseReason::PoolLimit) > 0,
+        "endpoints had to make room: {total:?}"
+    );
 }

@@ -28,20 +28,39 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Waker};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::conn::Conn;
+use super::global::Global;
 use crate::dial::{Dial, backoff_delay, dial_with_retry};
 use crate::stats::{Counters, PoolState};
 use crate::stream::Liveness;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats};
 
-/// What every endpoint of a pool shares: the config and the dialer.
+/// What every endpoint of a pool shares: the config, the dialer, the map
+/// of endpoints and the limits across them.
 pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) dialer: Arc<dyn Dial>,
+    /// Every endpoint's pool. It refers back to this context; the cycle is
+    /// broken when the last `Pool` handle is dropped, which empties it.
+    pub(crate) endpoints: RwLock<HashMap<Endpoint, Arc<EndpointPool>>>,
+    pub(crate) global: Global,
+}
+
+impl Context {
+    /// Closes the least recently used idle connection of any endpoint, to
+    /// make room under a total limit. Returns whether one was closed.
+    pub(crate) fn evict_lru_idle(&self) -> bool {
+        let pools: Vec<Arc<EndpointPool>> = self.endpoints.read().values().cloned().collect();
+        let oldest = pools
+            .iter()
+            .filter_map(|pool| pool.oldest_idle().map(|at| (at, pool)))
+            .min_by_key(|(at, _)| *at);
+        oldest.is_some_and(|(_, pool)| pool.evict_oldest_idle())
+    }
 }
 
 pub(crate) struct EndpointPool {
@@ -72,6 +91,9 @@ struct State {
     /// Consecutive failed warm-up dials, and when the next may start.
     warm_failures: u32,
     warm_retry_at: Option<Instant>,
+    /// Queued in the pool's list of endpoints held back by
+    /// `max_connections_total`.
+    starved: bool,
 }
 
 struct LeaseRecord {
@@ -129,6 +151,16 @@ pub(crate) struct Upkeep {
     pub(crate) leaks: usize,
     /// Empty since before the cut-off: may be removed from the map.
     pub(crate) removable: bool,
+}
+
+/// Whether a caller may start a dial now.
+#[derive(PartialEq, Eq)]
+enum DialRoom {
+    Yes,
+    /// The endpoint's own limit or dial cap is reached.
+    EndpointFull,
+    /// `max_connections_total` is reached.
+    PoolFull,
 }
 
 /// The outcome of a health check.
@@ -228,10 +260,14 @@ impl EndpointPool {
                 return Ok(None);
             }
             st.empty_since = None;
-            if let Some(conn) = self.pop_fit_idle(&mut st, now, &mut closing) {
-                Step::Reuse(conn)
-            } else if st.waiters.is_empty() && self.may_dial(&st) {
-                st.dialing += 1;
+            let room = if let Some(conn) = self.pop_fit_idle(&mut st, now, &mut closing) {
+                return self.finish_begin(st, closing, Step::Reuse(conn));
+            } else if st.waiters.is_empty() {
+                self.take_dial_slot(&mut st)
+            } else {
+                DialRoom::EndpointFull
+            };
+            if room == DialRoom::Yes {
                 Step::Dial
             } else if self
                 .config()
@@ -247,24 +283,103 @@ impl EndpointPool {
                     state,
                 });
             } else {
-                Step::Wait(self.enqueue(&mut st))
+                let ticket = self.enqueue(&mut st);
+                if room == DialRoom::PoolFull {
+                    self.mark_starved(&mut st);
+                    drop(st);
+                    self.close_all(closing);
+                    // Make room by closing the least recently used idle
+                    // connection anywhere; that wakes this endpoint.
+                    self.ctx.evict_lru_idle();
+                    return Ok(Some(Step::Wait(ticket)));
+                }
+                Step::Wait(ticket)
             }
         };
         self.close_all(closing);
         Ok(Some(step))
     }
 
-    /// Whether a new dial fits under the endpoint's limit and dial cap.
-    fn may_dial(&self, st: &State) -> bool {
+    fn finish_begin(
+        &self,
+        st: parking_lot::MutexGuard<'_, State>,
+        closing: Closing,
+        step: Step,
+    ) -> Result<Option<Step>, Error> {
+        drop(st);
+        self.close_all(closing);
+        Ok(Some(step))
+    }
+
+    /// Takes a dialing slot if the endpoint's limit, its dial cap and the
+    /// pool's total limit all allow one.
+    fn take_dial_slot(&self, st: &mut State) -> DialRoom {
         let config = self.config();
-        st.total() < config.max_connections_per_endpoint()
-            && st.dialing < config.max_concurrent_dials()
+        if st.total() >= config.max_connections_per_endpoint()
+            || st.dialing >= config.max_concurrent_dials()
+        {
+            return DialRoom::EndpointFull;
+        }
+        if !self.ctx.global.try_take() {
+            return DialRoom::PoolFull;
+        }
+        st.dialing += 1;
+        DialRoom::Yes
+    }
+
+    /// Undoes [`take_dial_slot`](Self::take_dial_slot) for a grant nobody
+    /// took, under the lock; the caller wakes starved endpoints after.
+    fn return_dial_slot(&self, st: &mut State) -> bool {
+        st.dialing -= 1;
+        self.ctx.global.put_back(1)
+    }
+
+    fn mark_starved(self: &Arc<Self>, st: &mut State) {
+        if !st.starved {
+            st.starved = true;
+            self.ctx.global.register_starved(self);
+        }
+    }
+
+    /// Called by [`Global::wake_starved`] with a freed total slot: serves
+    /// the first waiter if it can. Returns whether a slot was taken.
+    pub(crate) fn serve_starved(self: &Arc<Self>) -> bool {
+        let mut st = self.state.lock();
+        st.starved = false;
+        let before = st.dialing;
+        let still_starved = self.grant_free_slot(&mut st);
+        if still_starved && !st.waiters.is_empty() {
+            self.mark_starved(&mut st);
+        }
+        st.dialing > before
+    }
+
+    /// When this endpoint's least recently used idle connection went idle.
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.state.lock().idle.first().map(|c| c.last_used)
+    }
+
+    /// Closes this endpoint's least recently used idle connection.
+    fn evict_oldest_idle(&self) -> bool {
+        let conn = {
+            let mut st = self.state.lock();
+            if st.idle.is_empty() {
+                return false;
+            }
+            let conn = st.idle.remove(0);
+            self.ctx.global.idle_changed(0, 1);
+            self.counters.closed(CloseReason::PoolLimit);
+            conn
+        };
+        self.close_all(vec![(conn, CloseReason::PoolLimit)]);
+        true
     }
 
     /// Pops idle connections until one is fit; the unfit ones are counted
     /// closed and queued in `closing`. The one returned counts as active.
     fn pop_fit_idle(&self, st: &mut State, now: Instant, closing: &mut Closing) -> Option<Conn> {
         while let Some(conn) = st.idle.pop() {
+            self.ctx.global.idle_changed(0, 1);
             match conn.reuse_verdict(now, self.config()) {
                 None => {
                     st.active += 1;
@@ -356,9 +471,14 @@ impl EndpointPool {
                 Err(Error::PoolClosed)
             } else if let Some(conn) = self.pop_fit_idle(&mut st, Instant::now(), &mut closing) {
                 Ok(Checked::Next(Step::Reuse(conn)))
-            } else {
-                st.dialing += 1;
+            } else if self.take_dial_slot(&mut st) == DialRoom::Yes {
                 Ok(Checked::Next(Step::Dial))
+            } else {
+                // The closed connection's total slot is given back below,
+                // which serves this caller from the queue.
+                let ticket = self.enqueue(&mut st);
+                self.mark_starved(&mut st);
+                Ok(Checked::Next(Step::Wait(ticket)))
             }
         };
         self.close_all(closing);
@@ -444,9 +564,9 @@ impl EndpointPool {
             }
             Err(err) => {
                 self.counters.dial_failed();
-                {
+                let wake = {
                     let mut st = self.state.lock();
-                    st.dialing -= 1;
+                    let wake = self.return_dial_slot(&mut st);
                     st.last_dial_error = Some(err.to_string());
                     if warm {
                         st.warm_failures += 1;
@@ -456,6 +576,10 @@ impl EndpointPool {
                             Some(Instant::now() + wait.min(self.config().max_idle_time()));
                     }
                     self.grant_free_slot(&mut st);
+                    wake
+                };
+                if wake {
+                    self.ctx.global.wake_starved();
                 }
                 let _ = tx.send(Err(err));
             }
@@ -527,21 +651,47 @@ impl EndpointPool {
             }
         }
         st.active -= 1;
+        if self.ctx.global.has_starved() {
+            // Another endpoint waits for room under max_connections_total.
+            self.counters.closed(CloseReason::PoolLimit);
+            drop(st);
+            self.close_all(vec![(conn, CloseReason::PoolLimit)]);
+            return;
+        }
         st.idle.push(conn);
+        self.ctx.global.idle_changed(1, 0);
+        drop(st);
+        if self.ctx.global.over_idle_limit() {
+            self.ctx.evict_lru_idle();
+        }
     }
 
     /// A slot just became free: the first live waiter may dial into it.
-    fn grant_free_slot(&self, st: &mut State) {
-        if st.closed || !self.may_dial(st) {
-            return;
+    /// Returns whether waiters are held back by the pool's total limit.
+    fn grant_free_slot(&self, st: &mut State) -> bool {
+        if st.closed {
+            return false;
+        }
+        // Waiters that left are skipped before a slot is taken for them.
+        while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+            st.waiters.pop_front();
+        }
+        if st.waiters.is_empty() {
+            return false;
+        }
+        match self.take_dial_slot(st) {
+            DialRoom::Yes => {}
+            DialRoom::EndpointFull => return false,
+            DialRoom::PoolFull => return true,
         }
         while let Some(waiter) = st.waiters.pop_front() {
-            st.dialing += 1;
             if waiter.tx.send(Grant::Dial).is_ok() {
-                return;
+                return false;
             }
-            st.dialing -= 1;
         }
+        // Nobody took it; the slot stays free for the next caller.
+        self.return_dial_slot(st);
+        false
     }
 
     /// Closes every idle connection; leases out now close when they come
@@ -573,6 +723,7 @@ impl EndpointPool {
     }
 
     fn drain_idle(&self, st: &mut State, reason: CloseReason) -> Closing {
+        self.ctx.global.idle_changed(0, st.idle.len());
         st.idle
             .drain(..)
             .map(|conn| {
@@ -582,9 +733,14 @@ impl EndpointPool {
             .collect()
     }
 
-    /// Closes connections already counted closed; called with no lock held.
-    /// Dropping a socket closes it without blocking.
+    /// Closes connections already counted closed, and gives their slots
+    /// back to the pool's total; called with no lock held. Dropping a
+    /// socket closes it without blocking.
     fn close_all(&self, closing: Closing) {
+        if closing.is_empty() {
+            return;
+        }
+        let freed = closing.len();
         for (conn, reason) in closing {
             tracing::debug!(
                 endpoint = %self.endpoint,
@@ -596,6 +752,11 @@ impl EndpointPool {
             );
             drop(conn);
             self.config().notify_closed(&self.endpoint, reason);
+        }
+        // Only now may another connection take the slots: a closed hook
+        // always runs before the created hook of a connection replacing it.
+        if self.ctx.global.put_back(freed) {
+            self.ctx.global.wake_starved();
         }
     }
 
@@ -631,6 +792,7 @@ impl EndpointPool {
                 }
             }
             st.idle = kept;
+            self.ctx.global.idle_changed(0, closing.len());
             for (_, reason) in &closing {
                 self.counters.closed(*reason);
             }
@@ -655,9 +817,8 @@ impl EndpointPool {
                 && !backing_off
                 && st.idle.len() + st.dialing < want
                 && st.waiters.is_empty()
-                && self.may_dial(&st)
+                && self.take_dial_slot(&mut st) == DialRoom::Yes
             {
-                st.dialing += 1;
                 warm += 1;
             }
             if st.is_empty() {
@@ -704,9 +865,15 @@ impl EndpointPool {
         match grant {
             Grant::Conn(conn) => self.release(conn, None),
             Grant::Dial => {
-                let mut st = self.state.lock();
-                st.dialing -= 1;
-                self.grant_free_slot(&mut st);
+                let wake = {
+                    let mut st = self.state.lock();
+                    let wake = self.return_dial_slot(&mut st);
+                    self.grant_free_slot(&mut st);
+                    wake
+                };
+                if wake {
+                    self.ctx.global.wake_starved();
+                }
             }
             Grant::Closed => {}
         }

@@ -8,6 +8,7 @@
 
 mod conn;
 mod endpoint_pool;
+mod global;
 
 use std::collections::HashMap;
 use std::panic::Location;
@@ -48,7 +49,6 @@ pub struct Pool {
 
 pub(crate) struct Shared {
     ctx: Arc<Context>,
-    endpoints: RwLock<HashMap<Endpoint, Arc<EndpointPool>>>,
     closed: AtomicBool,
     /// Wakes the maintenance task when the pool closes.
     closing: Arc<tokio::sync::Notify>,
@@ -74,10 +74,11 @@ impl Pool {
         Pool {
             shared: Arc::new(Shared {
                 ctx: Arc::new(Context {
+                    global: global::Global::new(&config),
                     config,
                     dialer: Arc::new(dialer),
+                    endpoints: RwLock::new(HashMap::new()),
                 }),
-                endpoints: RwLock::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 closing: Arc::new(tokio::sync::Notify::new()),
                 maintenance_started: AtomicBool::new(false),
@@ -150,6 +151,7 @@ impl Pool {
     /// never used).
     pub fn stats(&self, endpoint: &Endpoint) -> Stats {
         self.shared
+            .ctx
             .endpoints
             .read()
             .get(endpoint)
@@ -160,7 +162,7 @@ impl Pool {
     /// Every endpoint's statistics, sorted by endpoint.
     pub fn all_stats(&self) -> Vec<(Endpoint, Stats)> {
         let pools: Vec<Arc<EndpointPool>> =
-            self.shared.endpoints.read().values().cloned().collect();
+            self.shared.ctx.endpoints.read().values().cloned().collect();
         let mut all: Vec<(Endpoint, Stats)> = pools
             .iter()
             .map(|p| (p.endpoint.clone(), p.stats()))
@@ -174,7 +176,7 @@ impl Pool {
     /// callers keep waiting and are served by new connections. The
     /// endpoint's counters are kept.
     pub fn clear_endpoint(&self, endpoint: &Endpoint) {
-        let pool = self.shared.endpoints.read().get(endpoint).cloned();
+        let pool = self.shared.ctx.endpoints.read().get(endpoint).cloned();
         match pool {
             Some(pool) => pool.clear(),
             None => tracing::debug!(%endpoint, "clear_endpoint: no pool for this endpoint"),
@@ -194,10 +196,10 @@ impl Pool {
     }
 
     fn endpoint_pool(&self, endpoint: &Endpoint) -> Result<Arc<EndpointPool>, Error> {
-        if let Some(pool) = self.shared.endpoints.read().get(endpoint) {
+        if let Some(pool) = self.shared.ctx.endpoints.read().get(endpoint) {
             return Ok(pool.clone());
         }
-        let mut map = self.shared.endpoints.write();
+        let mut map = self.shared.ctx.endpoints.write();
         // Checked under the write lock, which `close` also takes, so no
         // endpoint pool is created after the pool closed.
         if self.is_closed() {
@@ -241,9 +243,13 @@ impl Shared {
         self.closed.load(Ordering::Acquire)
     }
 
+    pub(crate) fn wake_starved(&self) {
+        self.ctx.global.wake_starved();
+    }
+
     /// Every endpoint pool, for the maintenance pass.
     pub(crate) fn endpoint_pools(&self) -> Vec<Arc<EndpointPool>> {
-        self.endpoints.read().values().cloned().collect()
+        self.ctx.endpoints.read().values().cloned().collect()
     }
 
     /// Removes the endpoint pools that are still empty.
@@ -251,7 +257,7 @@ impl Shared {
         if candidates.is_empty() {
             return 0;
         }
-        let mut map = self.endpoints.write();
+        let mut map = self.ctx.endpoints.write();
         let mut removed = 0;
         for pool in candidates {
             if pool.retire_if_empty() {
@@ -269,7 +275,7 @@ pub(crate) type WeakShared = Weak<Shared>;
 impl Shared {
     fn close(&self) {
         let pools: Vec<Arc<EndpointPool>> = {
-            let map = self.endpoints.write();
+            let map = self.ctx.endpoints.write();
             if self.closed.swap(true, Ordering::AcqRel) {
                 return;
             }
@@ -285,16 +291,19 @@ impl Shared {
 
 impl Drop for Shared {
     /// The last handle is gone: nothing can lease again, so idle
-    /// connections close now and leases close as they come back.
+    /// connections close now and leases close as they come back. Emptying
+    /// the map breaks the cycle between it and the endpoint pools.
     fn drop(&mut self) {
         self.close();
+        self.ctx.endpoints.write().clear();
     }
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("endpoints", &self.shared.endpoints.read().len())
+            .field("endpoints", &self.shared.ctx.endpoints.read().len())
+            .field("open", &self.shared.ctx.global.open())
             .field("closed", &self.is_closed())
             .finish()
     }
