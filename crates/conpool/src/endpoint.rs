@@ -9,10 +9,12 @@
 //! has to cope with a host name it cannot resolve for syntactic reasons.
 //! Cloning is cheap (the host is reference counted).
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::Error;
 
@@ -54,13 +56,75 @@ impl Scheme {
 /// assert!(Endpoint::new("bad host", 80).is_err());
 /// # Ok::<(), conpool::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct Endpoint {
-    // Field order matters for the derived `Ord`: host first reads naturally.
     host: Arc<str>,
     port: u16,
     scheme: Scheme,
+    /// The hash of the three fields above, computed once with a per-process
+    /// random key (so a hostile set of host names cannot flood one bucket),
+    /// so that finding an endpoint's pool hashes eight bytes, not a string.
+    hash: u64,
 }
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.port == other.port
+            && self.scheme == other.scheme
+            && (Arc::ptr_eq(&self.host, &other.host) || self.host == other.host)
+    }
+}
+
+impl Eq for Endpoint {}
+
+impl Hash for Endpoint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for Endpoint {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Endpoint {
+    /// By host, then port, then scheme.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (&*self.host, self.port, self.scheme).cmp(&(&*other.host, other.port, other.scheme))
+    }
+}
+
+/// Hashes each endpoint once, at construction, with a key chosen per process.
+fn endpoint_hash(host: &str, port: u16, scheme: Scheme) -> u64 {
+    static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    KEY.hash_one((host, port, scheme))
+}
+
+/// A hasher for keys that carry their own hash (`Endpoint`): it passes the
+/// precomputed value through.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Endpoint`; fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The map hasher for endpoint-keyed maps.
+pub(crate) type PrehashedState = BuildHasherDefault<PrehashedHasher>;
 
 impl Endpoint {
     /// A plain TCP endpoint.
@@ -93,6 +157,7 @@ impl Endpoint {
             )));
         }
         Ok(Endpoint {
+            hash: endpoint_hash(host, port, scheme),
             host: Arc::from(host),
             port,
             scheme,

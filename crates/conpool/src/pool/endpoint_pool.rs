@@ -35,9 +35,13 @@ use tokio::time::Instant;
 use super::conn::Conn;
 use super::global::Global;
 use crate::dial::{Dial, backoff_delay, dial_with_retry};
+use crate::endpoint::PrehashedState;
 use crate::stats::{Counters, PoolState};
 use crate::stream::Liveness;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats};
+
+/// Every endpoint's pool, keyed by endpoint (hashed once, at construction).
+pub(crate) type EndpointMap = HashMap<Endpoint, Arc<EndpointPool>, PrehashedState>;
 
 /// What every endpoint of a pool shares: the config, the dialer, the map
 /// of endpoints and the limits across them.
@@ -46,7 +50,7 @@ pub(crate) struct Context {
     pub(crate) dialer: Arc<dyn Dial>,
     /// Every endpoint's pool. It refers back to this context; the cycle is
     /// broken when the last `Pool` handle is dropped, which empties it.
-    pub(crate) endpoints: RwLock<HashMap<Endpoint, Arc<EndpointPool>>>,
+    pub(crate) endpoints: RwLock<EndpointMap>,
     pub(crate) global: Global,
 }
 

@@ -77,7 +77,7 @@ impl Pool {
                     global: global::Global::new(&config),
                     config,
                     dialer: Arc::new(dialer),
-                    endpoints: RwLock::new(HashMap::new()),
+                    endpoints: RwLock::new(HashMap::default()),
                 }),
                 closed: AtomicBool::new(false),
                 closing: Arc::new(tokio::sync::Notify::new()),

@@ -1,0 +1,343 @@
+//! Scale: many endpoints, each with idle connections, over in-memory
+//! streams (`tokio::io::duplex` behind `Stream::custom` and a custom
+//! [`Dial`]), so that no socket limit gets in the way of 100,000
+//! connections.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conpool::dial::{Dial, DialError};
+use conpool::{BoxFuture, Config, Endpoint, Pool, Stream};
+use pingora_pool::{ConnectionMeta, ConnectionPool};
+use tokio::io::DuplexStream;
+
+use crate::subjects::PingoraConn;
+
+/// The endpoint counts the scale figures are taken at.
+pub const KEY_COUNTS: [usize; 4] = [1, 100, 10_000, 100_000];
+
+/// A step through the endpoints that visits each once per lap in an order
+/// unrelated to the order they were made in (7919 is prime and does not
+/// divide any of [`KEY_COUNTS`]), so that the walk does not just follow
+/// the allocator's address order.
+pub const STRIDE: usize = 7919;
+
+/// The next index after `i` in a walk over `n` endpoints.
+#[inline]
+pub fn next_index(i: usize, n: usize) -> usize {
+    (i + STRIDE) % n
+}
+
+/// `n` distinct endpoints with realistic host names
+/// (`node-000042.cache.svc.cluster.local:6379`).
+pub fn endpoints(n: usize) -> Vec<Endpoint> {
+    (0..n)
+        .map(|i| {
+            Endpoint::new(format!("node-{i:06}.cache.svc.cluster.local"), 6379)
+                .expect("a valid endpoint")
+        })
+        .collect()
+}
+
+/// A dialer of in-memory streams. Streams made ahead of time with
+/// [`MemDialer::with_ready`] are handed out first, so that a memory count
+/// taken after it was built excludes the streams themselves; the server
+/// halves are kept open so nothing looks closed.
+pub struct MemDialer {
+    ready: Mutex<Vec<Stream>>,
+    peers: Mutex<Vec<DuplexStream>>,
+}
+
+impl MemDialer {
+    /// A dialer with no stream made ahead.
+    pub fn new() -> MemDialer {
+        MemDialer::with_ready(0)
+    }
+
+    /// A dialer with `n` streams made ahead.
+    pub fn with_ready(n: usize) -> MemDialer {
+        let mut ready = Vec::with_capacity(n);
+        let mut peers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (client, server) = tokio::io::duplex(64);
+            ready.push(Stream::custom(client));
+            peers.push(server);
+        }
+        MemDialer {
+            ready: Mutex::new(ready),
+            peers: Mutex::new(peers),
+        }
+    }
+
+    fn make(&self) -> Stream {
+        if let Some(stream) = self.ready.lock().expect("not poisoned").pop() {
+            return stream;
+        }
+        let (client, server) = tokio::io::duplex(64);
+        self.peers.lock().expect("not poisoned").push(server);
+        Stream::custom(client)
+    }
+}
+
+impl Default for MemDialer {
+    fn default() -> Self {
+        MemDialer::new()
+    }
+}
+
+impl Dial for MemDialer {
+    fn dial<'a>(&'a self, _: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
+        Box::pin(std::future::ready(Ok(self.make())))
+    }
+}
+
+/// conpool's config for the scale runs: the defaults, with room for
+/// `per_endpoint` connections per endpoint.
+pub fn config(per_endpoint: usize) -> Config {
+    Config::builder()
+        .max_connections_per_endpoint(per_endpoint.max(1))
+        .build()
+        .expect("a valid config")
+}
+
+/// Leaves `per_endpoint` idle connections at every endpoint.
+pub async fn populate(pool: &Pool, endpoints: &[Endpoint], per_endpoint: usize) {
+    let mut held = Vec::with_capacity(per_endpoint);
+    for endpoint in endpoints {
+        for _ in 0..per_endpoint {
+            held.push(pool.get(endpoint).await.expect("the in-memory dial works"));
+        }
+        held.clear();
+    }
+}
+
+/// A conpool pool over in-memory streams with `per_endpoint` idle
+/// connections at each of `endpoints`.
+pub async fn conpool_populated(endpoints: &[Endpoint], per_endpoint: usize) -> Pool {
+    let pool = Pool::with_dialer(config(per_endpoint), MemDialer::new());
+    populate(&pool, endpoints, per_endpoint).await;
+    pool
+}
+
+/// `iters` acquire+release cycles walking `endpoints` (one task).
+pub async fn conpool_walk(pool: &Pool, endpoints: &[Endpoint], iters: u64) -> Duration {
+    let n = endpoints.len();
+    let mut i = 0;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let conn = pool.get(&endpoints[i]).await.expect("an idle connection");
+        drop(conn);
+        i = next_index(i, n);
+    }
+    start.elapsed()
+}
+
+/// The floor under any pool keyed by endpoint: a plain
+/// `HashMap<Endpoint, Box<u64>>` (std's SipHash), looked up in the same
+/// walk, the value found read.
+pub struct MapFloor {
+    map: HashMap<Endpoint, Box<u64>>,
+    endpoints: Vec<Endpoint>,
+}
+
+impl MapFloor {
+    /// A map holding every one of `endpoints`.
+    pub fn new(endpoints: Vec<Endpoint>) -> MapFloor {
+        let map = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.clone(), Box::new(i as u64)))
+            .collect();
+        MapFloor { map, endpoints }
+    }
+
+    /// `iters` lookups walking the endpoints.
+    pub fn walk(&self, iters: u64) -> Duration {
+        let n = self.endpoints.len();
+        let mut i = 0;
+        let mut sum = 0u64;
+        let start = Instant::now();
+        for _ in 0..iters {
+            sum = sum.wrapping_add(**self.map.get(&self.endpoints[i]).expect("present"));
+            i = next_index(i, n);
+        }
+        let took = start.elapsed();
+        std::hint::black_box(sum);
+        took
+    }
+}
+
+/// pingora-pool keyed like the endpoints, one in-memory stream per key.
+pub struct PingoraKeys {
+    /// The pool.
+    pub pool: ConnectionPool<PingoraConn<DuplexStream>>,
+    /// One key per endpoint, as a pingora user precomputes them.
+    pub keys: Vec<u64>,
+    /// The endpoints the keys stand for.
+    pub endpoints: Vec<Endpoint>,
+    _peers: Vec<DuplexStream>,
+}
+
+impl PingoraKeys {
+    /// `per_key` idle streams under each of `endpoints.len()` keys.
+    pub fn populated(endpoints: Vec<Endpoint>, per_key: usize) -> PingoraKeys {
+        let n = endpoints.len();
+        let pool = ConnectionPool::new(n * per_key);
+        let keys: Vec<u64> = endpoints.iter().map(pingora_key).collect();
+        let mut peers = Vec::with_capacity(n * per_key);
+        for &key in &keys {
+            for _ in 0..per_key {
+                let (client, server) = tokio::io::duplex(64);
+                peers.push(server);
+                let conn = PingoraConn::new(client);
+                let _ = pool.put(&ConnectionMeta::new(key, conn.id), conn);
+            }
+        }
+        PingoraKeys {
+            pool,
+            keys,
+            endpoints,
+            _peers: peers,
+        }
+    }
+
+    /// `iters` get+put cycles walking the precomputed keys.
+    pub fn walk(&self, iters: u64) -> Duration {
+        let n = self.keys.len();
+        let mut i = 0;
+        let start = Instant::now();
+        for _ in 0..iters {
+            let key = self.keys[i];
+            self.cycle(key);
+            i = next_index(i, n);
+        }
+        start.elapsed()
+    }
+
+    /// `iters` get+put cycles walking the endpoints, hashing each one into
+    /// its key on every call (as pingora-core's `reuse_hash` does per
+    /// request).
+    pub fn walk_hashing(&self, iters: u64) -> Duration {
+        let n = self.endpoints.len();
+        let mut i = 0;
+        let start = Instant::now();
+        for _ in 0..iters {
+            let key = pingora_key(&self.endpoints[i]);
+            self.cycle(key);
+            i = next_index(i, n);
+        }
+        start.elapsed()
+    }
+
+    #[inline]
+    fn cycle(&self, key: u64) {
+        let conn = self.pool.get(&key).expect("an idle connection");
+        let meta = ConnectionMeta::new(key, conn.id);
+        let _ = self.pool.put(&meta, conn);
+    }
+}
+
+/// A pingora group key for an endpoint: SipHash of host, port and scheme.
+pub fn pingora_key(endpoint: &Endpoint) -> u64 {
+    let mut h = DefaultHasher::new();
+    endpoint.hash(&mut h);
+    h.finish()
+}
+
+/// Bytes of bookkeeping per idle connection, as the counting allocator
+/// sees them: `endpoints × per_endpoint` idle connections, the streams made
+/// before counting starts. The process must have installed
+/// [`crate::alloc::Counting`].
+pub async fn conpool_bytes_per_idle(endpoints: usize, per_endpoint: usize) -> f64 {
+    let eps = self::endpoints(endpoints);
+    let total = endpoints * per_endpoint;
+    let config = config(per_endpoint);
+    let dialer = MemDialer::with_ready(total);
+    crate::alloc::enable();
+    let pool = Pool::with_dialer(config, dialer);
+    populate(&pool, &eps, per_endpoint).await;
+    // Let detached dial tasks finish and free themselves.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let live = crate::alloc::live_bytes();
+    crate::alloc::disable();
+    pool.close().await;
+    live as f64 / total as f64
+}
+
+/// The same figure for pingora-pool (bare get + put), streams excluded.
+pub fn pingora_bytes_per_idle(endpoints: usize, per_key: usize) -> f64 {
+    let keys: Vec<u64> = self::endpoints(endpoints).iter().map(pingora_key).collect();
+    let total = endpoints * per_key;
+    let mut conns = Vec::with_capacity(total);
+    let mut peers = Vec::with_capacity(total);
+    for _ in 0..total {
+        let (client, server) = tokio::io::duplex(64);
+        conns.push(PingoraConn::new(client));
+        peers.push(server);
+    }
+    crate::alloc::enable();
+    let pool = ConnectionPool::new(total);
+    for &key in &keys {
+        for _ in 0..per_key {
+            let conn = conns.pop().expect("made ahead");
+            let _ = pool.put(&ConnectionMeta::new(key, conn.id), conn);
+        }
+    }
+    let live = crate::alloc::live_bytes();
+    crate::alloc::disable();
+    drop(pool);
+    live as f64 / total as f64
+}
+
+/// How long conpool takes to drop `endpoints × per_endpoint` idle
+/// connections: by `clear_endpoint` on every endpoint, and by `close()`
+/// (each on its own freshly populated pool).
+pub async fn conpool_evict_and_close(
+    endpoints: usize,
+    per_endpoint: usize,
+) -> (Duration, Duration) {
+    let eps = self::endpoints(endpoints);
+    let pool = conpool_populated(&eps, per_endpoint).await;
+    let start = Instant::now();
+    for ep in &eps {
+        pool.clear_endpoint(ep);
+    }
+    let clear = start.elapsed();
+    drop(pool);
+
+    let pool = conpool_populated(&eps, per_endpoint).await;
+    let start = Instant::now();
+    pool.close().await;
+    let close = start.elapsed();
+    (clear, close)
+}
+
+/// How long pingora-pool takes to drop the same number of idle
+/// connections: dropping the whole pool (it has no close of its own).
+pub fn pingora_drop(endpoints: usize, per_key: usize) -> Duration {
+    let keys = PingoraKeys::populated(self::endpoints(endpoints), per_key);
+    let start = Instant::now();
+    drop(keys.pool);
+    start.elapsed()
+}
+
+/// Shared handle to a populated conpool pool and its endpoints, for the
+/// criterion benches.
+pub struct ConpoolKeys {
+    /// The pool.
+    pub pool: Pool,
+    /// Its endpoints.
+    pub endpoints: Arc<Vec<Endpoint>>,
+}
+
+impl ConpoolKeys {
+    /// One idle connection at each of `n` endpoints.
+    pub async fn populated(n: usize) -> ConpoolKeys {
+        let endpoints = Arc::new(endpoints(n));
+        let pool = conpool_populated(&endpoints, 1).await;
+        ConpoolKeys { pool, endpoints }
+    }
+}

@@ -1,0 +1,548 @@
+//! The pools under test, behind one small trait.
+//!
+//! Each [`Subject`] pools the same object ([`PeerStream`]: a loopback TCP
+//! socket, optionally under TLS) to the same echo server, and is warmed so
+//! that exactly `size` connections sit idle before a measurement starts.
+//!
+//! Peer settings, chosen so that no peer does work conpool does not:
+//! - bb8: `test_on_check_out(false)` (its `is_valid` would be a no-op
+//!   anyway), `has_broken` returns `false`.
+//! - deadpool (managed): `recycle` returns `Ok(())` at once.
+//! - mobc: `test_on_check_out(false)` as the issue asks, and
+//!   `max_idle = max_open` (its default of 2 idle would close the rest).
+//! - pingora-pool has no limit and no waiting: a miss means "dial". To share
+//!   the same number of connections as the others, a miss here yields
+//!   (`tokio::task::yield_now`) and retries instead of dialing.
+//! - pingora-pool + watcher: what pingora-core's connector does on release
+//!   (`Arc<Mutex<stream>>`, `try_lock_owned`, `put`, a spawned `idle_poll`
+//!   task with its default `idle_timeout` of `None`) and on reuse (`get`,
+//!   `lock().await` until the watcher lets go, `Arc::try_unwrap`; if the
+//!   watcher's guard has not dropped its `Arc` yet we yield and retry rather
+//!   than lose the connection). pingora-core's extra non-blocking read on
+//!   reuse is left out, which only flatters pingora.
+//!
+//! conpool runs with its defaults (idle time, lifetime, use count, liveness
+//! check, acquire timeout), only `max_connections_per_endpoint` set to the
+//! number of connections and the TLS config trusting the test certificate.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::task::{Context, Poll};
+
+use pingora_pool::{ConnectionMeta, ConnectionPool};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::net::{PAYLOAD, PeerStream, Target, round_trip};
+
+/// A pool under test.
+pub trait Subject: Send + Sync + 'static {
+    /// Acquires an idle connection and releases it, with no I/O.
+    fn cycle(&self) -> impl Future<Output = ()> + Send;
+    /// Acquires a connection, yields to the scheduler once, releases it.
+    fn held_cycle(&self) -> impl Future<Output = ()> + Send;
+    /// Acquires a connection, runs one round trip on it, releases it.
+    fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) -> impl Future<Output = ()> + Send + 'a;
+}
+
+/// Every pool compared, in report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// This crate's subject.
+    Conpool,
+    /// bb8 0.9.
+    Bb8,
+    /// deadpool 0.13 (managed).
+    Deadpool,
+    /// mobc 0.9.
+    Mobc,
+    /// pingora-pool, get + put only.
+    PingoraBare,
+    /// pingora-pool with pingora-core's idle watcher task per idle
+    /// connection.
+    PingoraWatch,
+}
+
+impl Kind {
+    /// All pools, conpool first.
+    pub const ALL: [Kind; 6] = [
+        Kind::Conpool,
+        Kind::Bb8,
+        Kind::Deadpool,
+        Kind::Mobc,
+        Kind::PingoraBare,
+        Kind::PingoraWatch,
+    ];
+
+    /// The peers only.
+    pub const PEERS: [Kind; 5] = [
+        Kind::Bb8,
+        Kind::Deadpool,
+        Kind::Mobc,
+        Kind::PingoraBare,
+        Kind::PingoraWatch,
+    ];
+
+    /// A short name for tables, charts and benchmark ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Conpool => "conpool",
+            Kind::Bb8 => "bb8",
+            Kind::Deadpool => "deadpool",
+            Kind::Mobc => "mobc",
+            Kind::PingoraBare => "pingora-pool",
+            Kind::PingoraWatch => "pingora-pool+watcher",
+        }
+    }
+}
+
+/// Builds the subject of `kind` for `target` with `size` idle connections,
+/// binds it (in an `Arc`) to `$s`, and evaluates `$body` with it. The body
+/// is compiled once per concrete pool type, so the hot loops are
+/// monomorphised for each pool.
+#[macro_export]
+macro_rules! with_subject {
+    ($kind:expr, $target:expr, $size:expr, |$s:ident| $body:expr) => {{
+        use $crate::subjects::*;
+        match $kind {
+            Kind::Conpool => {
+                let $s = ::std::sync::Arc::new(ConpoolSubject::new($target, $size).await);
+                $body
+            }
+            Kind::Bb8 => {
+                let $s = ::std::sync::Arc::new(Bb8Subject::new($target, $size).await);
+                $body
+            }
+            Kind::Deadpool => {
+                let $s = ::std::sync::Arc::new(DeadpoolSubject::new($target, $size).await);
+                $body
+            }
+            Kind::Mobc => {
+                let $s = ::std::sync::Arc::new(MobcSubject::new($target, $size).await);
+                $body
+            }
+            Kind::PingoraBare => {
+                let $s = ::std::sync::Arc::new(PingoraBare::new($target, $size).await);
+                $body
+            }
+            Kind::PingoraWatch => {
+                let $s = ::std::sync::Arc::new(PingoraWatch::new($target, $size).await);
+                $body
+            }
+        }
+    }};
+}
+
+// ---------------------------------------------------------------- conpool
+
+/// conpool with its default checks.
+pub struct ConpoolSubject {
+    /// The pool.
+    pub pool: conpool::Pool,
+    /// The one endpoint.
+    pub endpoint: conpool::Endpoint,
+}
+
+impl ConpoolSubject {
+    /// A pool of `size` connections to `target`, all idle.
+    pub async fn new(target: &Target, size: usize) -> Self {
+        let mut config = conpool::Config::builder().max_connections_per_endpoint(size);
+        if let Some(tls) = &target.tls {
+            config = config.tls_config(tls.config.clone());
+        }
+        let pool = conpool::Pool::new(config.build().expect("a valid config"));
+        let endpoint = target.endpoint();
+        let mut held = Vec::with_capacity(size);
+        for _ in 0..size {
+            held.push(
+                pool.get(&endpoint)
+                    .await
+                    .expect("conpool dials the echo server"),
+            );
+        }
+        drop(held);
+        ConpoolSubject { pool, endpoint }
+    }
+}
+
+impl Subject for ConpoolSubject {
+    async fn cycle(&self) {
+        let conn = self.pool.get(&self.endpoint).await.expect("conpool get");
+        drop(conn);
+    }
+
+    async fn held_cycle(&self) {
+        let conn = self.pool.get(&self.endpoint).await.expect("conpool get");
+        tokio::task::yield_now().await;
+        drop(conn);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut conn = self.pool.get(&self.endpoint).await.expect("conpool get");
+        round_trip(&mut conn, request).await.expect("round trip");
+    }
+}
+
+// ---------------------------------------------------------------- bb8
+
+/// bb8's manager for [`PeerStream`].
+pub struct Bb8Manager(pub Target);
+
+impl bb8::ManageConnection for Bb8Manager {
+    type Connection = PeerStream;
+    type Error = io::Error;
+
+    fn connect(&self) -> impl Future<Output = io::Result<PeerStream>> + Send {
+        self.0.connect()
+    }
+
+    fn is_valid(&self, _: &mut PeerStream) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn has_broken(&self, _: &mut PeerStream) -> bool {
+        false
+    }
+}
+
+/// bb8 0.9.
+pub struct Bb8Subject {
+    /// The pool.
+    pub pool: bb8::Pool<Bb8Manager>,
+}
+
+impl Bb8Subject {
+    /// A pool of `size` connections to `target`, all idle.
+    pub async fn new(target: &Target, size: usize) -> Self {
+        let pool = bb8::Pool::builder()
+            .max_size(size as u32)
+            .test_on_check_out(false)
+            .build(Bb8Manager(target.clone()))
+            .await
+            .expect("bb8 pool");
+        let mut held = Vec::with_capacity(size);
+        for _ in 0..size {
+            held.push(pool.get_owned().await.expect("bb8 dials the echo server"));
+        }
+        drop(held);
+        Bb8Subject { pool }
+    }
+}
+
+impl Subject for Bb8Subject {
+    async fn cycle(&self) {
+        let conn = self.pool.get().await.expect("bb8 get");
+        drop(conn);
+    }
+
+    async fn held_cycle(&self) {
+        let conn = self.pool.get().await.expect("bb8 get");
+        tokio::task::yield_now().await;
+        drop(conn);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut conn = self.pool.get().await.expect("bb8 get");
+        round_trip(&mut *conn, request).await.expect("round trip");
+    }
+}
+
+// ---------------------------------------------------------------- deadpool
+
+/// deadpool's manager for [`PeerStream`].
+pub struct DeadpoolManager(pub Target);
+
+impl deadpool::managed::Manager for DeadpoolManager {
+    type Type = PeerStream;
+    type Error = io::Error;
+
+    fn create(&self) -> impl Future<Output = io::Result<PeerStream>> + Send {
+        self.0.connect()
+    }
+
+    fn recycle(
+        &self,
+        _: &mut PeerStream,
+        _: &deadpool::managed::Metrics,
+    ) -> impl Future<Output = deadpool::managed::RecycleResult<io::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// deadpool 0.13, managed.
+pub struct DeadpoolSubject {
+    /// The pool.
+    pub pool: deadpool::managed::Pool<DeadpoolManager>,
+}
+
+impl DeadpoolSubject {
+    /// A pool of `size` connections to `target`, all idle.
+    pub async fn new(target: &Target, size: usize) -> Self {
+        let pool = deadpool::managed::Pool::builder(DeadpoolManager(target.clone()))
+            .max_size(size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("deadpool pool");
+        let mut held = Vec::with_capacity(size);
+        for _ in 0..size {
+            held.push(pool.get().await.expect("deadpool dials the echo server"));
+        }
+        drop(held);
+        DeadpoolSubject { pool }
+    }
+}
+
+impl Subject for DeadpoolSubject {
+    async fn cycle(&self) {
+        let conn = self.pool.get().await.expect("deadpool get");
+        drop(conn);
+    }
+
+    async fn held_cycle(&self) {
+        let conn = self.pool.get().await.expect("deadpool get");
+        tokio::task::yield_now().await;
+        drop(conn);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut conn = self.pool.get().await.expect("deadpool get");
+        round_trip(&mut *conn, request).await.expect("round trip");
+    }
+}
+
+// ---------------------------------------------------------------- mobc
+
+/// mobc's manager for [`PeerStream`].
+pub struct MobcManager(pub Target);
+
+#[mobc::async_trait]
+impl mobc::Manager for MobcManager {
+    type Connection = PeerStream;
+    type Error = io::Error;
+
+    async fn connect(&self) -> io::Result<PeerStream> {
+        self.0.connect().await
+    }
+
+    async fn check(&self, conn: PeerStream) -> io::Result<PeerStream> {
+        Ok(conn)
+    }
+}
+
+/// mobc 0.9.
+pub struct MobcSubject {
+    /// The pool.
+    pub pool: mobc::Pool<MobcManager>,
+}
+
+impl MobcSubject {
+    /// A pool of `size` connections to `target`, all idle.
+    pub async fn new(target: &Target, size: usize) -> Self {
+        let pool = mobc::Pool::builder()
+            .max_open(size as u64)
+            .max_idle(size as u64)
+            .test_on_check_out(false)
+            .build(MobcManager(target.clone()));
+        let mut held = Vec::with_capacity(size);
+        for _ in 0..size {
+            held.push(
+                pool.get()
+                    .await
+                    .map_err(|_| ())
+                    .expect("mobc dials the echo server"),
+            );
+        }
+        drop(held);
+        MobcSubject { pool }
+    }
+}
+
+impl Subject for MobcSubject {
+    async fn cycle(&self) {
+        let conn = self.pool.get().await.map_err(|_| ()).expect("mobc get");
+        drop(conn);
+    }
+
+    async fn held_cycle(&self) {
+        let conn = self.pool.get().await.map_err(|_| ()).expect("mobc get");
+        tokio::task::yield_now().await;
+        drop(conn);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut conn = self.pool.get().await.map_err(|_| ()).expect("mobc get");
+        round_trip(&mut *conn, request).await.expect("round trip");
+    }
+}
+
+// ---------------------------------------------------------------- pingora
+
+static NEXT_ID: AtomicI32 = AtomicI32::new(1);
+
+/// A pooled stream with the id pingora-pool keys its LRU on (pingora uses
+/// the file descriptor).
+pub struct PingoraConn<S> {
+    /// Unique per connection.
+    pub id: i32,
+    /// The stream.
+    pub stream: S,
+}
+
+impl<S> PingoraConn<S> {
+    /// Gives `stream` a fresh id.
+    pub fn new(stream: S) -> Self {
+        PingoraConn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PingoraConn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+/// The group key every pingora subject uses for its one endpoint.
+pub const PINGORA_KEY: u64 = 0x5eed;
+
+/// pingora-pool, get + put only.
+pub struct PingoraBare {
+    /// The pool.
+    pub pool: ConnectionPool<PingoraConn<PeerStream>>,
+}
+
+impl PingoraBare {
+    /// A pool of `size` connections to `target`, all idle.
+    pub async fn new(target: &Target, size: usize) -> Self {
+        let pool = ConnectionPool::new(size.max(1));
+        for _ in 0..size {
+            let conn = PingoraConn::new(target.connect().await.expect("dial the echo server"));
+            let _ = pool.put(&ConnectionMeta::new(PINGORA_KEY, conn.id), conn);
+        }
+        PingoraBare { pool }
+    }
+
+    async fn acquire(&self) -> PingoraConn<PeerStream> {
+        loop {
+            if let Some(conn) = self.pool.get(&PINGORA_KEY) {
+                return conn;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn release(&self, conn: PingoraConn<PeerStream>) {
+        let meta = ConnectionMeta::new(PINGORA_KEY, conn.id);
+        let _ = self.pool.put(&meta, conn);
+    }
+}
+
+impl Subject for PingoraBare {
+    async fn cycle(&self) {
+        let conn = self.acquire().await;
+        self.release(conn);
+    }
+
+    async fn held_cycle(&self) {
+        let conn = self.acquire().await;
+        tokio::task::yield_now().await;
+        self.release(conn);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut conn = self.acquire().await;
+        round_trip(&mut conn.stream, request)
+            .await
+            .expect("round trip");
+        self.release(conn);
+    }
+}
+
+type Watched = Arc<tokio::sync::Mutex<PingoraConn<PeerStream>>>;
+
+/// pingora-pool as pingora-core's connector uses it: a watcher task per
+/// idle connection.
+pub struct PingoraWatch {
+    /// The pool.
+    pub pool: Arc<ConnectionPool<Watched>>,
+}
+
+impl PingoraWatch {
+    /// A pool of `size` connections to `target`, all idle and watched.
+    pub async fn new(target: &Target, size: usize) -> Self {
+        let subject = PingoraWatch {
+            pool: Arc::new(ConnectionPool::new(size.max(1))),
+        };
+        for _ in 0..size {
+            let conn = PingoraConn::new(target.connect().await.expect("dial the echo server"));
+            subject.release(conn);
+        }
+        subject
+    }
+
+    async fn acquire(&self) -> PingoraConn<PeerStream> {
+        loop {
+            let Some(mut shared) = self.pool.get(&PINGORA_KEY) else {
+                tokio::task::yield_now().await;
+                continue;
+            };
+            {
+                // Wait for the idle watcher to let go.
+                let _ = shared.lock().await;
+            }
+            loop {
+                match Arc::try_unwrap(shared) {
+                    Ok(mutex) => return mutex.into_inner(),
+                    Err(back) => {
+                        shared = back;
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&self, conn: PingoraConn<PeerStream>) {
+        let meta = ConnectionMeta::new(PINGORA_KEY, conn.id);
+        let stream = Arc::new(tokio::sync::Mutex::new(conn));
+        let locked = stream
+            .clone()
+            .try_lock_owned()
+            .expect("nobody else has it yet");
+        let (notify_close, watch_use) = self.pool.put(&meta, stream);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            pool.idle_poll(locked, &meta, None, notify_close, watch_use)
+                .await;
+        });
+    }
+}
+
+impl Subject for PingoraWatch {
+    async fn cycle(&self) {
+        let conn = self.acquire().await;
+        self.release(conn);
+    }
+
+    async fn held_cycle(&self) {
+        let conn = self.acquire().await;
+        tokio::task::yield_now().await;
+        self.release(conn);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut conn = self.acquire().await;
+        round_trip(&mut conn.stream, request)
+            .await
+            .expect("round trip");
+        self.release(conn);
+    }
+}
