@@ -6,8 +6,14 @@
 //! lease comes back (so a spent connection is closed at once instead of
 //! taking an idle slot) and when an idle connection is taken out (so one that
 //! aged while idle is never handed out).
+//!
+//! The deadlines are computed once, when a connection goes idle
+//! ([`Conn::mark_idle`]), so that the checkout path compares two instants
+//! instead of subtracting them: a checkout reads the clock once and does no
+//! time arithmetic.
 
 use std::hash::{BuildHasher, RandomState};
+use std::ops::{Deref, DerefMut};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,8 +22,27 @@ use tokio::time::Instant;
 
 use crate::{CloseReason, Config, Stream};
 
-/// A live connection and what the pool knows about it.
-pub(crate) struct Conn {
+/// A live connection and what the pool knows about it, boxed: a connection
+/// changes hands by value many times per checkout (idle stack, lease,
+/// grant, release), and moving a pointer is cheaper than moving the record.
+pub(crate) struct Conn(Box<Record>);
+
+impl Deref for Conn {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        &self.0
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Record {
+        &mut self.0
+    }
+}
+
+/// What the pool knows about a connection.
+pub(crate) struct Record {
     pub(crate) stream: Stream,
     pub(crate) id: u64,
     pub(crate) created_at: Instant,
@@ -25,6 +50,12 @@ pub(crate) struct Conn {
     pub(crate) expires_at: Instant,
     /// When it last came back to the pool (or was created).
     pub(crate) last_used: Instant,
+    /// Past this instant it may not be handed out: the earlier of
+    /// `expires_at` and `last_used + max_idle_time`.
+    reuse_by: Instant,
+    /// From this instant on, a checkout probes it first: `last_used` plus
+    /// `liveness_check_bypass`.
+    pub(crate) probe_from: Instant,
     /// How many times it has been handed out.
     pub(crate) uses: u64,
     /// The endpoint's generation when it was created; a connection of an
@@ -38,23 +69,41 @@ impl Conn {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let lifetime = config.max_connection_lifetime();
         let cut = lifetime.mul_f64(config.max_connection_lifetime_jitter() * unit_random(id));
-        Conn {
+        let lifetime = lifetime.saturating_sub(cut).max(Duration::from_millis(1));
+        let expires_at = later(now, lifetime, far_future(now));
+        let mut conn = Conn(Box::new(Record {
             stream,
             id,
             created_at: now,
-            expires_at: now + lifetime.saturating_sub(cut).max(Duration::from_millis(1)),
+            expires_at,
             last_used: now,
+            reuse_by: expires_at,
+            probe_from: now,
             uses: 0,
             generation,
-        }
+        }));
+        conn.mark_idle(now, config);
+        conn
+    }
+
+    /// Records that the connection came back (or was made) at `now`, and
+    /// computes the deadlines the checkout path compares against.
+    pub(crate) fn mark_idle(&mut self, now: Instant, config: &Config) {
+        self.last_used = now;
+        // A sum past what an `Instant` holds means "never"; past
+        // `expires_at` nothing matters any more.
+        self.reuse_by = later(now, config.max_idle_time(), self.expires_at).min(self.expires_at);
+        self.probe_from = later(now, config.liveness_check_bypass(), self.expires_at);
     }
 
     /// `None` if the connection may be handed out at `now`, else why not.
     pub(crate) fn reuse_verdict(&self, now: Instant, config: &Config) -> Option<CloseReason> {
-        if now > self.expires_at {
-            Some(CloseReason::LifetimeExpired)
-        } else if now.saturating_duration_since(self.last_used) > config.max_idle_time() {
-            Some(CloseReason::IdleExpired)
+        if now > self.reuse_by {
+            Some(if now > self.expires_at {
+                CloseReason::LifetimeExpired
+            } else {
+                CloseReason::IdleExpired
+            })
         } else if config
             .max_connection_uses()
             .is_some_and(|max| self.uses >= max)
@@ -64,6 +113,18 @@ impl Conn {
             None
         }
     }
+}
+
+/// `now + by`, or `otherwise` if that is past what an `Instant` can hold
+/// (a duration configured as "practically forever").
+fn later(now: Instant, by: Duration, otherwise: Instant) -> Instant {
+    now.checked_add(by).unwrap_or(otherwise)
+}
+
+/// An instant a century on, or as far as the platform's clock reaches.
+fn far_future(now: Instant) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(CENTURY).unwrap_or(now)
 }
 
 /// A number in [0, 1) that differs from connection to connection and from

@@ -70,7 +70,6 @@ impl Context {
 pub(crate) struct EndpointPool {
     pub(crate) endpoint: Endpoint,
     pub(crate) ctx: Arc<Context>,
-    pub(crate) counters: Counters,
     state: Mutex<State>,
 }
 
@@ -88,6 +87,7 @@ struct State {
     retired: bool,
     next_waiter_id: u64,
     last_dial_error: Option<String>,
+    counters: Counters,
     /// Leases out now, tracked only when `leak_threshold` is set.
     leases: HashMap<u64, LeaseRecord>,
     /// Since when the endpoint has had nothing in it, for retirement.
@@ -142,6 +142,10 @@ enum Grant {
 
 /// The outcome of the synchronous part of an acquire.
 pub(crate) enum Step {
+    /// An idle connection that needs no check: hand it out (its reuse is
+    /// counted already).
+    Ready(Conn),
+    /// An idle connection to probe or health-check first.
     Reuse(Conn),
     Dial,
     Wait(WaitTicket),
@@ -182,7 +186,6 @@ impl EndpointPool {
         EndpointPool {
             endpoint,
             ctx,
-            counters: Counters::default(),
             state: Mutex::new(State::default()),
         }
     }
@@ -192,41 +195,42 @@ impl EndpointPool {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let gauges = self.state.lock().gauges();
-        self.counters.snapshot(gauges)
+        let st = self.state.lock();
+        st.counters.snapshot(st.gauges())
     }
 
     /// Gets a connection: an idle one if any is fit, else a new dial, else
     /// a place in the queue. `Ok(None)`: this endpoint pool was retired
     /// from the map; look the endpoint up again.
+    ///
+    /// The common case, a fit idle connection that needs no check, is
+    /// decided under one lock with one clock read and returns without
+    /// suspending; only the rest builds the (larger) future that probes,
+    /// dials or waits under `acquire_timeout`.
     pub(crate) async fn acquire(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         caller: &'static Location<'static>,
     ) -> Result<Option<PooledConnection>, Error> {
-        let now = Instant::now();
-        let Some(step) = self.begin_acquire(now)? else {
-            return Ok(None);
-        };
-        if let Step::Reuse(conn) = &step {
-            if !self.needs_check(conn, now) {
-                let Step::Reuse(conn) = step else {
-                    unreachable!()
-                };
-                return Ok(Some(self.lease(conn, true, caller)));
-            }
+        match self.begin_acquire(Instant::now())? {
+            None => Ok(None),
+            Some(Step::Ready(conn)) => Ok(Some(self.lease_reused(conn, caller))),
+            Some(step) => self.acquire_slow(step, caller).await.map(Some),
         }
-        self.bounded(self.finish_acquire(step, caller))
-            .await
-            .map(Some)
+    }
+
+    async fn acquire_slow(
+        self: Arc<Self>,
+        step: Step,
+        caller: &'static Location<'static>,
+    ) -> Result<PooledConnection, Error> {
+        self.bounded(self.finish_acquire(step, caller)).await
     }
 
     /// Whether an idle connection must be probed or health-checked before
     /// it is handed out.
     fn needs_check(&self, conn: &Conn, now: Instant) -> bool {
         let config = self.config();
-        config.health_check().is_some()
-            || (config.liveness_check()
-                && now.saturating_duration_since(conn.last_used) >= config.liveness_check_bypass())
+        config.health_check().is_some() || (config.liveness_check() && now >= conn.probe_from)
     }
 
     /// Runs the slow part of an acquire under `acquire_timeout`.
@@ -265,7 +269,13 @@ impl EndpointPool {
             }
             st.empty_since = None;
             let room = if let Some(conn) = self.pop_fit_idle(&mut st, now, &mut closing) {
-                return self.finish_begin(st, closing, Step::Reuse(conn));
+                let step = if self.needs_check(&conn, now) {
+                    Step::Reuse(conn)
+                } else {
+                    st.counters.reused();
+                    Step::Ready(conn)
+                };
+                return self.finish_begin(st, closing, step);
             } else if st.waiters.is_empty() {
                 self.take_dial_slot(&mut st)
             } else {
@@ -372,7 +382,7 @@ impl EndpointPool {
             }
             let conn = st.idle.remove(0);
             self.ctx.global.idle_changed(0, 1);
-            self.counters.closed(CloseReason::PoolLimit);
+            st.counters.closed(CloseReason::PoolLimit);
             conn
         };
         self.close_all(vec![(conn, CloseReason::PoolLimit)]);
@@ -390,7 +400,7 @@ impl EndpointPool {
                     return Some(conn);
                 }
                 Some(reason) => {
-                    self.counters.closed(reason);
+                    st.counters.closed(reason);
                     closing.push((conn, reason));
                 }
             }
@@ -417,14 +427,16 @@ impl EndpointPool {
     ) -> Result<PooledConnection, Error> {
         loop {
             step = match step {
+                Step::Ready(conn) => return Ok(self.clone().lease_reused(conn, caller)),
                 Step::Reuse(conn) => match self.check_idle(conn, caller).await? {
                     Checked::Healthy(lease) => return Ok(lease),
                     Checked::Next(next) => next,
                 },
                 Step::Dial => return self.dial(caller).await,
                 Step::Wait(mut ticket) => match ticket.wait().await {
-                    // Straight from another lease: it was never idle.
-                    Grant::Conn(conn) => return Ok(self.lease(conn, true, caller)),
+                    // Straight from another lease: it was never idle, and
+                    // its reuse was counted when it was granted.
+                    Grant::Conn(conn) => return Ok(self.clone().lease_reused(conn, caller)),
                     Grant::Dial => Step::Dial,
                     Grant::Closed => return Err(Error::PoolClosed),
                 },
@@ -442,13 +454,13 @@ impl EndpointPool {
         caller: &'static Location<'static>,
     ) -> Result<Checked, Error> {
         let config = self.config();
-        let idle_for = Instant::now().saturating_duration_since(conn.last_used);
+        let probe = config.liveness_check() && Instant::now() >= conn.probe_from;
         // Held as a lease during the checks, so that a caller cancelled
         // mid-check closes the connection rather than returning it with a
         // half-done exchange on it.
-        let mut lease = self.lease_without_counting(conn, caller);
+        let mut lease = self.clone().lease(conn, caller);
         let mut failure = None;
-        if config.liveness_check() && idle_for >= config.liveness_check_bypass() {
+        if probe {
             failure = lease.stream_mut().liveness().await.close_reason();
         }
         if let (None, Some(check)) = (failure, config.health_check()) {
@@ -458,7 +470,8 @@ impl EndpointPool {
             failure = (!healthy).then_some(CloseReason::HealthCheckFailed);
         }
         let Some(reason) = failure else {
-            self.count_checkout(&mut lease, true);
+            self.state.lock().counters.reused();
+            self.mark_reused(&mut lease);
             return Ok(Checked::Healthy(lease));
         };
         tracing::debug!(endpoint = %self.endpoint, %reason, "idle connection failed its check");
@@ -466,9 +479,9 @@ impl EndpointPool {
             .take_conn()
             .expect("the lease still holds its connection");
         let mut closing = vec![(conn, reason)];
-        self.counters.closed(reason);
         let next = {
             let mut st = self.state.lock();
+            st.counters.closed(reason);
             st.leases.remove(&closing[0].0.id);
             st.active -= 1;
             if st.closed {
@@ -499,7 +512,7 @@ impl EndpointPool {
         let (tx, rx) = oneshot::channel();
         self.spawn_dial(tx, false);
         match rx.await {
-            Ok(Ok(conn)) => Ok(self.lease(conn, false, caller)),
+            Ok(Ok(conn)) => Ok(self.clone().lease(conn, caller)),
             Ok(Err(err)) => Err(err),
             // The dial task panicked (a custom dialer's bug); the slot's
             // guard gave the slot back.
@@ -537,11 +550,11 @@ impl EndpointPool {
         match result {
             Ok(stream) => {
                 let now = Instant::now();
-                self.counters.created();
                 tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
                 self.config().notify_created(&self.endpoint);
                 let conn = {
                     let mut st = self.state.lock();
+                    st.counters.created();
                     st.dialing -= 1;
                     st.last_dial_error = None;
                     if warm {
@@ -550,7 +563,7 @@ impl EndpointPool {
                     }
                     let conn = Conn::new(stream, now, st.generation, self.config());
                     if st.closed {
-                        self.counters.closed(CloseReason::PoolClosed);
+                        st.counters.closed(CloseReason::PoolClosed);
                         drop(st);
                         self.close_all(vec![(conn, CloseReason::PoolClosed)]);
                         let _ = tx.send(Err(Error::PoolClosed));
@@ -567,9 +580,9 @@ impl EndpointPool {
                 }
             }
             Err(err) => {
-                self.counters.dial_failed();
                 let wake = {
                     let mut st = self.state.lock();
+                    st.counters.dial_failed();
                     let wake = self.return_dial_slot(&mut st);
                     st.last_dial_error = Some(err.to_string());
                     if warm {
@@ -590,19 +603,22 @@ impl EndpointPool {
         }
     }
 
-    fn lease(
-        self: &Arc<Self>,
+    /// Hands out a reused connection whose reuse is counted already.
+    fn lease_reused(
+        self: Arc<Self>,
         conn: Conn,
-        reused: bool,
         caller: &'static Location<'static>,
     ) -> PooledConnection {
-        let mut lease = self.lease_without_counting(conn, caller);
-        self.count_checkout(&mut lease, reused);
+        self.config().notify_reused(&self.endpoint);
+        let mut lease = self.lease(conn, caller);
+        lease.set_reused();
         lease
     }
 
-    fn lease_without_counting(
-        self: &Arc<Self>,
+    /// Wraps an active connection in a lease (which keeps this endpoint
+    /// pool alive through `self`).
+    fn lease(
+        self: Arc<Self>,
         mut conn: Conn,
         caller: &'static Location<'static>,
     ) -> PooledConnection {
@@ -615,22 +631,21 @@ impl EndpointPool {
             };
             self.state.lock().leases.insert(conn.id, record);
         }
-        PooledConnection::new(conn, self.clone())
+        PooledConnection::new(conn, self)
     }
 
-    fn count_checkout(&self, lease: &mut PooledConnection, reused: bool) {
-        if reused {
-            lease.set_reused();
-            self.counters.reused();
-            self.config().notify_reused(&self.endpoint);
-        }
+    /// Flags a lease as reused and runs the reused hook; the counter is
+    /// bumped by the caller, under the lock that decided the reuse.
+    fn mark_reused(&self, lease: &mut PooledConnection) {
+        lease.set_reused();
+        self.config().notify_reused(&self.endpoint);
     }
 
     /// Takes back a connection that was active. `close` is the lease's own
     /// reason to close it, if it has one.
     pub(crate) fn release(&self, mut conn: Conn, close: Option<CloseReason>) {
         let now = Instant::now();
-        conn.last_used = now;
+        conn.mark_idle(now, self.config());
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
         let mut st = self.state.lock();
         if !st.leases.is_empty() {
@@ -641,7 +656,7 @@ impl EndpointPool {
             .or((conn.generation != st.generation).then_some(CloseReason::Cleared));
         if let Some(reason) = reason {
             st.active -= 1;
-            self.counters.closed(reason);
+            st.counters.closed(reason);
             self.grant_free_slot(&mut st);
             drop(st);
             self.close_all(vec![(conn, reason)]);
@@ -649,7 +664,10 @@ impl EndpointPool {
         }
         while let Some(waiter) = st.waiters.pop_front() {
             match waiter.tx.send(Grant::Conn(conn)) {
-                Ok(()) => return,
+                Ok(()) => {
+                    st.counters.reused();
+                    return;
+                }
                 Err(Grant::Conn(back)) => conn = back,
                 Err(_) => unreachable!("a grant comes back as it was sent"),
             }
@@ -657,7 +675,7 @@ impl EndpointPool {
         st.active -= 1;
         if self.ctx.global.has_starved() {
             // Another endpoint waits for room under max_connections_total.
-            self.counters.closed(CloseReason::PoolLimit);
+            st.counters.closed(CloseReason::PoolLimit);
             drop(st);
             self.close_all(vec![(conn, CloseReason::PoolLimit)]);
             return;
@@ -728,10 +746,10 @@ impl EndpointPool {
 
     fn drain_idle(&self, st: &mut State, reason: CloseReason) -> Closing {
         self.ctx.global.idle_changed(0, st.idle.len());
-        st.idle
-            .drain(..)
+        let State { idle, counters, .. } = st;
+        idle.drain(..)
             .map(|conn| {
-                self.counters.closed(reason);
+                counters.closed(reason);
                 (conn, reason)
             })
             .collect()
@@ -798,7 +816,7 @@ impl EndpointPool {
             st.idle = kept;
             self.ctx.global.idle_changed(0, closing.len());
             for (_, reason) in &closing {
-                self.counters.closed(*reason);
+                st.counters.closed(*reason);
             }
             if let Some(threshold) = config.leak_threshold() {
                 for (id, lease) in st.leases.iter_mut() {
@@ -867,19 +885,30 @@ impl EndpointPool {
     /// Returns a grant whose waiter went away before using it.
     fn give_back(&self, grant: Grant) {
         match grant {
-            Grant::Conn(conn) => self.release(conn, None),
-            Grant::Dial => {
-                let wake = {
-                    let mut st = self.state.lock();
-                    let wake = self.return_dial_slot(&mut st);
-                    self.grant_free_slot(&mut st);
-                    wake
-                };
-                if wake {
-                    self.ctx.global.wake_starved();
-                }
+            Grant::Conn(conn) => {
+                // Counted as reused when granted; nobody used it.
+                self.state.lock().counters.unreused();
+                self.release(conn, None);
             }
+            Grant::Dial => self.return_unused_dial(false),
             Grant::Closed => {}
+        }
+    }
+
+    /// Frees a dialing slot that produced no connection; `failed`: a dial
+    /// task died without finishing (counted as a failed dial).
+    fn return_unused_dial(&self, failed: bool) {
+        let wake = {
+            let mut st = self.state.lock();
+            if failed {
+                st.counters.dial_failed();
+            }
+            let wake = self.return_dial_slot(&mut st);
+            self.grant_free_slot(&mut st);
+            wake
+        };
+        if wake {
+            self.ctx.global.wake_starved();
         }
     }
 }
@@ -904,8 +933,7 @@ impl DialSlot {
 impl Drop for DialSlot {
     fn drop(&mut self) {
         if let Some(pool) = self.0.take() {
-            pool.counters.dial_failed();
-            pool.give_back(Grant::Dial);
+            pool.return_unused_dial(true);
         }
     }
 }

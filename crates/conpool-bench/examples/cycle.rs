@@ -1,0 +1,43 @@
+//! The loop to profile: one task cycling acquire + release of an idle
+//! connection on one pool, with no I/O, for `valgrind --tool=callgrind`.
+//!
+//! ```text
+//! cargo build --release -p conpool-bench --example cycle
+//! valgrind --tool=callgrind target/release/examples/cycle conpool 200000
+//! ```
+//!
+//! The first argument names the pool (`conpool`, `bb8`, `deadpool`, `mobc`,
+//! `pingora-pool`, `pingora-pool+watcher`), the second the number of cycles.
+
+use conpool_bench::net::{Target, start_echo};
+use conpool_bench::with_subject;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let name = args.next().unwrap_or_else(|| "conpool".into());
+    let cycles: u64 = args
+        .next()
+        .map_or(200_000, |n| n.parse().expect("a number of cycles"));
+    let kind = conpool_bench::subjects::Kind::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .unwrap_or_else(|| panic!("no pool named {name:?}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let target = Target::tcp(start_echo(None).await);
+        with_subject!(kind, &target, 1, |subject| {
+            let start = std::time::Instant::now();
+            for _ in 0..cycles {
+                subject.cycle().await;
+            }
+            let took = start.elapsed();
+            println!(
+                "{name}: {:.0} ns per cycle",
+                took.as_nanos() as f64 / cycles as f64
+            );
+        })
+    });
+}
