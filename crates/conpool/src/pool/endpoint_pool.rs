@@ -28,20 +28,17 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Waker};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::global::Global;
+use super::map::EndpointMap;
 use crate::dial::{Dial, backoff_delay, dial_with_retry};
-use crate::endpoint::PrehashedState;
 use crate::stats::{Counters, PoolState};
 use crate::stream::Liveness;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats};
-
-/// Every endpoint's pool, keyed by endpoint (hashed once, at construction).
-pub(crate) type EndpointMap = HashMap<Endpoint, Arc<EndpointPool>, PrehashedState>;
 
 /// What every endpoint of a pool shares: the config, the dialer, the map
 /// of endpoints and the limits across them.
@@ -50,7 +47,7 @@ pub(crate) struct Context {
     pub(crate) dialer: Arc<dyn Dial>,
     /// Every endpoint's pool. It refers back to this context; the cycle is
     /// broken when the last `Pool` handle is dropped, which empties it.
-    pub(crate) endpoints: RwLock<EndpointMap>,
+    pub(crate) endpoints: EndpointMap,
     pub(crate) global: Global,
 }
 

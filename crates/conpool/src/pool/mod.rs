@@ -9,13 +9,11 @@
 mod conn;
 mod endpoint_pool;
 mod global;
+mod map;
 
-use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-
-use parking_lot::RwLock;
 
 pub(crate) use conn::Conn;
 pub(crate) use endpoint_pool::{Context, EndpointPool};
@@ -77,7 +75,7 @@ impl Pool {
                     global: global::Global::new(&config),
                     config,
                     dialer: Arc::new(dialer),
-                    endpoints: RwLock::new(HashMap::default()),
+                    endpoints: map::EndpointMap::default(),
                 }),
                 closed: AtomicBool::new(false),
                 closing: Arc::new(tokio::sync::Notify::new()),
