@@ -50,8 +50,11 @@ pub trait Subject: Send + Sync + 'static {
 /// Every pool compared, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
-    /// This crate's subject.
+    /// This crate, through `pool.get(&endpoint)` (a map lookup per call).
     Conpool,
+    /// This crate, through an `EndpointHandle` (`pool.endpoint(&ep)` once,
+    /// then `handle.get()`).
+    ConpoolHandle,
     /// bb8 0.9.
     Bb8,
     /// deadpool 0.13 (managed).
@@ -67,8 +70,9 @@ pub enum Kind {
 
 impl Kind {
     /// All pools, conpool first.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Conpool,
+        Kind::ConpoolHandle,
         Kind::Bb8,
         Kind::Deadpool,
         Kind::Mobc,
@@ -85,10 +89,16 @@ impl Kind {
         Kind::PingoraWatch,
     ];
 
+    /// Whether this is conpool (either way of calling it), not a peer.
+    pub fn is_conpool(self) -> bool {
+        matches!(self, Kind::Conpool | Kind::ConpoolHandle)
+    }
+
     /// A short name for tables, charts and benchmark ids.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Conpool => "conpool",
+            Kind::ConpoolHandle => "conpool (handle)",
             Kind::Bb8 => "bb8",
             Kind::Deadpool => "deadpool",
             Kind::Mobc => "mobc",
@@ -109,6 +119,10 @@ macro_rules! with_subject {
         match $kind {
             Kind::Conpool => {
                 let $s = ::std::sync::Arc::new(ConpoolSubject::new($target, $size).await);
+                $body
+            }
+            Kind::ConpoolHandle => {
+                let $s = ::std::sync::Arc::new(ConpoolHandleSubject::new($target, $size).await);
                 $body
             }
             Kind::Bb8 => {
@@ -181,6 +195,41 @@ impl Subject for ConpoolSubject {
 
     async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
         let mut conn = self.pool.get(&self.endpoint).await.expect("conpool get");
+        round_trip(&mut conn, request).await.expect("round trip");
+    }
+}
+
+/// conpool through an endpoint handle, with the same settings.
+pub struct ConpoolHandleSubject {
+    /// The pool, kept open while the handle is used.
+    pub pool: ConpoolSubject,
+    /// The handle on its one endpoint.
+    pub handle: conpool::EndpointHandle,
+}
+
+impl ConpoolHandleSubject {
+    /// A pool of `size` connections to `target`, all idle, and a handle.
+    pub async fn new(target: &Target, size: usize) -> Self {
+        let pool = ConpoolSubject::new(target, size).await;
+        let handle = pool.pool.endpoint(&pool.endpoint).expect("an open pool");
+        ConpoolHandleSubject { pool, handle }
+    }
+}
+
+impl Subject for ConpoolHandleSubject {
+    async fn cycle(&self) {
+        let conn = self.handle.get().await.expect("conpool get");
+        drop(conn);
+    }
+
+    async fn held_cycle(&self) {
+        let conn = self.handle.get().await.expect("conpool get");
+        tokio::task::yield_now().await;
+        drop(conn);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut conn = self.handle.get().await.expect("conpool get");
         round_trip(&mut conn, request).await.expect("round trip");
     }
 }

@@ -271,18 +271,21 @@ impl Config {
         &self.tls_config
     }
 
+    #[inline]
     pub(crate) fn notify_created(&self, endpoint: &Endpoint) {
         if let Some(hook) = &self.on_connection_created {
             run_hook("on_connection_created", || hook(endpoint));
         }
     }
 
+    #[inline]
     pub(crate) fn notify_reused(&self, endpoint: &Endpoint) {
         if let Some(hook) = &self.on_connection_reused {
             run_hook("on_connection_reused", || hook(endpoint));
         }
     }
 
+    #[inline]
     pub(crate) fn notify_closed(&self, endpoint: &Endpoint, reason: CloseReason) {
         if let Some(hook) = &self.on_connection_closed {
             run_hook("on_connection_closed", || hook(endpoint, reason));

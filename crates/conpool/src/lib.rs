@@ -86,6 +86,6 @@ pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck};
 pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
 pub use lease::PooledConnection;
-pub use pool::Pool;
+pub use pool::{EndpointHandle, Pool};
 pub use stats::{CloseReason, PoolState, Stats};
 pub use stream::Stream;

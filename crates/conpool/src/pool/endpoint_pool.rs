@@ -26,6 +26,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Waker};
 
 use parking_lot::Mutex;
@@ -68,6 +69,9 @@ pub(crate) struct EndpointPool {
     pub(crate) endpoint: Endpoint,
     pub(crate) ctx: Arc<Context>,
     state: Mutex<State>,
+    /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
+    /// the entry is not retired.
+    handles: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -184,6 +188,7 @@ impl EndpointPool {
             endpoint,
             ctx,
             state: Mutex::new(State::default()),
+            handles: AtomicUsize::new(0),
         }
     }
 
@@ -755,10 +760,15 @@ impl EndpointPool {
     /// Closes connections already counted closed, and gives their slots
     /// back to the pool's total; called with no lock held. Dropping a
     /// socket closes it without blocking.
+    #[inline]
     fn close_all(&self, closing: Closing) {
-        if closing.is_empty() {
-            return;
+        if !closing.is_empty() {
+            self.close_now(closing);
         }
+    }
+
+    #[inline(never)]
+    fn close_now(&self, closing: Closing) {
         let freed = closing.len();
         for (conn, reason) in closing {
             tracing::debug!(
@@ -862,10 +872,21 @@ impl EndpointPool {
     /// pool's map locked for writing, just before removing it.
     pub(crate) fn retire_if_empty(&self) -> bool {
         let mut st = self.state.lock();
-        if st.is_empty() && !st.closed {
+        // Handles are taken with the map locked, and this runs with it
+        // locked for writing, so no handle can appear after this load.
+        let held = self.handles.load(Ordering::Acquire) > 0;
+        if st.is_empty() && !st.closed && !held {
             st.retired = true;
         }
         st.retired
+    }
+
+    pub(crate) fn handle_taken(&self) {
+        self.handles.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn handle_dropped(&self) {
+        self.handles.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn withdraw(&self, id: u64) -> bool {

@@ -45,6 +45,7 @@ impl Global {
 
     /// Takes a slot under `max_connections_total`; always succeeds without
     /// the limit.
+    #[inline]
     pub(crate) fn try_take(&self) -> bool {
         let Some(max) = self.max_open else {
             return true;
@@ -59,6 +60,7 @@ impl Global {
     /// Gives back `n` slots. Returns whether an endpoint may be waiting for
     /// one (the caller then calls [`wake_starved`](Self::wake_starved) with
     /// no endpoint lock held).
+    #[inline]
     pub(crate) fn put_back(&self, n: usize) -> bool {
         if self.max_open.is_none() || n == 0 {
             return false;
@@ -72,6 +74,7 @@ impl Global {
     }
 
     /// Counts idle connections added (positive) or removed (negative).
+    #[inline]
     pub(crate) fn idle_changed(&self, added: usize, removed: usize) {
         if self.max_idle.is_some() {
             self.idle.fetch_add(added, Ordering::AcqRel);
@@ -80,6 +83,7 @@ impl Global {
     }
 
     /// Whether the pool holds more idle connections than `max_idle_total`.
+    #[inline]
     pub(crate) fn over_idle_limit(&self) -> bool {
         self.max_idle
             .is_some_and(|max| self.idle.load(Ordering::Acquire) > max)
@@ -87,6 +91,7 @@ impl Global {
 
     /// Whether some endpoint is held back by the total limit: then a
     /// connection coming back is closed to make room rather than kept idle.
+    #[inline]
     pub(crate) fn has_starved(&self) -> bool {
         self.max_open.is_some() && !self.starved.lock().is_empty()
     }

@@ -9,6 +9,7 @@
 mod conn;
 mod endpoint_pool;
 mod global;
+mod handle;
 mod map;
 
 use std::panic::Location;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Weak};
 
 pub(crate) use conn::Conn;
 pub(crate) use endpoint_pool::{Context, EndpointPool};
+pub use handle::EndpointHandle;
 
 use crate::dial::{Dial, TcpTlsDialer};
 use crate::{Config, Endpoint, Error, PooledConnection, Stats};
@@ -115,6 +117,24 @@ impl Pool {
         }
     }
 
+    /// A handle on `endpoint`'s share of this pool, for a caller that
+    /// talks to one endpoint a lot: its [`get`](EndpointHandle::get) skips
+    /// the lookup that every [`Pool::get`] makes. Fails only when the pool
+    /// is closed.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: conpool::Pool) -> Result<(), conpool::Error> {
+    /// let cache = pool.endpoint(&"127.0.0.1:11211".parse()?)?;
+    /// let conn = cache.get().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn endpoint(&self, endpoint: &Endpoint) -> Result<EndpointHandle, Error> {
+        if self.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        self.with_endpoint_pool(endpoint, |pool| EndpointHandle::new(pool.clone()))
+    }
+
     /// Runs `f` with a leased connection and returns its result. The
     /// connection goes back to the pool when `f` returns `Ok`, and is closed
     /// when it returns `Err` (the exchange may have stopped half-way).
@@ -194,8 +214,18 @@ impl Pool {
     }
 
     fn endpoint_pool(&self, endpoint: &Endpoint) -> Result<Arc<EndpointPool>, Error> {
+        self.with_endpoint_pool(endpoint, Arc::clone)
+    }
+
+    /// Runs `f` on `endpoint`'s pool, made if it is new, with the map still
+    /// locked (so that the entry cannot be retired meanwhile).
+    fn with_endpoint_pool<T>(
+        &self,
+        endpoint: &Endpoint,
+        f: impl FnOnce(&Arc<EndpointPool>) -> T,
+    ) -> Result<T, Error> {
         if let Some(pool) = self.shared.ctx.endpoints.read().get(endpoint) {
-            return Ok(pool.clone());
+            return Ok(f(pool));
         }
         let mut map = self.shared.ctx.endpoints.write();
         // Checked under the write lock, which `close` also takes, so no
@@ -203,16 +233,14 @@ impl Pool {
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
-        let pool = map
-            .entry(endpoint.clone())
-            .or_insert_with(|| {
-                tracing::info!(%endpoint, "endpoint pool created");
-                Arc::new(EndpointPool::new(endpoint.clone(), self.shared.ctx.clone()))
-            })
-            .clone();
+        let pool = map.entry(endpoint.clone()).or_insert_with(|| {
+            tracing::info!(%endpoint, "endpoint pool created");
+            Arc::new(EndpointPool::new(endpoint.clone(), self.shared.ctx.clone()))
+        });
+        let out = f(pool);
         drop(map);
         self.start_maintenance();
-        Ok(pool)
+        Ok(out)
     }
 
     /// Starts the background task on the first endpoint, from inside the
