@@ -1,0 +1,60 @@
+//! Pooled echo side by side, quickly: 64 tasks over 16 connections, each
+//! pool for about a second per round, three rounds interleaved. For
+//! experiments on the echo path; the `compare` binary writes the report.
+//!
+//! ```text
+//! cargo run --release -p conpool-bench --example echo [-- tls]
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conpool_bench::load::{self, Dedicated};
+use conpool_bench::net::{Target, TlsCert, TlsClient, start_echo};
+use conpool_bench::subjects::Kind;
+use conpool_bench::with_subject;
+
+const TASKS: usize = 64;
+const CONNS: usize = 16;
+
+fn main() {
+    let tls = std::env::args().any(|a| a == "tls");
+    let rt = load::runtime(2);
+    rt.block_on(async {
+        let target = if tls {
+            let cert = TlsCert::localhost();
+            let addr = start_echo(Some(cert.acceptor())).await;
+            Target::tls(addr, TlsClient::new(&cert))
+        } else {
+            Target::tcp(start_echo(None).await)
+        };
+        let per_task = 2_000;
+        let kinds = [
+            Kind::Conpool,
+            Kind::ConpoolHandle,
+            Kind::Bb8,
+            Kind::Deadpool,
+            Kind::PingoraBare,
+        ];
+        for round in 0..3 {
+            let d = Dedicated::connect(&target, TASKS).await;
+            let took = d.run(per_task).await;
+            let dedicated = rate(took, per_task);
+            print!("round {round}: dedicated {dedicated:.0}/s");
+            for kind in kinds {
+                let r = with_subject!(kind, &target, CONNS, |s| {
+                    let took = load::exchanges(&s, TASKS, per_task).await;
+                    rate(took, per_task)
+                });
+                print!("  {} {:.3}", kind.name(), r / dedicated);
+            }
+            println!();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = Arc::new(());
+    });
+}
+
+fn rate(took: Duration, per_task: u64) -> f64 {
+    (TASKS as u64 * per_task) as f64 / took.as_secs_f64()
+}
