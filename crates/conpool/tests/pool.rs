@@ -649,6 +649,45 @@ async fn acquire_timeout_names_the_endpoint_and_its_state() {
     assert_eq!(pool.stats(&ep).waiting, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn each_waiter_times_out_at_its_own_deadline() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        untimed()
+            .max_connections_per_endpoint(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap(),
+    );
+    let held = pool.get(&ep).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let timed = |pool: Pool, ep: Endpoint| async move {
+        let outcome = pool.get(&ep).await.map(drop);
+        (outcome, start.elapsed())
+    };
+    let first = tokio::spawn(timed(pool.clone(), ep.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = tokio::spawn(timed(pool.clone(), ep.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = tokio::spawn(timed(pool.clone(), ep.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pool.stats(&ep).waiting, 3);
+
+    let (outcome, at) = first.await.unwrap();
+    assert!(outcome.unwrap_err().is_timeout());
+    assert_eq!(at, Duration::from_secs(2));
+    let (outcome, at) = second.await.unwrap();
+    assert!(outcome.unwrap_err().is_timeout());
+    assert_eq!(at, Duration::from_millis(2500));
+    // The third is served before its deadline: the lease comes back.
+    drop(held);
+    let (outcome, at) = third.await.unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(at, Duration::from_millis(2500));
+    assert_eq!(pool.stats(&ep).waiting, 0);
+}
+
 #[tokio::test]
 async fn config_validation_refuses_bad_values() {
     let cases: Vec<(ConfigBuilder, &str)> = vec![

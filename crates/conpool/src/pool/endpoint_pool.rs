@@ -99,6 +99,8 @@ struct State {
     /// Queued in the pool's list of endpoints held back by
     /// `max_connections_total`.
     starved: bool,
+    /// A sweeper task is running for the waiters' deadlines.
+    sweeping: bool,
 }
 
 struct LeaseRecord {
@@ -129,6 +131,8 @@ impl State {
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<Grant>,
+    /// When the caller's `acquire_timeout` runs out, if it has one.
+    deadline: Option<Instant>,
 }
 
 /// What a waiter is woken with.
@@ -139,6 +143,8 @@ enum Grant {
     Dial,
     /// The pool closed.
     Closed,
+    /// The waiter's deadline passed (sent by the endpoint's sweeper).
+    TimedOut,
 }
 
 /// The outcome of the synchronous part of an acquire.
@@ -213,19 +219,47 @@ impl EndpointPool {
         self: Arc<Self>,
         caller: &'static Location<'static>,
     ) -> Result<Option<PooledConnection>, Error> {
-        match self.begin_acquire(Instant::now())? {
+        let now = Instant::now();
+        match self.begin_acquire(now)? {
             None => Ok(None),
             Some(Step::Ready(conn)) => Ok(Some(self.lease_reused(conn, caller))),
-            Some(step) => self.acquire_slow(step, caller).await.map(Some),
+            Some(step) => self.acquire_slow(step, now, caller).await.map(Some),
         }
     }
 
+    /// Probes, dials or waits, within `acquire_timeout` of `start`.
+    ///
+    /// A caller queued by [`begin_acquire`](Self::begin_acquire) waits
+    /// without a timer of its own: the queue's deadlines are kept by one
+    /// sweeper task per endpoint (see [`sweep_waiters`]), so that a busy
+    /// pool, where most gets queue, does not register and cancel a timer
+    /// per get. Everything else (probes, health checks, dials) runs under a
+    /// timer for what is left of the deadline.
     async fn acquire_slow(
         self: Arc<Self>,
         step: Step,
+        start: Instant,
         caller: &'static Location<'static>,
     ) -> Result<PooledConnection, Error> {
-        self.bounded(self.finish_acquire(step, caller)).await
+        let deadline = self.deadline_from(start);
+        let step = match step {
+            Step::Wait(mut ticket) if deadline.is_some() => match ticket.wait().await {
+                Grant::Conn(conn) => return Ok(self.lease_reused(conn, caller)),
+                Grant::Dial => Step::Dial,
+                Grant::Closed => return Err(Error::PoolClosed),
+                Grant::TimedOut => return Err(self.timeout_error()),
+            },
+            step => step,
+        };
+        self.bounded(deadline, self.finish_acquire(step, caller))
+            .await
+    }
+
+    /// When an acquire that started at `start` must give up.
+    fn deadline_from(&self, start: Instant) -> Option<Instant> {
+        self.config()
+            .acquire_timeout()
+            .and_then(|timeout| start.checked_add(timeout))
     }
 
     /// Whether an idle connection must be probed or health-checked before
@@ -235,27 +269,64 @@ impl EndpointPool {
         config.health_check().is_some() || (config.liveness_check() && now >= conn.probe_from)
     }
 
-    /// Runs the slow part of an acquire under `acquire_timeout`.
+    /// Runs the slow part of an acquire until `deadline`, if any.
     async fn bounded(
         self: &Arc<Self>,
+        deadline: Option<Instant>,
         acquire: impl Future<Output = Result<PooledConnection, Error>>,
     ) -> Result<PooledConnection, Error> {
-        let Some(timeout) = self.config().acquire_timeout() else {
+        let Some(deadline) = deadline else {
             return acquire.await;
         };
-        let outcome = tokio::time::timeout(timeout, acquire).await;
-        // The acquire future is dropped by now, so the state below no longer
-        // counts this caller as waiting.
-        outcome.unwrap_or_else(|_| {
-            let state = self.state.lock().gauges();
-            tracing::warn!(endpoint = %self.endpoint, ?timeout, ?state, "acquire timed out");
-            Err(Error::AcquireTimeout {
-                endpoint: self.endpoint.clone(),
-                timeout,
-                state,
-                last_dial_error: self.state.lock().last_dial_error.clone(),
-            })
-        })
+        let outcome = tokio::time::timeout_at(deadline, acquire).await;
+        // The acquire future is dropped by now, so the state in the error
+        // no longer counts this caller as waiting.
+        outcome.unwrap_or_else(|_| Err(self.timeout_error()))
+    }
+
+    /// The error of an acquire that ran out of time: the endpoint, its
+    /// state now and the last dial error.
+    fn timeout_error(&self) -> Error {
+        let timeout = self.config().acquire_timeout().unwrap_or_default();
+        let (state, last_dial_error) = {
+            let st = self.state.lock();
+            (st.gauges(), st.last_dial_error.clone())
+        };
+        tracing::warn!(endpoint = %self.endpoint, ?timeout, ?state, "acquire timed out");
+        Error::AcquireTimeout {
+            endpoint: self.endpoint.clone(),
+            timeout,
+            state,
+            last_dial_error,
+        }
+    }
+
+    /// Fails the waiters whose deadline has passed, and says when the next
+    /// deadline falls (`None`: nobody with a deadline waits; the sweeper
+    /// stops).
+    fn expire_waiters(&self, now: Instant) -> Option<Instant> {
+        let mut st = self.state.lock();
+        let mut next: Option<Instant> = None;
+        let waiters = std::mem::take(&mut st.waiters);
+        for waiter in waiters {
+            match waiter.deadline {
+                _ if waiter.tx.is_closed() => {}
+                Some(deadline) if deadline <= now => {
+                    let _ = waiter.tx.send(Grant::TimedOut);
+                }
+                deadline => {
+                    next = match (next, deadline) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    st.waiters.push_back(waiter);
+                }
+            }
+        }
+        if next.is_none() {
+            st.sweeping = false;
+        }
+        next
     }
 
     /// The synchronous decision: take an idle connection, dial, or wait.
@@ -299,7 +370,7 @@ impl EndpointPool {
                     state,
                 });
             } else {
-                let ticket = self.enqueue(&mut st);
+                let ticket = self.enqueue(&mut st, self.deadline_from(now));
                 if room == DialRoom::PoolFull {
                     self.mark_starved(&mut st);
                     drop(st);
@@ -410,11 +481,15 @@ impl EndpointPool {
         None
     }
 
-    fn enqueue(self: &Arc<Self>, st: &mut State) -> WaitTicket {
+    fn enqueue(self: &Arc<Self>, st: &mut State, deadline: Option<Instant>) -> WaitTicket {
         let (tx, rx) = oneshot::channel();
         let id = st.next_waiter_id;
         st.next_waiter_id += 1;
-        st.waiters.push_back(Waiter { id, tx });
+        st.waiters.push_back(Waiter { id, tx, deadline });
+        if deadline.is_some() && !st.sweeping {
+            st.sweeping = true;
+            tokio::spawn(sweep_waiters(Arc::downgrade(self)));
+        }
         WaitTicket {
             pool: self.clone(),
             id,
@@ -441,6 +516,7 @@ impl EndpointPool {
                     Grant::Conn(conn) => return Ok(self.clone().lease_reused(conn, caller)),
                     Grant::Dial => Step::Dial,
                     Grant::Closed => return Err(Error::PoolClosed),
+                    Grant::TimedOut => return Err(self.timeout_error()),
                 },
             };
         }
@@ -495,7 +571,8 @@ impl EndpointPool {
             } else {
                 // The closed connection's total slot is given back below,
                 // which serves this caller from the queue.
-                let ticket = self.enqueue(&mut st);
+                // Under the caller's own timer (see `acquire_slow`).
+                let ticket = self.enqueue(&mut st, None);
                 self.mark_starved(&mut st);
                 Ok(Checked::Next(Step::Wait(ticket)))
             }
@@ -909,7 +986,7 @@ impl EndpointPool {
                 self.release(conn, None);
             }
             Grant::Dial => self.return_unused_dial(false),
-            Grant::Closed => {}
+            Grant::Closed | Grant::TimedOut => {}
         }
     }
 
@@ -927,6 +1004,35 @@ impl EndpointPool {
         };
         if wake {
             self.ctx.global.wake_starved();
+        }
+    }
+}
+
+/// Keeps the deadlines of an endpoint's queue: one task per endpoint while
+/// callers with a deadline wait, sleeping until the earliest deadline and
+/// failing whoever is past theirs. It holds the endpoint weakly and stops
+/// when the queue has no deadline left.
+async fn sweep_waiters(pool: std::sync::Weak<EndpointPool>) {
+    let mut guard = SweepGuard(Some(pool));
+    loop {
+        let pool = guard.0.as_ref().and_then(std::sync::Weak::upgrade);
+        let Some(next) = pool.and_then(|pool| pool.expire_waiters(Instant::now())) else {
+            // `expire_waiters` cleared the flag (or the endpoint is gone).
+            guard.0 = None;
+            return;
+        };
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Clears the sweeping flag if the sweeper is dropped before it finished
+/// (its runtime shut down), so that the next waiter starts another.
+struct SweepGuard(Option<std::sync::Weak<EndpointPool>>);
+
+impl Drop for SweepGuard {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take().and_then(|weak| weak.upgrade()) {
+            pool.state.lock().sweeping = false;
         }
     }
 }
