@@ -1,12 +1,14 @@
 //! Pooled echo side by side, quickly: 64 tasks over 16 connections, each
-//! pool for about a second per round, three rounds interleaved. For
-//! experiments on the echo path; the `compare` binary writes the report.
+//! pool in turn, three rounds interleaved. For experiments on the echo
+//! path; the `compare` binary writes the report.
 //!
 //! ```text
-//! cargo run --release -p conpool-bench --example echo [-- tls]
+//! cargo run --release -p conpool-bench --example echo [-- tls] [POOL...]
 //! ```
+//!
+//! With pool names (`dedicated`, `conpool`, `bb8`, ...) only those run,
+//! once, which suits `valgrind --tool=callgrind`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use conpool_bench::load::{self, Dedicated};
@@ -18,7 +20,9 @@ const TASKS: usize = 64;
 const CONNS: usize = 16;
 
 fn main() {
-    let tls = std::env::args().any(|a| a == "tls");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tls = args.iter().any(|a| a == "tls");
+    let only: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "tls").collect();
     let rt = load::runtime(2);
     rt.block_on(async {
         let target = if tls {
@@ -28,6 +32,24 @@ fn main() {
         } else {
             Target::tcp(start_echo(None).await)
         };
+        if !only.is_empty() {
+            for name in only {
+                let per_task = 500;
+                let took = if name == "dedicated" {
+                    Dedicated::connect(&target, TASKS).await.run(per_task).await
+                } else {
+                    let kind = Kind::ALL
+                        .into_iter()
+                        .find(|k| k.name() == name)
+                        .unwrap_or_else(|| panic!("no pool named {name:?}"));
+                    with_subject!(kind, &target, CONNS, |s| {
+                        load::exchanges(&s, TASKS, per_task).await
+                    })
+                };
+                println!("{name}: {:.0} round trips/s", rate(took, per_task));
+            }
+            return;
+        }
         let per_task = 2_000;
         let kinds = [
             Kind::Conpool,
@@ -38,20 +60,17 @@ fn main() {
         ];
         for round in 0..3 {
             let d = Dedicated::connect(&target, TASKS).await;
-            let took = d.run(per_task).await;
-            let dedicated = rate(took, per_task);
+            let dedicated = rate(d.run(per_task).await, per_task);
             print!("round {round}: dedicated {dedicated:.0}/s");
             for kind in kinds {
                 let r = with_subject!(kind, &target, CONNS, |s| {
-                    let took = load::exchanges(&s, TASKS, per_task).await;
-                    rate(took, per_task)
+                    rate(load::exchanges(&s, TASKS, per_task).await, per_task)
                 });
                 print!("  {} {:.3}", kind.name(), r / dedicated);
             }
             println!();
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let _ = Arc::new(());
     });
 }
 
