@@ -491,3 +491,56 @@ async fn a_half_close_mid_exchange_closes_the_connection_and_the_next_get_is_fre
         "{s:?}"
     );
 }
+
+/// With `liveness_check_bypass` zero every checkout probes, a connection
+/// handed straight from a returning lease to a queued caller included:
+/// the server reset it while its holder sat on it without I/O, and the
+/// queued caller gets a live connection, not the dead one.
+#[tokio::test]
+async fn with_bypass_zero_a_connection_handed_straight_to_a_waiter_is_probed_too() {
+    let p = proxied(false).await;
+    let pool = Pool::new(
+        p.config
+            .max_connections_per_endpoint(1)
+            .liveness_check_bypass(Duration::ZERO)
+            .maintenance_interval(None)
+            .build()
+            .unwrap(),
+    );
+    let mut held = pool.get(&p.ep).await.unwrap();
+    round_trip(&mut held, b"before").await.unwrap();
+    let dead = held.id();
+    p.proxy.wait_accepted(1).await;
+    p.proxy.reset_all();
+    p.proxy.wait_open(0).await;
+
+    let waiter = {
+        let (pool, ep) = (pool.clone(), p.ep.clone());
+        tokio::spawn(async move {
+            let mut conn = pool.get(&ep).await.unwrap();
+            let first_try = round_trip(&mut conn, b"after").await;
+            (conn.id(), conn.is_reused(), first_try)
+        })
+    };
+    eventually("the caller to queue", || pool.stats(&p.ep).waiting == 1).await;
+    // Straight to the queued caller.
+    drop(held);
+    let (id, reused, first_try) = waiter.await.unwrap();
+    assert!(
+        id != dead && !reused,
+        "the queued caller was handed the connection the server reset"
+    );
+    first_try.expect("the first round trip");
+
+    let s = assert_books_balance(&pool, &p.ep, p.proxy.port());
+    closes_add_up(&s);
+    assert_eq!(
+        (
+            s.total_created,
+            s.closed_for(CloseReason::ProbeFailed),
+            s.errors
+        ),
+        (2, 1, 0),
+        "{s:?}"
+    );
+}

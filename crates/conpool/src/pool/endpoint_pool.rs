@@ -417,12 +417,24 @@ impl EndpointPool {
     ) -> Result<PooledConnection, Error> {
         loop {
             step = match step {
-                Step::Reuse(conn) => match self.check_idle(conn, caller).await? {
+                Step::Reuse(conn) => match self.check_idle(conn, caller, true).await? {
                     Checked::Healthy(lease) => return Ok(lease),
                     Checked::Next(next) => next,
                 },
                 Step::Dial => return self.dial(caller).await,
                 Step::Wait(mut ticket) => match ticket.wait().await {
+                    // A zero bypass window probes every checkout, this one
+                    // too: the peer may have closed the connection while
+                    // its last holder sat on it.
+                    Grant::Conn(conn)
+                        if self.config().liveness_check()
+                            && self.config().liveness_check_bypass().is_zero() =>
+                    {
+                        match self.check_idle(conn, caller, false).await? {
+                            Checked::Healthy(lease) => return Ok(lease),
+                            Checked::Next(next) => next,
+                        }
+                    }
                     // Straight from another lease: it was never idle.
                     Grant::Conn(conn) => return Ok(self.lease(conn, true, caller)),
                     Grant::Dial => Step::Dial,
@@ -433,13 +445,15 @@ impl EndpointPool {
     }
 
     /// Checks a connection taken from idle: the liveness probe (unless it
-    /// was idle for less than the bypass window), then the configured health
-    /// check. On failure the connection is closed and this caller keeps its
-    /// slot: the next step is another idle connection or a dial.
+    /// was idle for less than the bypass window), then, with `health`, the
+    /// configured health check. On failure the connection is closed and this
+    /// caller keeps its slot: the next step is another idle connection or a
+    /// dial.
     async fn check_idle(
         self: &Arc<Self>,
         conn: Conn,
         caller: &'static Location<'static>,
+        health: bool,
     ) -> Result<Checked, Error> {
         let config = self.config();
         let idle_for = Instant::now().saturating_duration_since(conn.last_used);
@@ -451,7 +465,7 @@ impl EndpointPool {
         if config.liveness_check() && idle_for >= config.liveness_check_bypass() {
             failure = lease.stream_mut().liveness().await.close_reason();
         }
-        if let (None, Some(check)) = (failure, config.health_check()) {
+        if let (None, Some(check), true) = (failure, config.health_check(), health) {
             lease.set_busy(true);
             let healthy = check.check(lease.stream_mut()).await;
             lease.set_busy(false);
