@@ -144,6 +144,8 @@ struct Failure {
     got: Instant,
     failed: Instant,
     error: String,
+    /// No reply within [`HANG_GUARD`]: a bug, whatever the proxy did.
+    hung: bool,
 }
 
 /// A reset, and when the pool's runtime could first see it.
@@ -289,6 +291,11 @@ async fn soak(
         kinds.unexplained.len(),
         kinds.unexplained.join("\n")
     );
+    let hung = failures.iter().filter(|f| f.hung).count();
+    assert_eq!(
+        hung, 0,
+        "{hung} requests got no reply within {HANG_GUARD:?}"
+    );
     assert!(get_errors.is_empty(), "gets failed: {get_errors:#?}");
     assert!(requests > 0 && !resets.is_empty(), "the soak did nothing");
     for (i, ep, s, ok, failed) in checks {
@@ -372,14 +379,15 @@ async fn caller(me: Caller, mut stop: watch::Receiver<bool>) {
         // that is not its own echo fails the task.
         let mut msg = format!("{seed:x}/{n}:").into_bytes();
         msg.resize(msg.len() + rng.between((0, MAX_MESSAGE)) as usize, b'.');
-        let error = match tokio::time::timeout(HANG_GUARD, round_trip(&mut conn, &msg)).await {
-            Ok(Ok(())) => {
-                tally.ok[which].fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no reply within {HANG_GUARD:?}"),
-        };
+        let (error, hung) =
+            match tokio::time::timeout(HANG_GUARD, round_trip(&mut conn, &msg)).await {
+                Ok(Ok(())) => {
+                    tally.ok[which].fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(Err(e)) => (e.to_string(), false),
+                Err(_) => (format!("no reply within {HANG_GUARD:?}"), true),
+            };
         tally.failures.lock().unwrap().push(Failure {
             endpoint: which,
             conn: id,
@@ -389,6 +397,7 @@ async fn caller(me: Caller, mut stop: watch::Receiver<bool>) {
             got,
             failed: Instant::now(),
             error,
+            hung,
         });
     }
 }
