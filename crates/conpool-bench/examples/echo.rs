@@ -22,7 +22,11 @@ const CONNS: usize = 16;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tls = args.iter().any(|a| a == "tls");
-    let only: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "tls").collect();
+    let only: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "tls")
+        .collect();
     let rt = load::runtime(2);
     rt.block_on(async {
         let target = if tls {

@@ -321,6 +321,71 @@ async fn reset_random_resets_the_fraction_asked_for_deterministically() {
 }
 
 #[tokio::test]
+async fn reset_random_confirmed_names_each_client_it_reset_once_the_rst_is_out() {
+    let (_echo, proxy) = proxied().await;
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        let mut conn = TcpStream::connect(proxy.addr()).await.unwrap();
+        round_trip(&mut conn, b"up").await.unwrap();
+        conns.push(conn);
+    }
+    let asked = Instant::now();
+    let records = proxy.reset_random_confirmed(42, 0.5).await;
+    assert_eq!(records.len(), 5);
+    let mut reset = Vec::new();
+    for record in &records {
+        assert!(
+            record.accepted_at <= asked && asked <= record.reset_at,
+            "{record:?}"
+        );
+        let i = conns
+            .iter()
+            .position(|c| c.local_addr().unwrap() == record.peer)
+            .unwrap_or_else(|| panic!("{record:?} names no client socket"));
+        // The RST is out when the record comes back: the client's kernel
+        // socket holds the error already, before anyone reads it.
+        let err = socket2::SockRef::from(&conns[i]).take_error().unwrap();
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionReset),
+            "{record:?}"
+        );
+        reset.push(i);
+    }
+    reset.sort_unstable();
+    reset.dedup();
+    assert_eq!(reset.len(), 5, "five different connections");
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if !reset.contains(&i) {
+            timeout(LIMIT, round_trip(conn, b"untouched"))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    // The same seed picks the same connections as reset_random does.
+    let (_echo, twin) = proxied().await;
+    let mut twins = Vec::new();
+    for _ in 0..10 {
+        let mut conn = TcpStream::connect(twin.addr()).await.unwrap();
+        round_trip(&mut conn, b"up").await.unwrap();
+        twins.push(conn);
+    }
+    assert_eq!(twin.reset_random(42, 0.5), 5);
+    let mut twin_reset = Vec::new();
+    for (i, conn) in twins.iter_mut().enumerate() {
+        if timeout(LIMIT, round_trip(conn, b"there?"))
+            .await
+            .unwrap()
+            .is_err()
+        {
+            twin_reset.push(i);
+        }
+    }
+    assert_eq!(twin_reset, reset);
+}
+
+#[tokio::test]
 async fn stop_refuses_and_restart_listens_on_the_same_port() {
     let (_echo, proxy) = proxied().await;
     let port = proxy.port();

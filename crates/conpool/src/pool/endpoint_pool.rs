@@ -154,6 +154,9 @@ pub(crate) enum Step {
     Ready(Conn),
     /// An idle connection to probe or health-check first.
     Reuse(Conn),
+    /// A connection handed over by a returning lease, to probe first (a
+    /// zero `liveness_check_bypass`); its reuse is counted already.
+    Handoff(Conn),
     Dial,
     Wait(WaitTicket),
 }
@@ -176,6 +179,17 @@ enum DialRoom {
     EndpointFull,
     /// `max_connections_total` is reached.
     PoolFull,
+}
+
+/// Where a connection being checked comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The idle stack: probe, then the health check; reuse counted on
+    /// success.
+    Idle,
+    /// A returning lease (see [`Step::Handoff`]): probe only; reuse counted
+    /// already.
+    Handoff,
 }
 
 /// The outcome of a health check.
@@ -243,12 +257,12 @@ impl EndpointPool {
     ) -> Result<PooledConnection, Error> {
         let deadline = self.deadline_from(start);
         let step = match step {
-            Step::Wait(mut ticket) if deadline.is_some() => match ticket.wait().await {
-                Grant::Conn(conn) => return Ok(self.lease_reused(conn, caller)),
-                Grant::Dial => Step::Dial,
-                Grant::Closed => return Err(Error::PoolClosed),
-                Grant::TimedOut => return Err(self.timeout_error()),
-            },
+            Step::Wait(mut ticket) if deadline.is_some() => {
+                match self.after_grant(ticket.wait().await)? {
+                    Step::Ready(conn) => return Ok(self.lease_reused(conn, caller)),
+                    next => next,
+                }
+            }
             step => step,
         };
         self.bounded(deadline, self.finish_acquire(step, caller))
@@ -505,31 +519,52 @@ impl EndpointPool {
         loop {
             step = match step {
                 Step::Ready(conn) => return Ok(self.clone().lease_reused(conn, caller)),
-                Step::Reuse(conn) => match self.check_idle(conn, caller).await? {
+                Step::Reuse(conn) => match self.check_idle(conn, caller, Origin::Idle).await? {
                     Checked::Healthy(lease) => return Ok(lease),
                     Checked::Next(next) => next,
                 },
+                Step::Handoff(conn) => {
+                    match self.check_idle(conn, caller, Origin::Handoff).await? {
+                        Checked::Healthy(lease) => return Ok(lease),
+                        Checked::Next(next) => next,
+                    }
+                }
                 Step::Dial => return self.dial(caller).await,
-                Step::Wait(mut ticket) => match ticket.wait().await {
-                    // Straight from another lease: it was never idle, and
-                    // its reuse was counted when it was granted.
-                    Grant::Conn(conn) => return Ok(self.clone().lease_reused(conn, caller)),
-                    Grant::Dial => Step::Dial,
-                    Grant::Closed => return Err(Error::PoolClosed),
-                    Grant::TimedOut => return Err(self.timeout_error()),
-                },
+                Step::Wait(mut ticket) => self.after_grant(ticket.wait().await)?,
             };
         }
     }
 
-    /// Checks a connection taken from idle: the liveness probe (unless it
-    /// was idle for less than the bypass window), then the configured health
-    /// check. On failure the connection is closed and this caller keeps its
-    /// slot: the next step is another idle connection or a dial.
+    /// What a waiter does next with the grant it was woken with.
+    fn after_grant(&self, grant: Grant) -> Result<Step, Error> {
+        match grant {
+            // A zero bypass window probes every checkout, this one too: the
+            // peer may have closed the connection while its last holder sat
+            // on it. Otherwise it comes straight from another lease and was
+            // never idle.
+            Grant::Conn(conn)
+                if self.config().liveness_check()
+                    && self.config().liveness_check_bypass().is_zero() =>
+            {
+                Ok(Step::Handoff(conn))
+            }
+            Grant::Conn(conn) => Ok(Step::Ready(conn)),
+            Grant::Dial => Ok(Step::Dial),
+            Grant::Closed => Err(Error::PoolClosed),
+            Grant::TimedOut => Err(self.timeout_error()),
+        }
+    }
+
+    /// Checks a connection before it is handed out: the liveness probe
+    /// (unless it was idle for less than the bypass window), then, for one
+    /// taken from idle, the configured health check. On failure the
+    /// connection is closed and this caller keeps its slot: the next step is
+    /// another idle connection or a dial.
     async fn check_idle(
         self: &Arc<Self>,
         conn: Conn,
         caller: &'static Location<'static>,
+        origin: Origin,
     ) -> Result<Checked, Error> {
         let config = self.config();
         let probe = config.liveness_check() && Instant::now() >= conn.probe_from;
@@ -541,14 +576,17 @@ impl EndpointPool {
         if probe {
             failure = lease.stream_mut().liveness().await.close_reason();
         }
-        if let (None, Some(check)) = (failure, config.health_check()) {
+        let health = config.health_check().filter(|_| origin == Origin::Idle);
+        if let (None, Some(check)) = (failure, health) {
             lease.set_busy(true);
             let healthy = check.check(lease.stream_mut()).await;
             lease.set_busy(false);
             failure = (!healthy).then_some(CloseReason::HealthCheckFailed);
         }
         let Some(reason) = failure else {
-            self.state.lock().counters.reused();
+            if origin == Origin::Idle {
+                self.state.lock().counters.reused();
+            }
             self.mark_reused(&mut lease);
             return Ok(Checked::Healthy(lease));
         };
@@ -560,6 +598,10 @@ impl EndpointPool {
         let next = {
             let mut st = self.state.lock();
             st.counters.closed(reason);
+            if origin == Origin::Handoff {
+                // Counted when it was granted; it was never handed out.
+                st.counters.unreused();
+            }
             st.leases.remove(&closing[0].0.id);
             st.active -= 1;
             if st.closed {

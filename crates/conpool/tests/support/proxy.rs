@@ -8,7 +8,9 @@
 //! Every connection the proxy accepts gets its own task, registered under an
 //! id with a control channel until it ends; [`FaultProxy::reset_all`],
 //! [`FaultProxy::close_all`] and [`FaultProxy::reset_random`] act through
-//! that registry on the connections alive at the time of the call.
+//! that registry on the connections alive at the time of the call;
+//! [`FaultProxy::reset_random_confirmed`] also waits until each reset has
+//! gone out and says which client connections it hit, and when.
 //!
 //! Caveats:
 //! - The proxy acts on connections it has *accepted*. A client's `connect`
@@ -37,6 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// What the proxy does with a connection. A mode applies to connections
 /// accepted after it is set; connections already open keep theirs.
@@ -99,10 +102,22 @@ struct Listening {
     task: JoinHandle<()>,
 }
 
-#[derive(Clone, Copy, Debug)]
 enum Cmd {
-    Reset,
+    /// Reset; with a sender, report the reset on it once the RST is out.
+    Reset(Option<oneshot::Sender<ResetRecord>>),
     Close,
+}
+
+/// A connection [`FaultProxy::reset_random_confirmed`] reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetRecord {
+    /// The client's end of the connection (its local address).
+    pub peer: SocketAddr,
+    /// When the proxy accepted the connection (tokio's clock).
+    pub accepted_at: Instant,
+    /// Just after the RST went out (tokio's clock): the reset socket was
+    /// closed with `SO_LINGER` 0.
+    pub reset_at: Instant,
 }
 
 /// How a connection ends, which decides how its client socket is closed.
@@ -206,7 +221,7 @@ impl FaultProxy {
     /// connection; the upstream side of each is closed normally.
     pub fn reset_all(&self) {
         for tx in self.inner.take_all() {
-            let _ = tx.send(Cmd::Reset);
+            let _ = tx.send(Cmd::Reset(None));
         }
     }
 
@@ -223,6 +238,39 @@ impl FaultProxy {
     /// `rng_seed`: the same seed over the same connections picks the same
     /// ones. Returns how many were reset.
     pub fn reset_random(&self, rng_seed: u64, fraction: f64) -> usize {
+        self.pick_random(rng_seed, fraction)
+            .into_iter()
+            .filter_map(|tx| tx.send(Cmd::Reset(None)).ok())
+            .count()
+    }
+
+    /// [`reset_random`](Self::reset_random) (the same pick for the same
+    /// seed), and then waits until every picked connection has been reset:
+    /// returns a record of each, in the order picked. A picked connection
+    /// that ended on its own before its task saw the command is not reset
+    /// and has no record.
+    pub async fn reset_random_confirmed(&self, rng_seed: u64, fraction: f64) -> Vec<ResetRecord> {
+        let mut acks = Vec::new();
+        for tx in self.pick_random(rng_seed, fraction) {
+            let (ack, done) = oneshot::channel();
+            if tx.send(Cmd::Reset(Some(ack))).is_ok() {
+                acks.push(done);
+            }
+        }
+        let mut records = Vec::with_capacity(acks.len());
+        for done in acks {
+            // An error: the connection ended before carrying the reset out,
+            // dropping the command and its sender.
+            if let Ok(record) = done.await {
+                records.push(record);
+            }
+        }
+        records
+    }
+
+    /// Takes the control channels of a seeded random pick of
+    /// `round(fraction × open)` connections out of the registry.
+    fn pick_random(&self, rng_seed: u64, fraction: f64) -> Vec<oneshot::Sender<Cmd>> {
         let mut conns = self.inner.conns.lock().unwrap();
         let mut ids: Vec<u64> = conns.keys().copied().collect();
         ids.sort_unstable();
@@ -239,15 +287,10 @@ impl FaultProxy {
             let j = i + (rng.next() % (ids.len() - i) as u64) as usize;
             ids.swap(i, j);
         }
-        let mut reset = 0;
-        for id in &ids[..want] {
-            if let Some(tx) = conns.remove(id) {
-                if tx.send(Cmd::Reset).is_ok() {
-                    reset += 1;
-                }
-            }
-        }
-        reset
+        ids[..want]
+            .iter()
+            .filter_map(|id| conns.remove(id))
+            .collect()
     }
 
     /// Stops accepting: the listening socket is shut down and closed, so
@@ -370,8 +413,8 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 async fn accept_loop(inner: Arc<Inner>, listener: Arc<TcpListener>) {
     loop {
-        let client = match listener.accept().await {
-            Ok((client, _)) => client,
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(_) => {
                 if !inner.is_current(&listener) {
                     return;
@@ -387,14 +430,26 @@ async fn accept_loop(inner: Arc<Inner>, listener: Arc<TcpListener>) {
         inner.conns.lock().unwrap().insert(id, tx);
         inner.accepted.fetch_add(1, Ordering::SeqCst);
         inner.open.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(connection(inner.clone(), id, client, mode, rx));
+        let accepted = Accepted {
+            id,
+            peer,
+            at: Instant::now(),
+        };
+        tokio::spawn(connection(inner.clone(), accepted, client, mode, rx));
     }
+}
+
+/// Who a connection is, for its [`ResetRecord`].
+struct Accepted {
+    id: u64,
+    peer: SocketAddr,
+    at: Instant,
 }
 
 /// One client connection, from accept to close.
 async fn connection(
     inner: Arc<Inner>,
-    id: u64,
+    accepted: Accepted,
     mut client: TcpStream,
     mode: Fault,
     mut ctl: oneshot::Receiver<Cmd>,
@@ -403,17 +458,18 @@ async fn connection(
     // (and thrown away) when a reset follows a write.
     let _ = client.set_nodelay(true);
     let mut upstream = None;
+    let mut ack = None;
     let end = match mode {
         Fault::Reset | Fault::Refuse => End::Reset,
         Fault::BlackHole => {
             tokio::select! {
-                cmd = &mut ctl => on_cmd(cmd),
+                cmd = &mut ctl => on_cmd(cmd, &mut ack),
                 end = black_hole(&mut client) => end,
             }
         }
         Fault::Pass | Fault::HalfClose | Fault::Delay(_) | Fault::CutAfter(_) => {
             let dialed = tokio::select! {
-                cmd = &mut ctl => Err(on_cmd(cmd)),
+                cmd = &mut ctl => Err(on_cmd(cmd, &mut ack)),
                 dialed = TcpStream::connect(inner.upstream) => dialed.map_err(|_| End::Reset),
             };
             match dialed {
@@ -421,7 +477,7 @@ async fn connection(
                 Ok(mut up) => {
                     let _ = up.set_nodelay(true);
                     let end = tokio::select! {
-                        cmd = &mut ctl => on_cmd(cmd),
+                        cmd = &mut ctl => on_cmd(cmd, &mut ack),
                         end = pump(&mut client, &mut up, mode) => end,
                     };
                     upstream = Some(up);
@@ -431,14 +487,29 @@ async fn connection(
         }
     };
     finish(client, end);
+    if let Some(ack) = ack {
+        let _ = ack.send(ResetRecord {
+            peer: accepted.peer,
+            accepted_at: accepted.at,
+            reset_at: Instant::now(),
+        });
+    }
     drop(upstream);
-    inner.conns.lock().unwrap().remove(&id);
+    inner.conns.lock().unwrap().remove(&accepted.id);
     inner.open.fetch_sub(1, Ordering::SeqCst);
 }
 
-fn on_cmd(cmd: Result<Cmd, oneshot::error::RecvError>) -> End {
+/// The end a command asks for; keeps a reset's confirmation channel in
+/// `ack`.
+fn on_cmd(
+    cmd: Result<Cmd, oneshot::error::RecvError>,
+    ack: &mut Option<oneshot::Sender<ResetRecord>>,
+) -> End {
     match cmd {
-        Ok(Cmd::Reset) => End::Reset,
+        Ok(Cmd::Reset(confirm)) => {
+            *ack = confirm;
+            End::Reset
+        }
         // A dropped sender means the proxy is going away: close.
         Ok(Cmd::Close) | Err(_) => End::Close,
     }
