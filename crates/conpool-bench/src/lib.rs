@@ -8,6 +8,7 @@
 //! - [`load`]: the task-based load generators;
 //! - [`scale`]: many endpoints over in-memory streams, memory and eviction;
 //! - [`alloc`]: the counting global allocator;
+//! - [`floor`]: the work no checkout with conpool's guarantees can avoid;
 //! - [`report`] and [`chart`]: what the `compare` binary writes.
 //!
 //! The criterion benches under `benches/` and the `compare` binary share
@@ -15,6 +16,7 @@
 
 pub mod alloc;
 pub mod chart;
+pub mod floor;
 pub mod load;
 pub mod net;
 pub mod report;
