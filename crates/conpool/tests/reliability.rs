@@ -552,3 +552,41 @@ async fn max_connections_total_holds_under_load() {
         "endpoints had to make room: {total:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_on_return_hands_its_total_slot_to_a_waiter() {
+    // The endpoint's own limit and the pool's total are both 1: the caller
+    // queues behind the endpoint's limit, and the slot it needs under
+    // max_connections_total comes back only once the discarded connection
+    // is closed. (Found by tests/contract_fuzz.rs, seed 8.)
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_per_endpoint(1)
+            .max_connections_total(1)
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let ep = Endpoint::new("total.example", 1).unwrap();
+    let held = pool.get(&ep).await.unwrap();
+    let waiter = {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await.map(|c| c.id()) })
+    };
+    eventually("the caller to wait", || pool.stats(&ep).waiting == 1).await;
+    held.discard();
+    let served = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+    assert!(
+        served.is_ok(),
+        "the caller was left waiting with a free slot: {:?}",
+        pool.stats(&ep)
+    );
+    served.unwrap().unwrap().unwrap();
+    let s = pool.stats(&ep);
+    assert_eq!(
+        (s.total_created, s.closed_for(CloseReason::Discarded)),
+        (2, 1)
+    );
+}

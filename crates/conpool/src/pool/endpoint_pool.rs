@@ -351,10 +351,8 @@ impl EndpointPool {
         let mut st = self.state.lock();
         st.starved = false;
         let before = st.dialing;
-        let still_starved = self.grant_free_slot(&mut st);
-        if still_starved && !st.waiters.is_empty() {
-            self.mark_starved(&mut st);
-        }
+        // Still held back, it is queued again.
+        self.grant_free_slot(&mut st);
         st.dialing > before
     }
 
@@ -628,7 +626,7 @@ impl EndpointPool {
 
     /// Takes back a connection that was active. `close` is the lease's own
     /// reason to close it, if it has one.
-    pub(crate) fn release(&self, mut conn: Conn, close: Option<CloseReason>) {
+    pub(crate) fn release(self: &Arc<Self>, mut conn: Conn, close: Option<CloseReason>) {
         let now = Instant::now();
         conn.last_used = now;
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
@@ -671,8 +669,11 @@ impl EndpointPool {
     }
 
     /// A slot just became free: the first live waiter may dial into it.
-    /// Returns whether waiters are held back by the pool's total limit.
-    fn grant_free_slot(&self, st: &mut State) -> bool {
+    /// Returns whether waiters are held back by the pool's total limit; if
+    /// so, the endpoint is queued as starved, so that the next total slot
+    /// given back (often the one of the connection whose close called
+    /// this, given back only after the lock is released) is offered to it.
+    fn grant_free_slot(self: &Arc<Self>, st: &mut State) -> bool {
         if st.closed {
             return false;
         }
@@ -686,7 +687,10 @@ impl EndpointPool {
         match self.take_dial_slot(st) {
             DialRoom::Yes => {}
             DialRoom::EndpointFull => return false,
-            DialRoom::PoolFull => return true,
+            DialRoom::PoolFull => {
+                self.mark_starved(st);
+                return true;
+            }
         }
         while let Some(waiter) = st.waiters.pop_front() {
             if waiter.tx.send(Grant::Dial).is_ok() {
@@ -865,7 +869,7 @@ impl EndpointPool {
     }
 
     /// Returns a grant whose waiter went away before using it.
-    fn give_back(&self, grant: Grant) {
+    fn give_back(self: &Arc<Self>, grant: Grant) {
         match grant {
             Grant::Conn(conn) => self.release(conn, None),
             Grant::Dial => {
