@@ -496,7 +496,11 @@ impl EndpointPool {
     ) -> Result<PooledConnection, Error> {
         let (tx, rx) = oneshot::channel();
         self.spawn_dial(tx, false);
-        match rx.await {
+        let mut rx = DialReceiver {
+            pool: self.clone(),
+            rx,
+        };
+        match (&mut rx.rx).await {
             Ok(Ok(conn)) => Ok(self.lease(conn, false, caller)),
             Ok(Err(err)) => Err(err),
             // The dial task panicked (a custom dialer's bug); the slot's
@@ -910,6 +914,24 @@ impl Drop for DialSlot {
         if let Some(pool) = self.0.take() {
             pool.counters.dial_failed();
             pool.give_back(Grant::Dial);
+        }
+    }
+}
+
+/// The receiving end of a dial a caller waits for. If the caller goes
+/// away after the dial finished but before it looked, the connection is
+/// waiting in the channel: dropping this gives it back to the pool (the
+/// next waiter or idle) instead of dropping it uncounted.
+struct DialReceiver {
+    pool: Arc<EndpointPool>,
+    rx: oneshot::Receiver<Result<Conn, Error>>,
+}
+
+impl Drop for DialReceiver {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Ok(conn)) = self.rx.try_recv() {
+            self.pool.release(conn, None);
         }
     }
 }
