@@ -590,3 +590,88 @@ async fn a_connection_closed_on_return_hands_its_total_slot_to_a_waiter() {
         (2, 1)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_past_the_dial_cap_at_max_connections_total_gets_room_from_idle_elsewhere() {
+    // The caller queues behind max_concurrent_dials; when that dial ends,
+    // the total is full, and another endpoint's idle connection must make
+    // room, as it does for a caller that meets the total limit directly.
+    // (Found by tests/contract_fuzz.rs, seed 36.)
+    let dialer = GatedDialer::new();
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_total(2)
+            .max_concurrent_dials(1)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    dialer.gate.add_permits(1);
+    drop(pool.get(&b).await.unwrap());
+    assert_eq!(pool.stats(&b).idle, 1);
+    let spawn_get = || {
+        let (pool, a) = (pool.clone(), a.clone());
+        tokio::spawn(async move { pool.get(&a).await })
+    };
+    let first = spawn_get();
+    eventually("the first dial to start", || pool.stats(&a).dialing == 1).await;
+    let second = spawn_get();
+    eventually("the second caller to wait", || pool.stats(&a).waiting == 1).await;
+    dialer.gate.add_permits(2);
+    let _first = first.await.unwrap().unwrap(); // held: it does not serve the second
+    let served = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert!(
+        served.is_ok(),
+        "the caller was left waiting while b held an idle connection: a {:?}, b {:?}",
+        pool.stats(&a),
+        pool.stats(&b)
+    );
+    served.unwrap().unwrap().unwrap();
+    assert_eq!(pool.stats(&b).closed_for(CloseReason::PoolLimit), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dial_whose_caller_left_serves_one_waiter_and_makes_room_for_the_next() {
+    // As above, but the caller of the dial gave up: its connection goes to
+    // the first waiter, and the second still needs room under the total.
+    // (Found by tests/contract_fuzz.rs, seed 743.)
+    let dialer = GatedDialer::new();
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_total(2)
+            .max_concurrent_dials(1)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    dialer.gate.add_permits(1);
+    drop(pool.get(&b).await.unwrap());
+    let spawn_get = || {
+        let (pool, a) = (pool.clone(), a.clone());
+        tokio::spawn(async move { pool.get(&a).await })
+    };
+    let gone = spawn_get();
+    eventually("the dial to start", || pool.stats(&a).dialing == 1).await;
+    let (first, second) = (spawn_get(), spawn_get());
+    eventually("two callers to wait", || pool.stats(&a).waiting == 2).await;
+    gone.abort();
+    dialer.gate.add_permits(2);
+    let _first = first.await.unwrap().unwrap(); // the dial of the caller that left
+    let served = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert!(
+        served.is_ok(),
+        "the second caller was left waiting while b held an idle connection: a {:?}, b {:?}",
+        pool.stats(&a),
+        pool.stats(&b)
+    );
+    served.unwrap().unwrap().unwrap();
+    assert_eq!(pool.stats(&b).closed_for(CloseReason::PoolLimit), 1);
+}

@@ -542,7 +542,7 @@ impl EndpointPool {
                 self.counters.created();
                 tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
                 self.config().notify_created(&self.endpoint);
-                let conn = {
+                let (conn, starved) = {
                     let mut st = self.state.lock();
                     st.dialing -= 1;
                     st.last_dial_error = None;
@@ -560,12 +560,17 @@ impl EndpointPool {
                     }
                     st.active += 1;
                     // The dial cap may have held a waiter back.
-                    self.grant_free_slot(&mut st);
-                    conn
+                    (conn, self.grant_free_slot(&mut st))
                 };
                 if let Err(Ok(conn)) = tx.send(Ok(conn)) {
                     // The caller gave up: the next waiter or idle gets it.
                     self.release(conn, None);
+                }
+                if starved && !self.state.lock().waiters.is_empty() {
+                    // The total holds back waiters the dial cap held back
+                    // before: make room as `begin_acquire` does, which
+                    // wakes this endpoint.
+                    self.ctx.evict_lru_idle();
                 }
             }
             Err(err) => {
