@@ -675,3 +675,47 @@ async fn a_dial_whose_caller_left_serves_one_waiter_and_makes_room_for_the_next(
     served.unwrap().unwrap().unwrap();
     assert_eq!(pool.stats(&b).closed_for(CloseReason::PoolLimit), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_caller_held_back_by_max_connections_total_is_served_as_room_frees() {
+    // Two callers wait for room under the total. The first slot freed
+    // serves the first caller, whose dial is slow; the endpoint must stay
+    // in line for the next slot, so that the second caller does not wait
+    // for the first one's dial. (Found by tests/contract_fuzz.rs, seed 41.)
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(2);
+    let pool = Pool::with_dialer(
+        Config::builder().max_connections_total(2).build().unwrap(),
+        dialer.clone(),
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    let b1 = pool.get(&b).await.unwrap();
+    let b2 = pool.get(&b).await.unwrap();
+    let spawn_get = || {
+        let (pool, a) = (pool.clone(), a.clone());
+        tokio::spawn(async move { pool.get(&a).await })
+    };
+    let first = spawn_get();
+    eventually("the first caller to wait", || pool.stats(&a).waiting == 1).await;
+    let second = spawn_get();
+    eventually("the second caller to wait", || pool.stats(&a).waiting == 2).await;
+    drop(b1);
+    eventually("the first caller to dial", || pool.stats(&a).dialing == 1).await;
+    // The first dial hangs at the gate; the next slot freed is the
+    // second caller's.
+    drop(b2);
+    let s = pool.stats(&a);
+    assert_eq!(
+        (s.dialing, s.waiting),
+        (2, 0),
+        "the second caller must get the slot b2 freed: a {s:?}, b {:?}",
+        pool.stats(&b)
+    );
+    assert_eq!(pool.stats(&b).closed_for(CloseReason::PoolLimit), 2);
+    dialer.gate.add_permits(2);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+}

@@ -677,38 +677,41 @@ impl EndpointPool {
         }
     }
 
-    /// A slot just became free: the first live waiter may dial into it.
-    /// Returns whether waiters are held back by the pool's total limit; if
-    /// so, the endpoint is queued as starved, so that the next total slot
-    /// given back (often the one of the connection whose close called
-    /// this, given back only after the lock is released) is offered to it.
+    /// A slot just became free: the first live waiter may dial into it,
+    /// and so may the next ones while there is room (the endpoint's limit,
+    /// its dial cap and the pool's total). Returns whether waiters are held
+    /// back by the pool's total limit; if so, the endpoint is queued as
+    /// starved, so that the next total slot given back (often the one of
+    /// the connection whose close called this, given back only after the
+    /// lock is released) is offered to it.
     fn grant_free_slot(self: &Arc<Self>, st: &mut State) -> bool {
         if st.closed {
             return false;
         }
-        // Waiters that left are skipped before a slot is taken for them.
-        while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
-            st.waiters.pop_front();
-        }
-        if st.waiters.is_empty() {
-            return false;
-        }
-        match self.take_dial_slot(st) {
-            DialRoom::Yes => {}
-            DialRoom::EndpointFull => return false,
-            DialRoom::PoolFull => {
-                self.mark_starved(st);
-                return true;
+        loop {
+            // Waiters that left are skipped before a slot is taken for them.
+            while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+                st.waiters.pop_front();
             }
-        }
-        while let Some(waiter) = st.waiters.pop_front() {
-            if waiter.tx.send(Grant::Dial).is_ok() {
+            if st.waiters.is_empty() {
+                return false;
+            }
+            match self.take_dial_slot(st) {
+                DialRoom::Yes => {}
+                DialRoom::EndpointFull => return false,
+                DialRoom::PoolFull => {
+                    self.mark_starved(st);
+                    return true;
+                }
+            }
+            let granted = std::iter::from_fn(|| st.waiters.pop_front())
+                .any(|waiter| waiter.tx.send(Grant::Dial).is_ok());
+            if !granted {
+                // Nobody took it; the slot stays free for the next caller.
+                self.return_dial_slot(st);
                 return false;
             }
         }
-        // Nobody took it; the slot stays free for the next caller.
-        self.return_dial_slot(st);
-        false
     }
 
     /// Closes every idle connection; leases out now close when they come
