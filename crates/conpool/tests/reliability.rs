@@ -719,3 +719,144 @@ async fn every_caller_held_back_by_max_connections_total_is_served_as_room_frees
     first.await.unwrap().unwrap();
     second.await.unwrap().unwrap();
 }
+
+/// A dialer whose dials wait for a permit, and which keeps the server
+/// halves so that a test can close them.
+#[derive(Clone)]
+struct HeldDialer {
+    gate: Arc<Semaphore>,
+    servers: Arc<Mutex<Vec<tokio::io::DuplexStream>>>,
+}
+
+impl HeldDialer {
+    fn new() -> Self {
+        HeldDialer {
+            gate: Arc::new(Semaphore::new(0)),
+            servers: Arc::default(),
+        }
+    }
+}
+
+impl Dial for HeldDialer {
+    fn dial<'a>(&'a self, _: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            let (client, server) = tokio::io::duplex(64);
+            self.servers.lock().unwrap().push(server);
+            Ok(Stream::custom(client))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_idle_connection_fails_its_probe_respects_max_waiters() {
+    // The caller's idle connection turns out dead, and the dial cap is
+    // reached: with max_waiters_per_endpoint(0) it must fail at once, not
+    // wait. (Found by tests/contract_fuzz.rs, seed 150.)
+    let dialer = HeldDialer::new();
+    let pool = Pool::with_dialer(
+        probing()
+            .max_concurrent_dials(1)
+            .max_waiters_per_endpoint(0)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let ep = Endpoint::new("probe.example", 1).unwrap();
+    dialer.gate.add_permits(1);
+    let held = pool.get(&ep).await.unwrap();
+    // A second caller's dial hangs at the gate, taking the only dial slot.
+    let dialing = {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await.map(|c| c.id()) })
+    };
+    eventually("the dial to start", || pool.stats(&ep).dialing == 1).await;
+    drop(held);
+    dialer.servers.lock().unwrap().clear(); // the server closes the idle one
+    let err = pool.get(&ep).await.unwrap_err();
+    assert!(matches!(err, Error::TooManyWaiters { .. }), "{err}");
+    let s = pool.stats(&ep);
+    assert_eq!(
+        (s.waiting, s.idle, s.closed_for(CloseReason::PeerClosed)),
+        (0, 0, 1)
+    );
+    dialer.gate.add_permits(1);
+    dialing.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_health_check_fails_keeps_its_slot_under_max_connections_total() {
+    // The caller's idle connection fails a slow health check while callers
+    // wait on this endpoint and on another one for room under the total.
+    // The caller keeps the failed connection's slot and dials into it: it
+    // neither queues past max_waiters_per_endpoint nor loses the slot.
+    // (Found by tests/contract_fuzz.rs, seed 1119.)
+    let dialer = HeldDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_per_endpoint(1)
+            .max_connections_total(1)
+            .max_waiters_per_endpoint(1)
+            .health_check(|_: &mut Stream| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    false
+                })
+            })
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    drop(pool.get(&a).await.unwrap());
+    let spawn_get = |ep: &Endpoint| {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await })
+    };
+    let checked = spawn_get(&a); // takes the idle connection; its check is slow
+    eventually("the check to start", || pool.stats(&a).active == 1).await;
+    let queued = spawn_get(&a);
+    eventually("a caller to wait on a", || pool.stats(&a).waiting == 1).await;
+    let other = spawn_get(&b);
+    eventually("a caller to wait on b", || pool.stats(&b).waiting == 1).await;
+    let conn = checked.await.unwrap().unwrap();
+    assert!(!conn.is_reused(), "a new connection, dialed into the slot");
+    let (sa, sb) = (pool.stats(&a), pool.stats(&b));
+    assert_eq!(
+        (sa.active, sa.waiting, sb.waiting),
+        (1, 1, 1),
+        "{sa:?} {sb:?}"
+    );
+    assert_eq!(sa.closed_for(CloseReason::HealthCheckFailed), 1);
+    drop(conn); // now the others are served in turn
+    queued.await.unwrap().unwrap();
+    other.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_idle_connection_fails_its_probe_keeps_its_slot_with_max_waiters_zero() {
+    // At max_connections_total, the total looks full only because the dead
+    // connection's slot is not given back yet: the caller dials into it
+    // rather than fail as if it had to wait. (Found by
+    // tests/contract_fuzz.rs, seed 83.)
+    let dialer = HeldDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        probing()
+            .max_connections_total(1)
+            .max_waiters_per_endpoint(0)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let ep = Endpoint::new("probe.example", 1).unwrap();
+    drop(pool.get(&ep).await.unwrap());
+    dialer.servers.lock().unwrap().clear(); // the server closes the idle one
+    let conn = pool.get(&ep).await.unwrap();
+    assert!(!conn.is_reused());
+    assert_eq!(pool.stats(&ep).closed_for(CloseReason::PeerClosed), 1);
+}

@@ -460,29 +460,44 @@ impl EndpointPool {
             return Ok(Checked::Healthy(lease));
         };
         tracing::debug!(endpoint = %self.endpoint, %reason, "idle connection failed its check");
-        let conn = lease
+        let failed = lease
             .take_conn()
             .expect("the lease still holds its connection");
-        let mut closing = vec![(conn, reason)];
         self.counters.closed(reason);
-        let next = {
+        let mut closing = Closing::new();
+        let (next, keeps_slot) = {
             let mut st = self.state.lock();
-            st.leases.remove(&closing[0].0.id);
+            st.leases.remove(&failed.id);
             st.active -= 1;
             if st.closed {
-                Err(Error::PoolClosed)
+                (Err(Error::PoolClosed), false)
             } else if let Some(conn) = self.pop_fit_idle(&mut st, Instant::now(), &mut closing) {
-                Ok(Checked::Next(Step::Reuse(conn)))
-            } else if self.take_dial_slot(&mut st) == DialRoom::Yes {
-                Ok(Checked::Next(Step::Dial))
+                (Ok(Checked::Next(Step::Reuse(conn))), false)
+            } else if st.dialing < config.max_concurrent_dials() {
+                // It keeps the failed connection's slot, here and under
+                // max_connections_total, and dials into it.
+                st.dialing += 1;
+                (Ok(Checked::Next(Step::Dial)), true)
+            } else if config
+                .max_waiters_per_endpoint()
+                .is_some_and(|max| st.waiters.len() >= max)
+            {
+                let err = Error::TooManyWaiters {
+                    endpoint: self.endpoint.clone(),
+                    max_waiters: config.max_waiters_per_endpoint().unwrap_or(0),
+                    state: st.gauges(),
+                };
+                (Err(err), false)
             } else {
-                // The closed connection's total slot is given back below,
-                // which serves this caller from the queue.
-                let ticket = self.enqueue(&mut st);
-                self.mark_starved(&mut st);
-                Ok(Checked::Next(Step::Wait(ticket)))
+                // The dial cap holds it back; a dial ending serves it.
+                (Ok(Checked::Next(Step::Wait(self.enqueue(&mut st)))), false)
             }
         };
+        if keeps_slot {
+            self.close_conns(vec![(failed, reason)]);
+        } else {
+            closing.push((failed, reason));
+        }
         self.close_all(closing);
         next
     }
@@ -757,10 +772,19 @@ impl EndpointPool {
     /// back to the pool's total; called with no lock held. Dropping a
     /// socket closes it without blocking.
     fn close_all(&self, closing: Closing) {
-        if closing.is_empty() {
-            return;
+        let freed = self.close_conns(closing);
+        // Only now may another connection take the slots: a closed hook
+        // always runs before the created hook of a connection replacing it.
+        if self.ctx.global.put_back(freed) {
+            self.ctx.global.wake_starved();
         }
-        let freed = closing.len();
+    }
+
+    /// Closes connections already counted closed, keeping their slots
+    /// under `max_connections_total` (for a caller that dials into one);
+    /// returns how many.
+    fn close_conns(&self, closing: Closing) -> usize {
+        let closed = closing.len();
         for (conn, reason) in closing {
             tracing::debug!(
                 endpoint = %self.endpoint,
@@ -773,11 +797,7 @@ impl EndpointPool {
             drop(conn);
             self.config().notify_closed(&self.endpoint, reason);
         }
-        // Only now may another connection take the slots: a closed hook
-        // always runs before the created hook of a connection replacing it.
-        if self.ctx.global.put_back(freed) {
-            self.ctx.global.wake_starved();
-        }
+        closed
     }
 
     /// The background task's visit: closes idle connections that expired
