@@ -860,3 +860,38 @@ async fn a_caller_whose_idle_connection_fails_its_probe_keeps_its_slot_with_max_
     assert!(!conn.is_reused());
     assert_eq!(pool.stats(&ep).closed_for(CloseReason::PeerClosed), 1);
 }
+
+#[tokio::test]
+async fn at_max_connections_total_an_idle_connection_makes_room_even_with_max_waiters_zero() {
+    // The endpoint is not at its own limit: the caller must get room by
+    // closing another endpoint's idle connection, not fail as if it had to
+    // wait. (Found by tests/contract_fuzz.rs, seed 83.)
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_total(1)
+            .max_waiters_per_endpoint(0)
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    drop(pool.get(&a).await.unwrap());
+    assert_eq!(pool.stats(&a).idle, 1);
+    let conn = pool.get(&b).await;
+    assert!(
+        conn.is_ok(),
+        "{}: a {:?}",
+        conn.unwrap_err(),
+        pool.stats(&a)
+    );
+    let a_stats = pool.stats(&a);
+    assert_eq!(
+        (a_stats.idle, a_stats.closed_for(CloseReason::PoolLimit)),
+        (0, 1)
+    );
+}

@@ -280,7 +280,14 @@ impl EndpointPool {
             {
                 let state = st.gauges();
                 drop(st);
+                let freed = !closing.is_empty();
                 self.close_all(closing);
+                // A caller that may not wait still gets the room a waiting
+                // one would: slots freed by closing idle connections (its
+                // own expired ones, or the least recently used anywhere).
+                if room == DialRoom::PoolFull && (freed || self.ctx.evict_lru_idle()) {
+                    return self.begin_acquire(now);
+                }
                 return Err(Error::TooManyWaiters {
                     endpoint: self.endpoint.clone(),
                     max_waiters: self.config().max_waiters_per_endpoint().unwrap_or(0),
