@@ -369,6 +369,36 @@ async fn a_grant_sent_to_a_waiter_that_left_goes_to_the_next() {
     assert_eq!((s.total_created, s.active, s.idle), (1, 0, 1));
 }
 
+#[tokio::test]
+async fn a_get_dropped_after_its_dial_finished_leaks_nothing() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .max_connections_per_endpoint(1)
+            .build()
+            .unwrap(),
+    );
+    // Polled once: its dial starts in a task of its own.
+    let mut get = Box::pin(pool.get(&ep));
+    assert!(futures_poll_once(get.as_mut()).await.is_none());
+    // The dial finishes and the new connection waits for the get, which
+    // is dropped without looking. (Found by tests/contract_fuzz.rs, seed 8.)
+    eventually("the dial to finish", || pool.stats(&ep).dialing == 0).await;
+    drop(get);
+    let s = pool.stats(&ep);
+    assert_eq!(
+        (s.active, s.idle, s.total_closed),
+        (0, 1, 0),
+        "the connection goes to the pool: {s:?}"
+    );
+    let conn = pool.get(&ep).await.unwrap();
+    assert!(conn.is_reused());
+    drop(conn);
+    let s = assert_books_balance(&pool, &ep, server.port());
+    assert_eq!((s.total_created, s.total_reused), (1, 1));
+}
+
 /// Polls a future once; `Some` if it finished.
 async fn futures_poll_once<F: Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
     let mut fut = Some(fut);

@@ -552,3 +552,346 @@ async fn max_connections_total_holds_under_load() {
         "endpoints had to make room: {total:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_on_return_hands_its_total_slot_to_a_waiter() {
+    // The endpoint's own limit and the pool's total are both 1: the caller
+    // queues behind the endpoint's limit, and the slot it needs under
+    // max_connections_total comes back only once the discarded connection
+    // is closed. (Found by tests/contract_fuzz.rs, seed 8.)
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_per_endpoint(1)
+            .max_connections_total(1)
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let ep = Endpoint::new("total.example", 1).unwrap();
+    let held = pool.get(&ep).await.unwrap();
+    let waiter = {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await.map(|c| c.id()) })
+    };
+    eventually("the caller to wait", || pool.stats(&ep).waiting == 1).await;
+    held.discard();
+    let served = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+    assert!(
+        served.is_ok(),
+        "the caller was left waiting with a free slot: {:?}",
+        pool.stats(&ep)
+    );
+    served.unwrap().unwrap().unwrap();
+    let s = pool.stats(&ep);
+    assert_eq!(
+        (s.total_created, s.closed_for(CloseReason::Discarded)),
+        (2, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_past_the_dial_cap_at_max_connections_total_gets_room_from_idle_elsewhere() {
+    // The caller queues behind max_concurrent_dials; when that dial ends,
+    // the total is full, and another endpoint's idle connection must make
+    // room, as it does for a caller that meets the total limit directly.
+    // (Found by tests/contract_fuzz.rs, seed 36.)
+    let dialer = GatedDialer::new();
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_total(2)
+            .max_concurrent_dials(1)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    dialer.gate.add_permits(1);
+    drop(pool.get(&b).await.unwrap());
+    assert_eq!(pool.stats(&b).idle, 1);
+    let spawn_get = || {
+        let (pool, a) = (pool.clone(), a.clone());
+        tokio::spawn(async move { pool.get(&a).await })
+    };
+    let first = spawn_get();
+    eventually("the first dial to start", || pool.stats(&a).dialing == 1).await;
+    let second = spawn_get();
+    eventually("the second caller to wait", || pool.stats(&a).waiting == 1).await;
+    dialer.gate.add_permits(2);
+    let _first = first.await.unwrap().unwrap(); // held: it does not serve the second
+    let served = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert!(
+        served.is_ok(),
+        "the caller was left waiting while b held an idle connection: a {:?}, b {:?}",
+        pool.stats(&a),
+        pool.stats(&b)
+    );
+    served.unwrap().unwrap().unwrap();
+    assert_eq!(pool.stats(&b).closed_for(CloseReason::PoolLimit), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dial_whose_caller_left_serves_one_waiter_and_makes_room_for_the_next() {
+    // As above, but the caller of the dial gave up: its connection goes to
+    // the first waiter, and the second still needs room under the total.
+    // (Found by tests/contract_fuzz.rs, seed 743.)
+    let dialer = GatedDialer::new();
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_total(2)
+            .max_concurrent_dials(1)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    dialer.gate.add_permits(1);
+    drop(pool.get(&b).await.unwrap());
+    let spawn_get = || {
+        let (pool, a) = (pool.clone(), a.clone());
+        tokio::spawn(async move { pool.get(&a).await })
+    };
+    let gone = spawn_get();
+    eventually("the dial to start", || pool.stats(&a).dialing == 1).await;
+    let (first, second) = (spawn_get(), spawn_get());
+    eventually("two callers to wait", || pool.stats(&a).waiting == 2).await;
+    gone.abort();
+    dialer.gate.add_permits(2);
+    let _first = first.await.unwrap().unwrap(); // the dial of the caller that left
+    let served = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert!(
+        served.is_ok(),
+        "the second caller was left waiting while b held an idle connection: a {:?}, b {:?}",
+        pool.stats(&a),
+        pool.stats(&b)
+    );
+    served.unwrap().unwrap().unwrap();
+    assert_eq!(pool.stats(&b).closed_for(CloseReason::PoolLimit), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_caller_held_back_by_max_connections_total_is_served_as_room_frees() {
+    // Two callers wait for room under the total. The first slot freed
+    // serves the first caller, whose dial is slow; the endpoint must stay
+    // in line for the next slot, so that the second caller does not wait
+    // for the first one's dial. (Found by tests/contract_fuzz.rs, seed 41.)
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(2);
+    let pool = Pool::with_dialer(
+        Config::builder().max_connections_total(2).build().unwrap(),
+        dialer.clone(),
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    let b1 = pool.get(&b).await.unwrap();
+    let b2 = pool.get(&b).await.unwrap();
+    let spawn_get = || {
+        let (pool, a) = (pool.clone(), a.clone());
+        tokio::spawn(async move { pool.get(&a).await })
+    };
+    let first = spawn_get();
+    eventually("the first caller to wait", || pool.stats(&a).waiting == 1).await;
+    let second = spawn_get();
+    eventually("the second caller to wait", || pool.stats(&a).waiting == 2).await;
+    drop(b1);
+    eventually("the first caller to dial", || pool.stats(&a).dialing == 1).await;
+    // The first dial hangs at the gate; the next slot freed is the
+    // second caller's.
+    drop(b2);
+    let s = pool.stats(&a);
+    assert_eq!(
+        (s.dialing, s.waiting),
+        (2, 0),
+        "the second caller must get the slot b2 freed: a {s:?}, b {:?}",
+        pool.stats(&b)
+    );
+    assert_eq!(pool.stats(&b).closed_for(CloseReason::PoolLimit), 2);
+    dialer.gate.add_permits(2);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+}
+
+/// A dialer whose dials wait for a permit, and which keeps the server
+/// halves so that a test can close them.
+#[derive(Clone)]
+struct HeldDialer {
+    gate: Arc<Semaphore>,
+    servers: Arc<Mutex<Vec<tokio::io::DuplexStream>>>,
+}
+
+impl HeldDialer {
+    fn new() -> Self {
+        HeldDialer {
+            gate: Arc::new(Semaphore::new(0)),
+            servers: Arc::default(),
+        }
+    }
+}
+
+impl Dial for HeldDialer {
+    fn dial<'a>(&'a self, _: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
+        Box::pin(async move {
+            self.gate.acquire().await.unwrap().forget();
+            let (client, server) = tokio::io::duplex(64);
+            self.servers.lock().unwrap().push(server);
+            Ok(Stream::custom(client))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_idle_connection_fails_its_probe_respects_max_waiters() {
+    // The caller's idle connection turns out dead, and the dial cap is
+    // reached: with max_waiters_per_endpoint(0) it must fail at once, not
+    // wait. (Found by tests/contract_fuzz.rs, seed 150.)
+    let dialer = HeldDialer::new();
+    let pool = Pool::with_dialer(
+        probing()
+            .max_concurrent_dials(1)
+            .max_waiters_per_endpoint(0)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let ep = Endpoint::new("probe.example", 1).unwrap();
+    dialer.gate.add_permits(1);
+    let held = pool.get(&ep).await.unwrap();
+    // A second caller's dial hangs at the gate, taking the only dial slot.
+    let dialing = {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await.map(|c| c.id()) })
+    };
+    eventually("the dial to start", || pool.stats(&ep).dialing == 1).await;
+    drop(held);
+    dialer.servers.lock().unwrap().clear(); // the server closes the idle one
+    let err = pool.get(&ep).await.unwrap_err();
+    assert!(matches!(err, Error::TooManyWaiters { .. }), "{err}");
+    let s = pool.stats(&ep);
+    assert_eq!(
+        (s.waiting, s.idle, s.closed_for(CloseReason::PeerClosed)),
+        (0, 0, 1)
+    );
+    dialer.gate.add_permits(1);
+    dialing.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_health_check_fails_keeps_its_slot_under_max_connections_total() {
+    // The caller's idle connection fails a slow health check while callers
+    // wait on this endpoint and on another one for room under the total.
+    // The caller keeps the failed connection's slot and dials into it: it
+    // neither queues past max_waiters_per_endpoint nor loses the slot.
+    // (Found by tests/contract_fuzz.rs, seed 1119.)
+    let dialer = HeldDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_per_endpoint(1)
+            .max_connections_total(1)
+            .max_waiters_per_endpoint(1)
+            .health_check(|_: &mut Stream| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    false
+                })
+            })
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    drop(pool.get(&a).await.unwrap());
+    let spawn_get = |ep: &Endpoint| {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await })
+    };
+    let checked = spawn_get(&a); // takes the idle connection; its check is slow
+    eventually("the check to start", || pool.stats(&a).active == 1).await;
+    let queued = spawn_get(&a);
+    eventually("a caller to wait on a", || pool.stats(&a).waiting == 1).await;
+    let other = spawn_get(&b);
+    eventually("a caller to wait on b", || pool.stats(&b).waiting == 1).await;
+    let conn = checked.await.unwrap().unwrap();
+    assert!(!conn.is_reused(), "a new connection, dialed into the slot");
+    let (sa, sb) = (pool.stats(&a), pool.stats(&b));
+    assert_eq!(
+        (sa.active, sa.waiting, sb.waiting),
+        (1, 1, 1),
+        "{sa:?} {sb:?}"
+    );
+    assert_eq!(sa.closed_for(CloseReason::HealthCheckFailed), 1);
+    drop(conn); // now the others are served in turn
+    queued.await.unwrap().unwrap();
+    other.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_idle_connection_fails_its_probe_keeps_its_slot_with_max_waiters_zero() {
+    // At max_connections_total, the total looks full only because the dead
+    // connection's slot is not given back yet: the caller dials into it
+    // rather than fail as if it had to wait. (Found by
+    // tests/contract_fuzz.rs, seed 83.)
+    let dialer = HeldDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        probing()
+            .max_connections_total(1)
+            .max_waiters_per_endpoint(0)
+            .build()
+            .unwrap(),
+        dialer.clone(),
+    );
+    let ep = Endpoint::new("probe.example", 1).unwrap();
+    drop(pool.get(&ep).await.unwrap());
+    dialer.servers.lock().unwrap().clear(); // the server closes the idle one
+    let conn = pool.get(&ep).await.unwrap();
+    assert!(!conn.is_reused());
+    assert_eq!(pool.stats(&ep).closed_for(CloseReason::PeerClosed), 1);
+}
+
+#[tokio::test]
+async fn at_max_connections_total_an_idle_connection_makes_room_even_with_max_waiters_zero() {
+    // The endpoint is not at its own limit: the caller must get room by
+    // closing another endpoint's idle connection, not fail as if it had to
+    // wait. (Found by tests/contract_fuzz.rs, seed 83.)
+    let dialer = GatedDialer::new();
+    dialer.gate.add_permits(10);
+    let pool = Pool::with_dialer(
+        Config::builder()
+            .max_connections_total(1)
+            .max_waiters_per_endpoint(0)
+            .build()
+            .unwrap(),
+        dialer,
+    );
+    let (a, b) = (
+        Endpoint::new("a.example", 1).unwrap(),
+        Endpoint::new("b.example", 1).unwrap(),
+    );
+    drop(pool.get(&a).await.unwrap());
+    assert_eq!(pool.stats(&a).idle, 1);
+    let conn = pool.get(&b).await;
+    assert!(
+        conn.is_ok(),
+        "{}: a {:?}",
+        conn.unwrap_err(),
+        pool.stats(&a)
+    );
+    let a_stats = pool.stats(&a);
+    assert_eq!(
+        (a_stats.idle, a_stats.closed_for(CloseReason::PoolLimit)),
+        (0, 1)
+    );
+}

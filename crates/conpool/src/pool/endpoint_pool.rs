@@ -31,6 +31,7 @@ use std::task::{Context as TaskContext, Waker};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::conn::Conn;
@@ -99,8 +100,8 @@ struct State {
     /// Queued in the pool's list of endpoints held back by
     /// `max_connections_total`.
     starved: bool,
-    /// A sweeper task is running for the waiters' deadlines.
-    sweeping: bool,
+    /// The sweeper task keeping the waiters' deadlines, while it runs.
+    sweeper: Option<AbortHandle>,
 }
 
 struct LeaseRecord {
@@ -338,7 +339,7 @@ impl EndpointPool {
             }
         }
         if next.is_none() {
-            st.sweeping = false;
+            st.sweeper = None;
         }
         next
     }
@@ -377,7 +378,14 @@ impl EndpointPool {
             {
                 let state = st.gauges();
                 drop(st);
+                let freed = !closing.is_empty();
                 self.close_all(closing);
+                // A caller that may not wait still gets the room a waiting
+                // one would: slots freed by closing idle connections (its
+                // own expired ones, or the least recently used anywhere).
+                if room == DialRoom::PoolFull && (freed || self.ctx.evict_lru_idle()) {
+                    return self.begin_acquire(now);
+                }
                 return Err(Error::TooManyWaiters {
                     endpoint: self.endpoint.clone(),
                     max_waiters: self.config().max_waiters_per_endpoint().unwrap_or(0),
@@ -448,10 +456,8 @@ impl EndpointPool {
         let mut st = self.state.lock();
         st.starved = false;
         let before = st.dialing;
-        let still_starved = self.grant_free_slot(&mut st);
-        if still_starved && !st.waiters.is_empty() {
-            self.mark_starved(&mut st);
-        }
+        // Still held back, it is queued again.
+        self.grant_free_slot(&mut st);
         st.dialing > before
     }
 
@@ -500,9 +506,9 @@ impl EndpointPool {
         let id = st.next_waiter_id;
         st.next_waiter_id += 1;
         st.waiters.push_back(Waiter { id, tx, deadline });
-        if deadline.is_some() && !st.sweeping {
-            st.sweeping = true;
-            tokio::spawn(sweep_waiters(Arc::downgrade(self)));
+        if deadline.is_some() && st.sweeper.is_none() {
+            let task = tokio::spawn(sweep_waiters(Arc::downgrade(self)));
+            st.sweeper = Some(task.abort_handle());
         }
         WaitTicket {
             pool: self.clone(),
@@ -591,34 +597,52 @@ impl EndpointPool {
             return Ok(Checked::Healthy(lease));
         };
         tracing::debug!(endpoint = %self.endpoint, %reason, "idle connection failed its check");
-        let conn = lease
+        let failed = lease
             .take_conn()
             .expect("the lease still holds its connection");
-        let mut closing = vec![(conn, reason)];
-        let next = {
+        let mut closing = Closing::new();
+        let (next, keeps_slot) = {
             let mut st = self.state.lock();
             st.counters.closed(reason);
             if origin == Origin::Handoff {
                 // Counted when it was granted; it was never handed out.
                 st.counters.unreused();
             }
-            st.leases.remove(&closing[0].0.id);
+            st.leases.remove(&failed.id);
             st.active -= 1;
             if st.closed {
-                Err(Error::PoolClosed)
+                (Err(Error::PoolClosed), false)
             } else if let Some(conn) = self.pop_fit_idle(&mut st, Instant::now(), &mut closing) {
-                Ok(Checked::Next(Step::Reuse(conn)))
-            } else if self.take_dial_slot(&mut st) == DialRoom::Yes {
-                Ok(Checked::Next(Step::Dial))
+                (Ok(Checked::Next(Step::Reuse(conn))), false)
+            } else if st.dialing < config.max_concurrent_dials() {
+                // It keeps the failed connection's slot, here and under
+                // max_connections_total, and dials into it.
+                st.dialing += 1;
+                (Ok(Checked::Next(Step::Dial)), true)
+            } else if config
+                .max_waiters_per_endpoint()
+                .is_some_and(|max| st.waiters.len() >= max)
+            {
+                let err = Error::TooManyWaiters {
+                    endpoint: self.endpoint.clone(),
+                    max_waiters: config.max_waiters_per_endpoint().unwrap_or(0),
+                    state: st.gauges(),
+                };
+                (Err(err), false)
             } else {
-                // The closed connection's total slot is given back below,
-                // which serves this caller from the queue.
-                // Under the caller's own timer (see `acquire_slow`).
-                let ticket = self.enqueue(&mut st, None);
-                self.mark_starved(&mut st);
-                Ok(Checked::Next(Step::Wait(ticket)))
+                // The dial cap holds it back; a dial ending serves it, and
+                // the caller's own timer bounds the wait (see `acquire_slow`).
+                (
+                    Ok(Checked::Next(Step::Wait(self.enqueue(&mut st, None)))),
+                    false,
+                )
             }
         };
+        if keeps_slot {
+            self.close_conns(vec![(failed, reason)]);
+        } else {
+            closing.push((failed, reason));
+        }
         self.close_all(closing);
         next
     }
@@ -632,7 +656,11 @@ impl EndpointPool {
     ) -> Result<PooledConnection, Error> {
         let (tx, rx) = oneshot::channel();
         self.spawn_dial(tx, false);
-        match rx.await {
+        let mut rx = DialReceiver {
+            pool: self.clone(),
+            rx,
+        };
+        match (&mut rx.rx).await {
             Ok(Ok(conn)) => Ok(self.clone().lease(conn, caller)),
             Ok(Err(err)) => Err(err),
             // The dial task panicked (a custom dialer's bug); the slot's
@@ -673,7 +701,7 @@ impl EndpointPool {
                 let now = Instant::now();
                 tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
                 self.config().notify_created(&self.endpoint);
-                let conn = {
+                let (conn, starved) = {
                     let mut st = self.state.lock();
                     st.counters.created();
                     st.dialing -= 1;
@@ -692,12 +720,17 @@ impl EndpointPool {
                     }
                     st.active += 1;
                     // The dial cap may have held a waiter back.
-                    self.grant_free_slot(&mut st);
-                    conn
+                    (conn, self.grant_free_slot(&mut st))
                 };
                 if let Err(Ok(conn)) = tx.send(Ok(conn)) {
                     // The caller gave up: the next waiter or idle gets it.
                     self.release(conn, None);
+                }
+                if starved && !self.state.lock().waiters.is_empty() {
+                    // The total holds back waiters the dial cap held back
+                    // before: make room as `begin_acquire` does, which
+                    // wakes this endpoint.
+                    self.ctx.evict_lru_idle();
                 }
             }
             Err(err) => {
@@ -764,7 +797,7 @@ impl EndpointPool {
 
     /// Takes back a connection that was active. `close` is the lease's own
     /// reason to close it, if it has one.
-    pub(crate) fn release(&self, mut conn: Conn, close: Option<CloseReason>) {
+    pub(crate) fn release(self: &Arc<Self>, mut conn: Conn, close: Option<CloseReason>) {
         let now = Instant::now();
         conn.mark_idle(now, self.config());
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
@@ -809,32 +842,41 @@ impl EndpointPool {
         }
     }
 
-    /// A slot just became free: the first live waiter may dial into it.
-    /// Returns whether waiters are held back by the pool's total limit.
-    fn grant_free_slot(&self, st: &mut State) -> bool {
+    /// A slot just became free: the first live waiter may dial into it,
+    /// and so may the next ones while there is room (the endpoint's limit,
+    /// its dial cap and the pool's total). Returns whether waiters are held
+    /// back by the pool's total limit; if so, the endpoint is queued as
+    /// starved, so that the next total slot given back (often the one of
+    /// the connection whose close called this, given back only after the
+    /// lock is released) is offered to it.
+    fn grant_free_slot(self: &Arc<Self>, st: &mut State) -> bool {
         if st.closed {
             return false;
         }
-        // Waiters that left are skipped before a slot is taken for them.
-        while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
-            st.waiters.pop_front();
-        }
-        if st.waiters.is_empty() {
-            return false;
-        }
-        match self.take_dial_slot(st) {
-            DialRoom::Yes => {}
-            DialRoom::EndpointFull => return false,
-            DialRoom::PoolFull => return true,
-        }
-        while let Some(waiter) = st.waiters.pop_front() {
-            if waiter.tx.send(Grant::Dial).is_ok() {
+        loop {
+            // Waiters that left are skipped before a slot is taken for them.
+            while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+                st.waiters.pop_front();
+            }
+            if st.waiters.is_empty() {
+                return false;
+            }
+            match self.take_dial_slot(st) {
+                DialRoom::Yes => {}
+                DialRoom::EndpointFull => return false,
+                DialRoom::PoolFull => {
+                    self.mark_starved(st);
+                    return true;
+                }
+            }
+            let granted = std::iter::from_fn(|| st.waiters.pop_front())
+                .any(|waiter| waiter.tx.send(Grant::Dial).is_ok());
+            if !granted {
+                // Nobody took it; the slot stays free for the next caller.
+                self.return_dial_slot(st);
                 return false;
             }
         }
-        // Nobody took it; the slot stays free for the next caller.
-        self.return_dial_slot(st);
-        false
     }
 
     /// Closes every idle connection; leases out now close when they come
@@ -851,16 +893,21 @@ impl EndpointPool {
 
     /// Closes idle connections, fails waiters, and refuses new acquires.
     pub(crate) fn close(&self) {
-        let (closing, waiters) = {
+        let (closing, waiters, sweeper) = {
             let mut st = self.state.lock();
             st.closed = true;
             (
                 self.drain_idle(&mut st, CloseReason::PoolClosed),
                 std::mem::take(&mut st.waiters),
+                st.sweeper.take(),
             )
         };
         for waiter in waiters {
             let _ = waiter.tx.send(Grant::Closed);
+        }
+        // Nobody waits any more: the sweeper need not sleep on.
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
         }
         self.close_all(closing);
     }
@@ -888,7 +935,19 @@ impl EndpointPool {
 
     #[inline(never)]
     fn close_now(&self, closing: Closing) {
-        let freed = closing.len();
+        let freed = self.close_conns(closing);
+        // Only now may another connection take the slots: a closed hook
+        // always runs before the created hook of a connection replacing it.
+        if self.ctx.global.put_back(freed) {
+            self.ctx.global.wake_starved();
+        }
+    }
+
+    /// Closes connections already counted closed, keeping their slots
+    /// under `max_connections_total` (for a caller that dials into one);
+    /// returns how many.
+    fn close_conns(&self, closing: Closing) -> usize {
+        let closed = closing.len();
         for (conn, reason) in closing {
             tracing::debug!(
                 endpoint = %self.endpoint,
@@ -901,11 +960,7 @@ impl EndpointPool {
             drop(conn);
             self.config().notify_closed(&self.endpoint, reason);
         }
-        // Only now may another connection take the slots: a closed hook
-        // always runs before the created hook of a connection replacing it.
-        if self.ctx.global.put_back(freed) {
-            self.ctx.global.wake_starved();
-        }
+        closed
     }
 
     /// The background task's visit: closes idle connections that expired
@@ -996,6 +1051,11 @@ impl EndpointPool {
         let held = self.handles.load(Ordering::Acquire) > 0;
         if st.is_empty() && !st.closed && !held {
             st.retired = true;
+            // A sweeper left sleeping on a deadline of a caller that has
+            // since gone would outlive the entry for no purpose.
+            if let Some(sweeper) = st.sweeper.take() {
+                sweeper.abort();
+            }
         }
         st.retired
     }
@@ -1020,7 +1080,7 @@ impl EndpointPool {
     }
 
     /// Returns a grant whose waiter went away before using it.
-    fn give_back(&self, grant: Grant) {
+    fn give_back(self: &Arc<Self>, grant: Grant) {
         match grant {
             Grant::Conn(conn) => {
                 // Counted as reused when granted; nobody used it.
@@ -1034,7 +1094,7 @@ impl EndpointPool {
 
     /// Frees a dialing slot that produced no connection; `failed`: a dial
     /// task died without finishing (counted as a failed dial).
-    fn return_unused_dial(&self, failed: bool) {
+    fn return_unused_dial(self: &Arc<Self>, failed: bool) {
         let wake = {
             let mut st = self.state.lock();
             if failed {
@@ -1067,14 +1127,15 @@ async fn sweep_waiters(pool: std::sync::Weak<EndpointPool>) {
     }
 }
 
-/// Clears the sweeping flag if the sweeper is dropped before it finished
-/// (its runtime shut down), so that the next waiter starts another.
+/// Forgets the sweeper if it is dropped before it finished (aborted by
+/// `close`, or its runtime shut down), so that a later waiter starts
+/// another.
 struct SweepGuard(Option<std::sync::Weak<EndpointPool>>);
 
 impl Drop for SweepGuard {
     fn drop(&mut self) {
         if let Some(pool) = self.0.take().and_then(|weak| weak.upgrade()) {
-            pool.state.lock().sweeping = false;
+            pool.state.lock().sweeper = None;
         }
     }
 }
@@ -1100,6 +1161,24 @@ impl Drop for DialSlot {
     fn drop(&mut self) {
         if let Some(pool) = self.0.take() {
             pool.return_unused_dial(true);
+        }
+    }
+}
+
+/// The receiving end of a dial a caller waits for. If the caller goes
+/// away after the dial finished but before it looked, the connection is
+/// waiting in the channel: dropping this gives it back to the pool (the
+/// next waiter or idle) instead of dropping it uncounted.
+struct DialReceiver {
+    pool: Arc<EndpointPool>,
+    rx: oneshot::Receiver<Result<Conn, Error>>,
+}
+
+impl Drop for DialReceiver {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Ok(conn)) = self.rx.try_recv() {
+            self.pool.release(conn, None);
         }
     }
 }
