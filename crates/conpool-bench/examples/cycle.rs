@@ -6,8 +6,10 @@
 //! valgrind --tool=callgrind target/release/examples/cycle conpool 200000
 //! ```
 //!
-//! The first argument names the pool (`conpool`, `bb8`, `deadpool`, `mobc`,
-//! `pingora-pool`, `pingora-pool+watcher`), the second the number of cycles.
+//! The first argument names the pool (`conpool`, `conpool (handle)`, `bb8`,
+//! `deadpool`, `mobc`, `pingora-pool`, `pingora-pool+watcher`), the second
+//! the number of cycles. With a third, `64`, 64 tasks share 16 connections
+//! on a 2-worker runtime instead (the contended case).
 
 use conpool_bench::net::{Target, start_echo};
 use conpool_bench::with_subject;
@@ -22,6 +24,18 @@ fn main() {
         .into_iter()
         .find(|k| k.name() == name)
         .unwrap_or_else(|| panic!("no pool named {name:?}"));
+    if args.next().as_deref() == Some("64") {
+        let rt = conpool_bench::load::runtime(2);
+        rt.block_on(async {
+            let target = Target::tcp(start_echo(None).await);
+            with_subject!(kind, &target, 16, |subject| {
+                let took = conpool_bench::load::cycles(&subject, 64, cycles / 64).await;
+                let ns = took.as_nanos() as f64 / cycles as f64;
+                println!("{name}, 64 tasks over 16 connections: {ns:.0} ns per cycle");
+            })
+        });
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -40,6 +40,37 @@ where
 type EndpointHook = Arc<dyn Fn(&Endpoint) + Send + Sync>;
 type CloseHook = Arc<dyn Fn(&Endpoint, CloseReason) + Send + Sync>;
 
+/// When an endpoint keeps connections coming back in per-thread slots.
+///
+/// An endpoint's bookkeeping sits behind one lock. When tasks on several
+/// cores take and return its connections at a high rate, that lock becomes
+/// the cost: its cache line moves between cores on every call, and threads
+/// start to park on it. An endpoint with per-thread slots parks a returned
+/// connection in the returning thread's own slot, and the next get on that
+/// thread takes it from there, without touching the shared lock. Parked
+/// connections count as idle in [`Stats`](crate::Stats) and obey every rule
+/// an idle one does (idle time, lifetime, the liveness probe); they go to
+/// callers on other threads before those dial or queue, and to waiting
+/// callers first come, first served, as always.
+///
+/// Slots are never used while `max_connections_total`, `max_idle_total` or
+/// `leak_threshold` is set: those keep their exact, pool-wide bookkeeping.
+/// They cost a cache line per slot, and an endpoint has about two slots per
+/// core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ThreadSlots {
+    /// Never: every get and return takes the endpoint's lock.
+    Off,
+    /// From the first time a get or a return finds the endpoint's lock
+    /// taken by another thread (the default): endpoints used from one
+    /// thread at a time never pay for slots.
+    #[default]
+    WhenContended,
+    /// From the endpoint's first use (mostly for tests).
+    Always,
+}
+
 /// A pool's configuration. Build one with [`Config::builder`].
 ///
 /// | field | default |
@@ -62,6 +93,7 @@ type CloseHook = Arc<dyn Fn(&Endpoint, CloseReason) + Send + Sync>;
 /// | `max_connection_lifetime_jitter` | 0.025 (up to 2.5 % shorter) |
 /// | `maintenance_interval` | 1 s |
 /// | `leak_threshold` | off |
+/// | `thread_slots` | [`ThreadSlots::WhenContended`] |
 /// | `health_check` | none |
 /// | hooks | none |
 /// | `tls_config` | the webpki root certificates, ring provider |
@@ -102,6 +134,7 @@ pub struct Config {
     max_connection_lifetime_jitter: f64,
     maintenance_interval: Option<Duration>,
     leak_threshold: Option<Duration>,
+    thread_slots: ThreadSlots,
     health_check: Option<Arc<dyn HealthCheck>>,
     on_connection_created: Option<EndpointHook>,
     on_connection_reused: Option<EndpointHook>,
@@ -134,6 +167,7 @@ impl Default for Config {
             max_connection_lifetime_jitter: 0.025,
             maintenance_interval: Some(Duration::from_secs(1)),
             leak_threshold: None,
+            thread_slots: ThreadSlots::WhenContended,
             health_check: None,
             on_connection_created: None,
             on_connection_reused: None,
@@ -262,6 +296,10 @@ impl Config {
     pub fn leak_threshold(&self) -> Option<Duration> {
         self.leak_threshold
     }
+    /// When endpoints keep returned connections in per-thread slots.
+    pub fn thread_slots(&self) -> ThreadSlots {
+        self.thread_slots
+    }
     /// The custom check run on an idle connection before reuse, if any.
     pub fn health_check(&self) -> Option<&Arc<dyn HealthCheck>> {
         self.health_check.as_ref()
@@ -328,6 +366,7 @@ impl fmt::Debug for Config {
             )
             .field("maintenance_interval", &self.maintenance_interval)
             .field("leak_threshold", &self.leak_threshold)
+            .field("thread_slots", &self.thread_slots)
             .field("health_check", &self.health_check.is_some())
             .field(
                 "on_connection_created",
@@ -439,6 +478,12 @@ impl ConfigBuilder {
     /// Warn about leases held longer than this (`None`: off); above 0.
     pub fn leak_threshold(mut self, threshold: impl Into<Option<Duration>>) -> Self {
         self.config.leak_threshold = threshold.into();
+        self
+    }
+    /// When an endpoint keeps returned connections in per-thread slots
+    /// (see [`ThreadSlots`]).
+    pub fn thread_slots(mut self, slots: ThreadSlots) -> Self {
+        self.config.thread_slots = slots;
         self
     }
 

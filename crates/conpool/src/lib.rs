@@ -82,7 +82,7 @@ mod pool;
 pub mod stats;
 pub mod stream;
 
-pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck};
+pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck, ThreadSlots};
 pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
 pub use lease::PooledConnection;

@@ -65,6 +65,7 @@ use std::time::Duration;
 use conpool::dial::{Dial, DialError};
 use conpool::{
     BoxFuture, CloseReason, Config, Endpoint, Error, Pool, PooledConnection, Stats, Stream,
+    ThreadSlots,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::time::Instant;
@@ -274,6 +275,9 @@ struct Plan {
     /// The step at which the pool is closed, if before the end.
     close_at: Option<usize>,
     health_check: Option<HealthPlan>,
+    /// Per-thread slots from the start (they park and unpark on this one
+    /// thread) or only on contention (never, on one thread).
+    thread_slots: ThreadSlots,
 }
 
 /// A seeded health check: it fails `fail_pct` percent of the time, and
@@ -329,6 +333,12 @@ impl Plan {
             slow_pct: r.pick(&[0, 30, 70]),
             max_delay: r.millis(1, 1_500),
         });
+        // Drawn last, so that adding it left every other draw as it was.
+        let thread_slots = if r.chance(50) {
+            ThreadSlots::Always
+        } else {
+            ThreadSlots::WhenContended
+        };
         Plan {
             endpoints,
             max_per_endpoint,
@@ -354,6 +364,7 @@ impl Plan {
             steps,
             close_at,
             health_check,
+            thread_slots,
         }
     }
 
@@ -388,6 +399,7 @@ impl Plan {
             .maintenance_interval(self.maintenance)
             .min_idle_per_endpoint(self.min_idle)
             .leak_threshold(self.leak_threshold)
+            .thread_slots(self.thread_slots)
             .on_connection_created(move |ep| created.lock().unwrap().created(ep))
             .on_connection_reused(move |ep| reused.lock().unwrap().reused(ep))
             .on_connection_closed(move |ep, why| closed.lock().unwrap().closed(ep, why))

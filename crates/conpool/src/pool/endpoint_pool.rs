@@ -26,10 +26,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 use std::task::{Context as TaskContext, Waker};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -37,10 +38,11 @@ use tokio::time::Instant;
 use super::conn::Conn;
 use super::global::Global;
 use super::map::EndpointMap;
+use super::slots::Slots;
 use crate::dial::{Dial, backoff_delay, dial_with_retry};
 use crate::stats::{Counters, PoolState};
 use crate::stream::Liveness;
-use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats};
+use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats, ThreadSlots};
 
 /// What every endpoint of a pool shares: the config, the dialer, the map
 /// of endpoints and the limits across them.
@@ -73,6 +75,18 @@ pub(crate) struct EndpointPool {
     /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
     /// the entry is not retired.
     handles: AtomicUsize,
+    /// Per-thread slots, made when the lock is first found contended (see
+    /// [`super::slots`]).
+    slots: OnceLock<Slots>,
+    /// At least the number of callers queued (or about to queue): releasers
+    /// park a connection in a slot only while it reads 0. Raised under the
+    /// lock before a caller looks for parked connections and queues; lowered
+    /// to the queue's length under the lock after callers leave it.
+    queued: AtomicUsize,
+    /// `generation * 2 + closed`, mirrored from the state under the lock, so
+    /// that a releaser can tell without the lock whether a connection may
+    /// be parked.
+    epoch: AtomicU64,
 }
 
 #[derive(Default)]
@@ -205,12 +219,19 @@ type Closing = Vec<(Conn, CloseReason)>;
 
 impl EndpointPool {
     pub(crate) fn new(endpoint: Endpoint, ctx: Arc<Context>) -> Self {
-        EndpointPool {
+        let pool = EndpointPool {
             endpoint,
             ctx,
             state: Mutex::new(State::default()),
             handles: AtomicUsize::new(0),
+            slots: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+        };
+        if pool.config().thread_slots() == ThreadSlots::Always {
+            pool.grow_slots();
         }
+        pool
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -219,7 +240,11 @@ impl EndpointPool {
 
     pub(crate) fn stats(&self) -> Stats {
         let st = self.state.lock();
-        st.counters.snapshot(st.gauges())
+        let mut stats = st.counters.snapshot(self.gauges(&st));
+        if let Some(slots) = self.slots.get() {
+            stats.total_reused += slots.tally().1;
+        }
+        stats
     }
 
     /// Gets a connection: an idle one if any is fit, else a new dial, else
@@ -235,6 +260,29 @@ impl EndpointPool {
         caller: &'static Location<'static>,
     ) -> Result<Option<PooledConnection>, Error> {
         let now = Instant::now();
+        if let Some(slots) = self.slots.get() {
+            // A connection parked before a clear is not handed out after it.
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let fit = |c: &Conn| {
+                c.generation * 2 == epoch
+                    && c.reuse_verdict(now, self.config()).is_none()
+                    && !self.needs_check(c, now)
+            };
+            match slots.take_mine(fit) {
+                Ok(Some(conn)) => return Ok(Some(self.lease_reused(conn, caller))),
+                Ok(None) => {}
+                Err(conn) => match conn.reuse_verdict(now, self.config()) {
+                    // Fit, but due for its probe: the slow path checks it.
+                    None if conn.generation * 2 == epoch => {
+                        return self
+                            .acquire_slow(Step::Reuse(conn), now, caller)
+                            .await
+                            .map(Some);
+                    }
+                    reason => self.take_back(conn, reason),
+                },
+            }
+        }
         match self.begin_acquire(now)? {
             None => Ok(None),
             Some(Step::Ready(conn)) => Ok(Some(self.lease_reused(conn, caller))),
@@ -305,7 +353,7 @@ impl EndpointPool {
         let timeout = self.config().acquire_timeout().unwrap_or_default();
         let (state, last_dial_error) = {
             let st = self.state.lock();
-            (st.gauges(), st.last_dial_error.clone())
+            (self.gauges(&st), st.last_dial_error.clone())
         };
         tracing::warn!(endpoint = %self.endpoint, ?timeout, ?state, "acquire timed out");
         Error::AcquireTimeout {
@@ -338,6 +386,7 @@ impl EndpointPool {
                 }
             }
         }
+        self.sync_queued(&st);
         if next.is_none() {
             st.sweeper = None;
         }
@@ -348,7 +397,7 @@ impl EndpointPool {
     fn begin_acquire(self: &Arc<Self>, now: Instant) -> Result<Option<Step>, Error> {
         let mut closing = Closing::new();
         let step = {
-            let mut st = self.state.lock();
+            let mut st = self.lock_state();
             if st.closed {
                 return Err(Error::PoolClosed);
             }
@@ -370,13 +419,15 @@ impl EndpointPool {
                 DialRoom::EndpointFull
             };
             if room == DialRoom::Yes {
+                self.sync_queued(&st);
                 Step::Dial
             } else if self
                 .config()
                 .max_waiters_per_endpoint()
                 .is_some_and(|max| st.waiters.len() >= max)
             {
-                let state = st.gauges();
+                let state = self.gauges(&st);
+                self.sync_queued(&st);
                 drop(st);
                 let freed = !closing.is_empty();
                 self.close_all(closing);
@@ -407,6 +458,79 @@ impl EndpointPool {
         };
         self.close_all(closing);
         Ok(Some(step))
+    }
+
+    /// The gauges, with connections parked in slots counted as idle (the
+    /// books count them as leased).
+    fn gauges(&self, st: &State) -> PoolState {
+        let mut gauges = st.gauges();
+        if let Some(slots) = self.slots.get() {
+            let parked = slots.tally().0;
+            gauges.active -= parked;
+            gauges.idle += parked;
+        }
+        gauges
+    }
+
+    /// Locks the state; finding it taken by another thread is what turns
+    /// per-thread slots on (with [`ThreadSlots::WhenContended`]).
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        if let Some(st) = self.state.try_lock() {
+            return st;
+        }
+        if self.slots.get().is_none() && self.config().thread_slots() == ThreadSlots::WhenContended
+        {
+            self.grow_slots();
+        }
+        self.state.lock()
+    }
+
+    /// Makes the per-thread slots, unless a pool-wide limit or leak
+    /// tracking needs every idle connection and lease in the books.
+    fn grow_slots(&self) {
+        let config = self.config();
+        if config.max_connections_total().is_none()
+            && config.max_idle_total().is_none()
+            && config.leak_threshold().is_none()
+        {
+            self.slots.get_or_init(Slots::new);
+        }
+    }
+
+    /// Publishes the queue's length for releasers (see `queued`).
+    fn sync_queued(&self, st: &State) {
+        self.queued.store(st.waiters.len(), Ordering::SeqCst);
+    }
+
+    /// Publishes the generation and whether the pool closed (see `epoch`).
+    fn publish_epoch(&self, st: &State) {
+        self.epoch
+            .store(st.generation * 2 + u64::from(st.closed), Ordering::Release);
+    }
+
+    /// Takes a parked connection for a caller that found the idle stack
+    /// empty, before it dials or queues. `queued` is raised first, so that
+    /// a connection parked after the look is taken back by its releaser
+    /// (see `release`).
+    fn unpark_for_caller(&self, st: &State) -> Option<Conn> {
+        let slots = self.slots.get()?;
+        self.queued.store(st.waiters.len() + 1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let found = slots.take_any();
+        if found.is_some() {
+            self.sync_queued(st);
+        }
+        found
+    }
+
+    /// Takes every parked connection back into the books (for a clear, a
+    /// close or the maintenance pass).
+    fn take_back_parked(self: &Arc<Self>) {
+        if let Some(slots) = self.slots.get() {
+            for conn in slots.drain() {
+                self.take_back(conn, None);
+            }
+        }
     }
 
     fn finish_begin(
@@ -484,6 +608,10 @@ impl EndpointPool {
 
     /// Pops idle connections until one is fit; the unfit ones are counted
     /// closed and queued in `closing`. The one returned counts as active.
+    ///
+    /// With the stack empty, connections parked in per-thread slots come
+    /// next (they count as active already), so that a caller never dials or
+    /// queues while one sits parked on another thread.
     fn pop_fit_idle(&self, st: &mut State, now: Instant, closing: &mut Closing) -> Option<Conn> {
         while let Some(conn) = st.idle.pop() {
             self.ctx.global.idle_changed(0, 1);
@@ -498,6 +626,16 @@ impl EndpointPool {
                 }
             }
         }
+        while let Some(conn) = self.unpark_for_caller(st) {
+            match conn.reuse_verdict(now, self.config()) {
+                None => return Some(conn),
+                Some(reason) => {
+                    st.active -= 1;
+                    st.counters.closed(reason);
+                    closing.push((conn, reason));
+                }
+            }
+        }
         None
     }
 
@@ -506,6 +644,7 @@ impl EndpointPool {
         let id = st.next_waiter_id;
         st.next_waiter_id += 1;
         st.waiters.push_back(Waiter { id, tx, deadline });
+        self.sync_queued(st);
         if deadline.is_some() && st.sweeper.is_none() {
             let task = tokio::spawn(sweep_waiters(Arc::downgrade(self)));
             st.sweeper = Some(task.abort_handle());
@@ -618,6 +757,7 @@ impl EndpointPool {
                 // It keeps the failed connection's slot, here and under
                 // max_connections_total, and dials into it.
                 st.dialing += 1;
+                self.sync_queued(&st);
                 (Ok(Checked::Next(Step::Dial)), true)
             } else if config
                 .max_waiters_per_endpoint()
@@ -626,7 +766,7 @@ impl EndpointPool {
                 let err = Error::TooManyWaiters {
                     endpoint: self.endpoint.clone(),
                     max_waiters: config.max_waiters_per_endpoint().unwrap_or(0),
-                    state: st.gauges(),
+                    state: self.gauges(&st),
                 };
                 (Err(err), false)
             } else {
@@ -797,11 +937,47 @@ impl EndpointPool {
 
     /// Takes back a connection that was active. `close` is the lease's own
     /// reason to close it, if it has one.
+    ///
+    /// With per-thread slots and nobody queued, a fit connection is parked
+    /// in this thread's slot without taking the endpoint's lock. Parking
+    /// races with a caller that is about to queue; the two follow a
+    /// store-then-look handshake, each with a full fence between: the
+    /// releaser parks, then reads `queued`; the caller raises `queued`, then
+    /// looks in every slot (`unpark_for_caller`). At least one of them sees
+    /// the other, so either the caller takes the parked connection, or the
+    /// releaser takes it back and hands it over through the lock.
     pub(crate) fn release(self: &Arc<Self>, mut conn: Conn, close: Option<CloseReason>) {
         let now = Instant::now();
         conn.mark_idle(now, self.config());
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
-        let mut st = self.state.lock();
+        if let (None, Some(slots)) = (reason, self.slots.get()) {
+            if self.queued.load(Ordering::SeqCst) == 0 {
+                let epoch = conn.generation * 2;
+                match slots.park(conn, |_| self.epoch.load(Ordering::Acquire) == epoch) {
+                    Ok(()) => {
+                        fence(Ordering::SeqCst);
+                        if self.queued.load(Ordering::SeqCst) == 0 {
+                            return;
+                        }
+                        match slots.unpark_mine() {
+                            Some(back) => conn = back,
+                            // The caller found it.
+                            None => return,
+                        }
+                    }
+                    Err(back) => conn = back,
+                }
+            }
+        }
+        self.take_back(conn, reason);
+    }
+
+    /// The locked part of a release: closes the connection (for `reason`,
+    /// or because the pool closed or was cleared), hands it to the first
+    /// waiter, or puts it on the idle stack. Also takes back connections
+    /// parked in slots, with `reason` `None`.
+    fn take_back(self: &Arc<Self>, mut conn: Conn, reason: Option<CloseReason>) {
+        let mut st = self.lock_state();
         if !st.leases.is_empty() {
             st.leases.remove(&conn.id);
         }
@@ -820,12 +996,14 @@ impl EndpointPool {
             match waiter.tx.send(Grant::Conn(conn)) {
                 Ok(()) => {
                     st.counters.reused();
+                    self.sync_queued(&st);
                     return;
                 }
                 Err(Grant::Conn(back)) => conn = back,
                 Err(_) => unreachable!("a grant comes back as it was sent"),
             }
         }
+        self.sync_queued(&st);
         st.active -= 1;
         if self.ctx.global.has_starved() {
             // Another endpoint waits for room under max_connections_total.
@@ -871,6 +1049,7 @@ impl EndpointPool {
             }
             let granted = std::iter::from_fn(|| st.waiters.pop_front())
                 .any(|waiter| waiter.tx.send(Grant::Dial).is_ok());
+            self.sync_queued(st);
             if !granted {
                 // Nobody took it; the slot stays free for the next caller.
                 self.return_dial_slot(st);
@@ -881,21 +1060,26 @@ impl EndpointPool {
 
     /// Closes every idle connection; leases out now close when they come
     /// back. Counters are kept.
-    pub(crate) fn clear(&self) {
+    pub(crate) fn clear(self: &Arc<Self>) {
         let closing = {
             let mut st = self.state.lock();
             st.generation += 1;
+            self.publish_epoch(&st);
             self.drain_idle(&mut st, CloseReason::Cleared)
         };
         tracing::info!(endpoint = %self.endpoint, closed = closing.len(), "endpoint cleared");
         self.close_all(closing);
+        // Parked connections predate the clear: taken back, they close.
+        self.take_back_parked();
     }
 
     /// Closes idle connections, fails waiters, and refuses new acquires.
-    pub(crate) fn close(&self) {
+    pub(crate) fn close(self: &Arc<Self>) {
         let (closing, waiters, sweeper) = {
             let mut st = self.state.lock();
             st.closed = true;
+            self.publish_epoch(&st);
+            self.sync_queued(&st);
             (
                 self.drain_idle(&mut st, CloseReason::PoolClosed),
                 std::mem::take(&mut st.waiters),
@@ -910,6 +1094,7 @@ impl EndpointPool {
             sweeper.abort();
         }
         self.close_all(closing);
+        self.take_back_parked();
     }
 
     fn drain_idle(&self, st: &mut State, reason: CloseReason) -> Closing {
@@ -969,6 +1154,8 @@ impl EndpointPool {
     /// and says whether the endpoint has been empty since before
     /// `empty_cutoff`.
     pub(crate) fn maintain(self: &Arc<Self>, now: Instant, empty_cutoff: Instant) -> Upkeep {
+        // Parked connections join the idle stack, to be judged with it.
+        self.take_back_parked();
         let config = self.config();
         let mut upkeep = Upkeep::default();
         let mut closing = Closing::new();
@@ -1073,6 +1260,7 @@ impl EndpointPool {
         match st.waiters.iter().position(|w| w.id == id) {
             Some(pos) => {
                 st.waiters.remove(pos);
+                self.sync_queued(&st);
                 true
             }
             None => false,

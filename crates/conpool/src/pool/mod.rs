@@ -11,6 +11,7 @@ mod endpoint_pool;
 mod global;
 mod handle;
 mod map;
+mod slots;
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, Ordering};
