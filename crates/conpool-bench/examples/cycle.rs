@@ -9,7 +9,8 @@
 //! The first argument names the pool (`conpool`, `conpool (handle)`, `bb8`,
 //! `deadpool`, `mobc`, `pingora-pool`, `pingora-pool+watcher`), the second
 //! the number of cycles. With a third, `64`, 64 tasks share 16 connections
-//! on a 2-worker runtime instead (the contended case).
+//! on a 2-worker runtime instead (the contended case); with `64held`, each
+//! also holds its connection across a yield (so that callers queue).
 
 use conpool_bench::net::{Target, start_echo};
 use conpool_bench::with_subject;
@@ -24,7 +25,20 @@ fn main() {
         .into_iter()
         .find(|k| k.name() == name)
         .unwrap_or_else(|| panic!("no pool named {name:?}"));
-    if args.next().as_deref() == Some("64") {
+    let shape = args.next();
+    if shape.as_deref() == Some("64held") {
+        let rt = conpool_bench::load::runtime(2);
+        rt.block_on(async {
+            let target = Target::tcp(start_echo(None).await);
+            with_subject!(kind, &target, 16, |subject| {
+                let took = conpool_bench::load::held_cycles(&subject, 64, cycles / 64).await;
+                let ns = took.as_nanos() as f64 / cycles as f64;
+                println!("{name}, 64 tasks over 16 connections, held across a yield: {ns:.0} ns per cycle");
+            })
+        });
+        return;
+    }
+    if shape.as_deref() == Some("64") {
         let rt = conpool_bench::load::runtime(2);
         rt.block_on(async {
             let target = Target::tcp(start_echo(None).await);

@@ -217,13 +217,16 @@ async fn overhead(plan: Plan, target: &Target) -> Overhead {
 #[derive(Clone, Copy, PartialEq)]
 enum EchoSubject {
     Dedicated,
+    /// As many dedicated connections (and tasks) as the pools hold: the
+    /// same number of requests in flight as a pool can have.
+    DedicatedFew,
     Pool(Kind),
     PerRequest,
 }
 
 impl EchoSubject {
     fn all() -> Vec<EchoSubject> {
-        let mut v = vec![EchoSubject::Dedicated];
+        let mut v = vec![EchoSubject::Dedicated, EchoSubject::DedicatedFew];
         v.extend(Kind::ALL.iter().map(|&k| EchoSubject::Pool(k)));
         v.push(EchoSubject::PerRequest);
         v
@@ -232,6 +235,9 @@ impl EchoSubject {
     fn name(self, tls: bool) -> String {
         match self {
             EchoSubject::Dedicated => format!("dedicated ({TASKS} connections, one per task)"),
+            EchoSubject::DedicatedFew => {
+                format!("dedicated, {CONNS} tasks on {CONNS} connections (no pool)")
+            }
             EchoSubject::Pool(k) => k.name().to_string(),
             EchoSubject::PerRequest if tls => "TLS handshake per request".into(),
             EchoSubject::PerRequest => "connect per request".into(),
@@ -249,6 +255,14 @@ async fn echo_sample(subject: EchoSubject, target: &Target, goal: Duration) -> f
                 async move { d.run(n).await }
             };
             ns_per_op(run, TASKS as u64, goal).await
+        }
+        EchoSubject::DedicatedFew => {
+            let d = Arc::new(Dedicated::connect(target, CONNS).await);
+            let run = |n: u64| {
+                let d = d.clone();
+                async move { d.run(n).await }
+            };
+            ns_per_op(run, CONNS as u64, goal).await
         }
         EchoSubject::PerRequest => {
             let run = |n: u64| {
@@ -718,6 +732,18 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
                 f.median / ded
             );
         }
+        let few = e.get(EchoSubject::DedicatedFew);
+        let c = e.get(EchoSubject::Pool(Kind::Conpool));
+        let _ = writeln!(
+            w,
+            "\nWhere the limit lies: a pool of {CONNS} connections has at most {CONNS} requests \
+             in flight, where {TASKS} dedicated connections have {TASKS}, and fewer requests in \
+             flight means fewer replies per wake-up of the runtime. {CONNS} dedicated \
+             connections with no pool at all reach {:.3} of {TASKS}; conpool reaches {:.3} of \
+             that, which is what the pool itself costs.",
+            few / ded,
+            c / few
+        );
         let per = e.get(EchoSubject::PerRequest);
         let _ = writeln!(
             w,
