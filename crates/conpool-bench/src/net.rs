@@ -8,14 +8,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The size of one request and of its echoed reply.
@@ -172,60 +169,19 @@ impl Target {
         let tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
         match &self.tls {
-            None => Ok(PeerStream::Tcp(tcp)),
+            None => Ok(PeerStream::tcp(tcp)),
             Some(client) => {
                 let name = ServerName::try_from("localhost").expect("a valid name");
                 let tls = client.connector.connect(name, tcp).await?;
-                Ok(PeerStream::Tls(Box::new(tls)))
+                Ok(PeerStream::tls(tls))
             }
         }
     }
 }
 
-/// What every peer pool holds: a TCP stream or a TLS stream over one.
-pub enum PeerStream {
-    /// Plain TCP.
-    Tcp(TcpStream),
-    /// TLS; boxed as in conpool (the rustls session is large).
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-macro_rules! dispatch {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            PeerStream::Tcp($s) => $e,
-            PeerStream::Tls($s) => $e,
-        }
-    };
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        dispatch!(self, s => Pin::new(s).poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        dispatch!(self, s => Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
-    }
-}
+/// What every pool holds: conpool's own [`conpool::Stream`] (TCP, or TLS
+/// over TCP), so that the peers pool exactly the object conpool does.
+pub type PeerStream = conpool::Stream;
 
 /// One request/response exchange: write [`PAYLOAD`] bytes, flush, read the
 /// echo back. Every subject runs exactly this on its stream.

@@ -122,7 +122,7 @@ macro_rules! with_subject {
                 $body
             }
             Kind::ConpoolHandle => {
-                let $s = ::std::sync::Arc::new(ConpoolHandleSubject::new($target, $size).await);
+                let $s = ::std::sync::Arc::new(ConpoolSubject::with_handle($target, $size).await);
                 $body
             }
             Kind::Bb8 => {
@@ -151,12 +151,15 @@ macro_rules! with_subject {
 
 // ---------------------------------------------------------------- conpool
 
-/// conpool with its default checks.
+/// conpool with its default checks, called through `pool.get(&endpoint)`
+/// or, with a handle, through `handle.get()`.
 pub struct ConpoolSubject {
     /// The pool.
     pub pool: conpool::Pool,
     /// The one endpoint.
     pub endpoint: conpool::Endpoint,
+    /// A handle on the endpoint, for the handle's subject.
+    pub handle: Option<conpool::EndpointHandle>,
 }
 
 impl ConpoolSubject {
@@ -177,59 +180,47 @@ impl ConpoolSubject {
             );
         }
         drop(held);
-        ConpoolSubject { pool, endpoint }
+        ConpoolSubject {
+            pool,
+            endpoint,
+            handle: None,
+        }
+    }
+
+    /// The same, leasing through an endpoint handle.
+    pub async fn with_handle(target: &Target, size: usize) -> Self {
+        let mut subject = ConpoolSubject::new(target, size).await;
+        subject.handle = Some(
+            subject
+                .pool
+                .endpoint(&subject.endpoint)
+                .expect("an open pool"),
+        );
+        subject
+    }
+
+    async fn get(&self) -> conpool::PooledConnection {
+        match &self.handle {
+            Some(handle) => handle.get().await,
+            None => self.pool.get(&self.endpoint).await,
+        }
+        .expect("conpool get")
     }
 }
 
 impl Subject for ConpoolSubject {
     async fn cycle(&self) {
-        let conn = self.pool.get(&self.endpoint).await.expect("conpool get");
-        drop(conn);
+        drop(self.get().await);
     }
 
     async fn held_cycle(&self) {
-        let conn = self.pool.get(&self.endpoint).await.expect("conpool get");
+        let conn = self.get().await;
         tokio::task::yield_now().await;
         drop(conn);
     }
 
     async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.pool.get(&self.endpoint).await.expect("conpool get");
-        round_trip(&mut conn, request).await.expect("round trip");
-    }
-}
-
-/// conpool through an endpoint handle, with the same settings.
-pub struct ConpoolHandleSubject {
-    /// The pool, kept open while the handle is used.
-    pub pool: ConpoolSubject,
-    /// The handle on its one endpoint.
-    pub handle: conpool::EndpointHandle,
-}
-
-impl ConpoolHandleSubject {
-    /// A pool of `size` connections to `target`, all idle, and a handle.
-    pub async fn new(target: &Target, size: usize) -> Self {
-        let pool = ConpoolSubject::new(target, size).await;
-        let handle = pool.pool.endpoint(&pool.endpoint).expect("an open pool");
-        ConpoolHandleSubject { pool, handle }
-    }
-}
-
-impl Subject for ConpoolHandleSubject {
-    async fn cycle(&self) {
-        let conn = self.handle.get().await.expect("conpool get");
-        drop(conn);
-    }
-
-    async fn held_cycle(&self) {
-        let conn = self.handle.get().await.expect("conpool get");
-        tokio::task::yield_now().await;
-        drop(conn);
-    }
-
-    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.handle.get().await.expect("conpool get");
+        let mut conn = self.get().await;
         round_trip(&mut conn, request).await.expect("round trip");
     }
 }

@@ -842,8 +842,8 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     let _ = writeln!(
         w,
         "- Every pool pools the same object: a loopback `TcpStream` with `TCP_NODELAY` to an \
-         echo server (under rustls for TLS), behind the same two-variant enum conpool's \
-         `Stream` uses. Each pool is built fresh for each sample and warmed so that exactly \
+         echo server (under rustls for TLS), as conpool's own `Stream` (the peers pool that \
+         very type). Each pool is built fresh for each sample and warmed so that exactly \
          the stated number of connections is idle when the clock starts.\n\
          - Timing: N tokio tasks each run a fixed number of operations; the wall time from the \
          first spawn to the last join, divided by the operations. The count grows until a run \

@@ -466,7 +466,8 @@ impl EndpointPool {
         let mut gauges = st.gauges();
         if let Some(slots) = self.slots.get() {
             let parked = slots.tally().0;
-            gauges.active -= parked;
+            // Parked ones are counted active in the books.
+            gauges.active = gauges.active.saturating_sub(parked);
             gauges.idle += parked;
         }
         gauges
@@ -768,6 +769,7 @@ impl EndpointPool {
                     max_waiters: config.max_waiters_per_endpoint().unwrap_or(0),
                     state: self.gauges(&st),
                 };
+                self.sync_queued(&st);
                 (Err(err), false)
             } else {
                 // The dial cap holds it back; a dial ending serves it, and
