@@ -795,6 +795,26 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
             spread(&s.floor[i], format_ns),
         );
     }
+    {
+        let at = |n: usize| KEY_COUNTS.iter().position(|&k| k == n).expect("a key count");
+        let (one, many) = (at(1), at(10_000));
+        let grew = s.conpool[many].median - s.conpool[one].median;
+        let map_grew = s.floor[many].median - s.floor[one].median;
+        let _ = writeln!(
+            w,
+            "\nWhere the limit lies: from 1 to 10,000 endpoints conpool's cycle grows by {}, \
+             of which the map lookup alone accounts for {}. The rest is the other memory a \
+             checkout and a return touch once no endpoint stays in the caches: the endpoint's \
+             lock and state, its idle stack, and the connection's record, each a cache miss. \
+             Within 1.2 × would leave {} for all of those misses together; it would take a \
+             layout where a checkout touches about one line beyond the map (the hot part of the \
+             endpoint's state, its idle slots and the connection's deadlines packed together), \
+             which this core does not have.",
+            format_ns(grew),
+            format_ns(map_grew),
+            format_ns((s.conpool[one].median * 0.2 - map_grew).max(0.0)),
+        );
+    }
     let _ = writeln!(w, "\n### Bookkeeping memory per idle connection\n");
     let _ = writeln!(
         w,
@@ -809,6 +829,27 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     );
     for (label, c, p) in &s.memory {
         let _ = writeln!(w, "| {label} | {c:.0} B | {p:.0} B |");
+    }
+    // The layouts are listed with one idle connection per endpoint first and
+    // a thousand on one endpoint last: the difference is what an endpoint's
+    // own entry costs.
+    if let (Some(first), Some(last)) = (s.memory.first(), s.memory.last()) {
+        let per_conn = last.1;
+        let per_endpoint = first.1 - per_conn;
+        let _ = writeln!(
+            w,
+            "\nWhere the limit lies: each further idle connection on an endpoint costs about \
+             {per_conn:.0} B (its record: the stream's handle, five instants, counts; and its \
+             slot on the idle stack), well under the target. Each endpoint's own entry costs \
+             about {per_endpoint:.0} B more (the map entry, the endpoint's lock and state: \
+             queue, gauges, counters by close reason, lease tracking, warm-up backoff, the last \
+             dial error), which is what the layout with one idle connection per endpoint pays \
+             in full. Meeting 256 B there would take an entry of under {:.0} B: the state that \
+             most endpoints never use (lease tracking, warm-up backoff, the last dial error, \
+             the counters by reason) moved behind one pointer allocated on first use, and a \
+             smaller connection record (instants as offsets from the pool's start).",
+            (256.0 - per_conn).max(0.0)
+        );
     }
     let (ends, per, clear, close, pdrop) = s.evict;
     let total = (ends * per) as f64;
