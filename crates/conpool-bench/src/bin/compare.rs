@@ -796,7 +796,12 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
         );
     }
     {
-        let at = |n: usize| KEY_COUNTS.iter().position(|&k| k == n).expect("a key count");
+        let at = |n: usize| {
+            KEY_COUNTS
+                .iter()
+                .position(|&k| k == n)
+                .expect("a key count")
+        };
         let (one, many) = (at(1), at(10_000));
         let grew = s.conpool[many].median - s.conpool[one].median;
         let map_grew = s.floor[many].median - s.floor[one].median;

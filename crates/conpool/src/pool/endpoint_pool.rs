@@ -116,6 +116,10 @@ struct State {
     starved: bool,
     /// The sweeper task keeping the waiters' deadlines, while it runs.
     sweeper: Option<AbortHandle>,
+    /// No connection is parked in a per-thread slot: set by a look into
+    /// every slot that found none, cleared when `queued` next drops to zero
+    /// (see `unpark_for_caller`).
+    none_parked: bool,
 }
 
 struct LeaseRecord {
@@ -297,7 +301,9 @@ impl EndpointPool {
     /// sweeper task per endpoint (see [`sweep_waiters`]), so that a busy
     /// pool, where most gets queue, does not register and cancel a timer
     /// per get. Everything else (probes, health checks, dials) runs under a
-    /// timer for what is left of the deadline.
+    /// timer for what is left of the deadline, in a boxed future: it is
+    /// rare next to queuing, and keeping it out of line keeps the future
+    /// every queued get builds small.
     async fn acquire_slow(
         self: Arc<Self>,
         step: Step,
@@ -314,8 +320,7 @@ impl EndpointPool {
             }
             step => step,
         };
-        self.bounded(deadline, self.finish_acquire(step, caller))
-            .await
+        Box::pin(self.bounded(deadline, self.finish_acquire(step, caller))).await
     }
 
     /// When an acquire that started at `start` must give up.
@@ -386,7 +391,7 @@ impl EndpointPool {
                 }
             }
         }
-        self.sync_queued(&st);
+        self.sync_queued(&mut st);
         if next.is_none() {
             st.sweeper = None;
         }
@@ -419,7 +424,7 @@ impl EndpointPool {
                 DialRoom::EndpointFull
             };
             if room == DialRoom::Yes {
-                self.sync_queued(&st);
+                self.sync_queued(&mut st);
                 Step::Dial
             } else if self
                 .config()
@@ -427,7 +432,7 @@ impl EndpointPool {
                 .is_some_and(|max| st.waiters.len() >= max)
             {
                 let state = self.gauges(&st);
-                self.sync_queued(&st);
+                self.sync_queued(&mut st);
                 drop(st);
                 let freed = !closing.is_empty();
                 self.close_all(closing);
@@ -499,8 +504,12 @@ impl EndpointPool {
     }
 
     /// Publishes the queue's length for releasers (see `queued`).
-    fn sync_queued(&self, st: &State) {
+    fn sync_queued(&self, st: &mut State) {
         self.queued.store(st.waiters.len(), Ordering::SeqCst);
+        if st.waiters.is_empty() {
+            // Releasers may park again.
+            st.none_parked = false;
+        }
     }
 
     /// Publishes the generation and whether the pool closed (see `epoch`).
@@ -513,13 +522,22 @@ impl EndpointPool {
     /// empty, before it dials or queues. `queued` is raised first, so that
     /// a connection parked after the look is taken back by its releaser
     /// (see `release`).
-    fn unpark_for_caller(&self, st: &State) -> Option<Conn> {
+    ///
+    /// A look that finds nothing while `queued` stays raised (callers keep
+    /// queuing) need not be repeated: nothing is parked from then until the
+    /// queue empties, so a busy queue does not pay for scanning every slot.
+    fn unpark_for_caller(&self, st: &mut State) -> Option<Conn> {
         let slots = self.slots.get()?;
+        if st.none_parked {
+            return None;
+        }
         self.queued.store(st.waiters.len() + 1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let found = slots.take_any();
         if found.is_some() {
             self.sync_queued(st);
+        } else {
+            st.none_parked = true;
         }
         found
     }
@@ -758,7 +776,7 @@ impl EndpointPool {
                 // It keeps the failed connection's slot, here and under
                 // max_connections_total, and dials into it.
                 st.dialing += 1;
-                self.sync_queued(&st);
+                self.sync_queued(&mut st);
                 (Ok(Checked::Next(Step::Dial)), true)
             } else if config
                 .max_waiters_per_endpoint()
@@ -769,7 +787,7 @@ impl EndpointPool {
                     max_waiters: config.max_waiters_per_endpoint().unwrap_or(0),
                     state: self.gauges(&st),
                 };
-                self.sync_queued(&st);
+                self.sync_queued(&mut st);
                 (Err(err), false)
             } else {
                 // The dial cap holds it back; a dial ending serves it, and
@@ -998,14 +1016,14 @@ impl EndpointPool {
             match waiter.tx.send(Grant::Conn(conn)) {
                 Ok(()) => {
                     st.counters.reused();
-                    self.sync_queued(&st);
+                    self.sync_queued(&mut st);
                     return;
                 }
                 Err(Grant::Conn(back)) => conn = back,
                 Err(_) => unreachable!("a grant comes back as it was sent"),
             }
         }
-        self.sync_queued(&st);
+        self.sync_queued(&mut st);
         st.active -= 1;
         if self.ctx.global.has_starved() {
             // Another endpoint waits for room under max_connections_total.
@@ -1081,7 +1099,7 @@ impl EndpointPool {
             let mut st = self.state.lock();
             st.closed = true;
             self.publish_epoch(&st);
-            self.sync_queued(&st);
+            self.sync_queued(&mut st);
             (
                 self.drain_idle(&mut st, CloseReason::PoolClosed),
                 std::mem::take(&mut st.waiters),
@@ -1262,7 +1280,7 @@ impl EndpointPool {
         match st.waiters.iter().position(|w| w.id == id) {
             Some(pos) => {
                 st.waiters.remove(pos);
-                self.sync_queued(&st);
+                self.sync_queued(&mut st);
                 true
             }
             None => false,
