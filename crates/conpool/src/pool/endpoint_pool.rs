@@ -22,6 +22,16 @@
 //! Dials run in their own task: a caller that gives up does not cancel the
 //! dial it started, and the new connection goes to the next waiter or to
 //! idle.
+//!
+//! # Around the lock
+//!
+//! Three things keep the lock's work small when an endpoint is busy. The
+//! queue's deadlines are kept by one sweeper task per endpoint, not a timer
+//! per waiting caller. Once the lock is found contended, returned
+//! connections are parked in per-thread slots ([`super::slots`]) while
+//! nobody waits, so that gets and returns on different cores stop meeting
+//! here. And the counters are plain integers under the lock, not atomics on
+//! a line of their own.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::Location;

@@ -5,6 +5,14 @@
 //! limits, queues and counters are per endpoint, so the map's lock is held
 //! only for a lookup (or an insert the first time an endpoint is seen) and a
 //! slow endpoint never slows another.
+//!
+//! - `map`: the endpoint map, behind a lock sharded by thread;
+//! - `endpoint_pool`: one endpoint's slots, idle stack, queue and its
+//!   deadline sweeper;
+//! - `slots`: the per-thread slots a contended endpoint parks connections in;
+//! - `conn`: a connection's record and the one reuse rule;
+//! - `handle`: [`EndpointHandle`], a caller's own reference to one endpoint;
+//! - `global`: the limits across endpoints.
 
 mod conn;
 mod endpoint_pool;
