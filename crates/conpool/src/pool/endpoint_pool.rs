@@ -47,6 +47,7 @@ use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::global::Global;
+use super::grant::{self, GrantReceiver, GrantSender};
 use super::map::EndpointMap;
 use super::slots::Slots;
 use crate::dial::{Dial, backoff_delay, dial_with_retry};
@@ -159,13 +160,13 @@ impl State {
 
 struct Waiter {
     id: u64,
-    tx: oneshot::Sender<Grant>,
+    tx: GrantSender,
     /// When the caller's `acquire_timeout` runs out, if it has one.
     deadline: Option<Instant>,
 }
 
 /// What a waiter is woken with.
-enum Grant {
+pub(crate) enum Grant {
     /// A connection fresh from a lease; it counts as active already.
     Conn(Conn),
     /// Permission to dial; it counts as dialing already.
@@ -669,7 +670,7 @@ impl EndpointPool {
     }
 
     fn enqueue(self: &Arc<Self>, st: &mut State, deadline: Option<Instant>) -> WaitTicket {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = grant::channel();
         let id = st.next_waiter_id;
         st.next_waiter_id += 1;
         st.waiters.push_back(Waiter { id, tx, deadline });
@@ -1407,15 +1408,17 @@ impl Drop for DialReceiver {
 pub(crate) struct WaitTicket {
     pool: Arc<EndpointPool>,
     id: u64,
-    rx: Option<oneshot::Receiver<Grant>>,
+    rx: Option<GrantReceiver>,
 }
 
 impl WaitTicket {
     async fn wait(&mut self) -> Grant {
         let rx = self.rx.as_mut().expect("a ticket is waited on once");
-        // The sender is only dropped unsent by `close`, which sends Closed
-        // first; treat a vanished sender the same way.
-        let grant = rx.await.unwrap_or(Grant::Closed);
+        // The sender is only dropped unsent when its waiter has left, or
+        // after `close` sent Closed; treat a vanished sender as closed.
+        let grant = std::future::poll_fn(|cx| rx.poll_recv(cx))
+            .await
+            .unwrap_or(Grant::Closed);
         self.rx = None;
         grant
     }
@@ -1428,9 +1431,8 @@ impl Drop for WaitTicket {
             return;
         }
         // Grants are sent under the lock that `withdraw` took, so if one was
-        // sent it is in the channel now.
-        rx.close();
-        if let Ok(grant) = rx.try_recv() {
+        // sent it is in the cell now.
+        if let Some(grant) = rx.close() {
             self.pool.give_back(grant);
         }
     }

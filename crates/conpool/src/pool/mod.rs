@@ -12,11 +12,13 @@
 //! - `slots`: the per-thread slots a contended endpoint parks connections in;
 //! - `conn`: a connection's record and the one reuse rule;
 //! - `handle`: [`EndpointHandle`], a caller's own reference to one endpoint;
+//! - `grant`: the cell through which a queued caller receives its grant;
 //! - `global`: the limits across endpoints.
 
 mod conn;
 mod endpoint_pool;
 mod global;
+mod grant;
 mod handle;
 mod map;
 mod slots;
