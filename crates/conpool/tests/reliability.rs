@@ -86,6 +86,39 @@ async fn within_the_bypass_window_the_probe_is_skipped() {
     assert_eq!(conn.read(&mut buf).await.unwrap(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_lease_held_silent_past_the_bypass_window_is_probed_at_its_next_checkout() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .connect_timeout(None)
+            .acquire_timeout(None)
+            .maintenance_interval(None)
+            .liveness_check_bypass(Duration::from_millis(500))
+            .build()
+            .unwrap(),
+    );
+    let mut conn = pool.get(&ep).await.unwrap();
+    round_trip(&mut conn, b"hi").await.unwrap();
+    // Held without I/O for longer than the window while the server closes
+    // it, then returned: it was idle for no time at all, but silent for
+    // two seconds.
+    server.close_all();
+    eventually("the server to close", || server.open() == 0).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    drop(conn);
+    let mut next = pool.get(&ep).await.unwrap();
+    assert!(
+        !next.is_reused(),
+        "the dead connection was probed and replaced"
+    );
+    round_trip(&mut next, b"fresh").await.unwrap();
+    drop(next);
+    let s = assert_books_balance(&pool, &ep, server.port());
+    assert_eq!(s.closed_for(CloseReason::PeerClosed), 1);
+}
+
 #[tokio::test]
 async fn tls_session_tickets_are_not_stray_data_and_a_tls_close_is_seen() {
     let cert = TlsCert::localhost();

@@ -78,17 +78,32 @@ impl Conn {
             expires_at,
             last_used: now,
             reuse_by: expires_at,
-            probe_from: now,
+            probe_from: expires_at,
             uses: 0,
             generation,
         }));
-        conn.mark_idle(now, config);
+        conn.set_deadlines(now, config);
         conn
     }
 
-    /// Records that the connection came back (or was made) at `now`, and
-    /// computes the deadlines the checkout path compares against.
+    /// Records that the connection came back at `now`, and computes the
+    /// deadlines the checkout path compares against.
+    ///
+    /// The bypass window trusts a connection that was in use a moment ago.
+    /// A lease that outlasted the window may have sat silent all the while,
+    /// long enough for the server to close it, so a connection that comes
+    /// back past its previous `probe_from` is probed at its next checkout,
+    /// however soon that is. (Its time idle before that lease counts too,
+    /// which only errs towards probing.)
     pub(crate) fn mark_idle(&mut self, now: Instant, config: &Config) {
+        let silent_too_long = now >= self.probe_from;
+        self.set_deadlines(now, config);
+        if silent_too_long {
+            self.probe_from = now;
+        }
+    }
+
+    fn set_deadlines(&mut self, now: Instant, config: &Config) {
         self.last_used = now;
         // A sum past what an `Instant` holds means "never"; past
         // `expires_at` nothing matters any more.
