@@ -277,7 +277,8 @@ impl Config {
     pub fn liveness_check(&self) -> bool {
         self.liveness_check
     }
-    /// Connections idle for less than this skip the liveness probe.
+    /// Connections idle for less than this, back from a lease that lasted
+    /// less than this, skip the liveness probe.
     pub fn liveness_check_bypass(&self) -> Duration {
         self.liveness_check_bypass
     }
@@ -458,8 +459,10 @@ impl ConfigBuilder {
         self.config.liveness_check = on;
         self
     }
-    /// Connections idle for less than this skip the probe; `Duration::ZERO`
-    /// probes every checkout.
+    /// Connections idle for less than this, back from a lease that lasted
+    /// less than this, skip the probe (a longer lease may have sat silent
+    /// while the server closed the connection); `Duration::ZERO` probes
+    /// every checkout.
     pub fn liveness_check_bypass(mut self, window: Duration) -> Self {
         self.config.liveness_check_bypass = window;
         self
