@@ -196,7 +196,10 @@ pub(crate) struct Counters {
     reused: u64,
     closed: u64,
     errors: u64,
-    closed_by: [u64; CloseReason::ALL.len()],
+    /// Made at the first close: an endpoint that never closed anything
+    /// (most of a pool with many endpoints, most of the time) carries one
+    /// pointer instead of a counter per reason.
+    closed_by: Option<Box<[u64; CloseReason::ALL.len()]>>,
 }
 
 impl Counters {
@@ -216,7 +219,7 @@ impl Counters {
 
     pub(crate) fn closed(&mut self, reason: CloseReason) {
         self.closed += 1;
-        self.closed_by[reason.index()] += 1;
+        self.closed_by.get_or_insert_default()[reason.index()] += 1;
         if reason.is_error() {
             self.errors += 1;
         }
@@ -236,7 +239,7 @@ impl Counters {
             total_reused: self.reused,
             total_closed: self.closed,
             errors: self.errors,
-            closed_by: self.closed_by,
+            closed_by: self.closed_by.as_deref().copied().unwrap_or_default(),
         }
     }
 }

@@ -116,7 +116,12 @@ struct State {
     last_dial_error: Option<String>,
     counters: Counters,
     /// Leases out now, tracked only when `leak_threshold` is set.
-    leases: HashMap<u64, LeaseRecord>,
+    /// Boxed: most pools never track leases, and a pool with many endpoints
+    /// should not carry an empty map in each.
+    // The box is the point: an empty map would take 48 bytes in every
+    // endpoint's state; a box takes 8 until leases are tracked.
+    #[allow(clippy::box_collection)]
+    leases: Option<Box<HashMap<u64, LeaseRecord>>>,
     /// Since when the endpoint has had nothing in it, for retirement.
     empty_since: Option<Instant>,
     /// Consecutive failed warm-up dials, and when the next may start.
@@ -777,7 +782,9 @@ impl EndpointPool {
                 // Counted when it was granted; it was never handed out.
                 st.counters.unreused();
             }
-            st.leases.remove(&failed.id);
+            if let Some(leases) = st.leases.as_mut() {
+                leases.remove(&failed.id);
+            }
             st.active -= 1;
             if st.closed {
                 (Err(Error::PoolClosed), false)
@@ -954,7 +961,8 @@ impl EndpointPool {
                 caller,
                 warned: false,
             };
-            self.state.lock().leases.insert(conn.id, record);
+            let mut st = self.state.lock();
+            st.leases.get_or_insert_default().insert(conn.id, record);
         }
         PooledConnection::new(conn, self)
     }
@@ -1009,8 +1017,8 @@ impl EndpointPool {
     /// parked in slots, with `reason` `None`.
     fn take_back(self: &Arc<Self>, mut conn: Conn, reason: Option<CloseReason>) {
         let mut st = self.lock_state();
-        if !st.leases.is_empty() {
-            st.leases.remove(&conn.id);
+        if let Some(leases) = st.leases.as_mut() {
+            leases.remove(&conn.id);
         }
         let reason = reason
             .or(st.closed.then_some(CloseReason::PoolClosed))
@@ -1218,7 +1226,7 @@ impl EndpointPool {
                 st.counters.closed(*reason);
             }
             if let Some(threshold) = config.leak_threshold() {
-                for (id, lease) in st.leases.iter_mut() {
+                for (id, lease) in st.leases.iter_mut().flat_map(|l| l.iter_mut()) {
                     if !lease.warned && now.saturating_duration_since(lease.since) >= threshold {
                         lease.warned = true;
                         upkeep.leaks += 1;
