@@ -119,6 +119,43 @@ async fn a_lease_held_silent_past_the_bypass_window_is_probed_at_its_next_checko
     assert_eq!(s.closed_for(CloseReason::PeerClosed), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn after_a_long_idle_the_window_trusts_short_leases_again() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let hour = Duration::from_secs(3600);
+    let pool = Pool::new(
+        Config::builder()
+            .connect_timeout(None)
+            .acquire_timeout(None)
+            .maintenance_interval(None)
+            .max_idle_time(hour * 3)
+            .max_connection_lifetime(hour * 5)
+            .max_connection_lifetime_jitter(0.0)
+            .liveness_check_bypass(hour)
+            .build()
+            .unwrap(),
+    );
+    let mut conn = pool.get(&ep).await.unwrap();
+    round_trip(&mut conn, b"first").await.unwrap();
+    let id = conn.id();
+    drop(conn);
+    // Idle past the window: the next two checkouts probe (the second
+    // because the first lease began past the window), then short leases
+    // are trusted again.
+    tokio::time::advance(hour * 2).await;
+    for _ in 0..2 {
+        let mut conn = pool.get(&ep).await.unwrap();
+        round_trip(&mut conn, b"probed").await.unwrap();
+    }
+    server.close_all();
+    eventually("the server to close", || server.open() == 0).await;
+    let mut conn = pool.get(&ep).await.unwrap();
+    assert_eq!(conn.id(), id, "not probed: within the window again");
+    let mut buf = [0u8; 1];
+    assert_eq!(conn.read(&mut buf).await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn tls_session_tickets_are_not_stray_data_and_a_tls_close_is_seen() {
     let cert = TlsCert::localhost();

@@ -55,7 +55,10 @@ pub(crate) struct Record {
     reuse_by: Instant,
     /// From this instant on, a checkout probes it first: `last_used` plus
     /// `liveness_check_bypass`.
-    pub(crate) probe_from: Instant,
+    probe_from: Instant,
+    /// Its last lease outlasted the bypass window: probe at the next
+    /// checkout, however soon.
+    probe_next: bool,
     /// How many times it has been handed out.
     pub(crate) uses: u64,
     /// The endpoint's generation when it was created; a connection of an
@@ -79,6 +82,7 @@ impl Conn {
             last_used: now,
             reuse_by: expires_at,
             probe_from: expires_at,
+            probe_next: false,
             uses: 0,
             generation,
         }));
@@ -96,11 +100,16 @@ impl Conn {
     /// however soon that is. (Its time idle before that lease counts too,
     /// which only errs towards probing.)
     pub(crate) fn mark_idle(&mut self, now: Instant, config: &Config) {
-        let silent_too_long = now >= self.probe_from;
+        // `probe_from` is still the previous return (or the creation) plus
+        // the window.
+        self.probe_next = now >= self.probe_from;
         self.set_deadlines(now, config);
-        if silent_too_long {
-            self.probe_from = now;
-        }
+    }
+
+    /// Whether a checkout at `now` must probe it first (with the liveness
+    /// check on): idle past the window, or back from a lease that was.
+    pub(crate) fn due_for_probe(&self, now: Instant) -> bool {
+        self.probe_next || now >= self.probe_from
     }
 
     fn set_deadlines(&mut self, now: Instant, config: &Config) {

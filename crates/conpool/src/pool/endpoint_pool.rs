@@ -350,7 +350,7 @@ impl EndpointPool {
     /// it is handed out.
     fn needs_check(&self, conn: &Conn, now: Instant) -> bool {
         let config = self.config();
-        config.health_check().is_some() || (config.liveness_check() && now >= conn.probe_from)
+        config.health_check().is_some() || (config.liveness_check() && conn.due_for_probe(now))
     }
 
     /// Runs the slow part of an acquire until `deadline`, if any.
@@ -747,7 +747,7 @@ impl EndpointPool {
         origin: Origin,
     ) -> Result<Checked, Error> {
         let config = self.config();
-        let probe = config.liveness_check() && Instant::now() >= conn.probe_from;
+        let probe = config.liveness_check() && conn.due_for_probe(Instant::now());
         // Held as a lease during the checks, so that a caller cancelled
         // mid-check closes the connection rather than returning it with a
         // half-done exchange on it.
