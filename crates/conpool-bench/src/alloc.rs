@@ -17,8 +17,17 @@ static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 /// The system allocator, counting while [`enable`]d.
 pub struct Counting;
 
+// SAFETY: every method passes its arguments unchanged to the same method of
+// `System`, which implements `GlobalAlloc` soundly, and returns `System`'s
+// result unchanged; so each method meets exactly the contract `System`'s
+// does, and the caller's obligations (a valid layout, a pointer this
+// allocator returned with the layout it was made with) are passed on
+// intact. Besides that, the methods only update atomic counters: they
+// never read or write the memory, and they never allocate (which would
+// re-enter the allocator).
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's guarantees for `alloc` are `System.alloc`'s.
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() && ENABLED.load(Ordering::Relaxed) {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
@@ -28,6 +37,8 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's guarantees for `alloc_zeroed` are
+        // `System.alloc_zeroed`'s.
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if !ptr.is_null() && ENABLED.load(Ordering::Relaxed) {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
@@ -37,6 +48,8 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, that is from `System`,
+        // with `layout`, as the caller guarantees.
         unsafe { System.dealloc(ptr, layout) };
         if ENABLED.load(Ordering::Relaxed) {
             LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
@@ -44,6 +57,8 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`, and the caller guarantees `new_size`
+        // is valid for `layout`'s alignment.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() && ENABLED.load(Ordering::Relaxed) {
             LIVE.fetch_add(
