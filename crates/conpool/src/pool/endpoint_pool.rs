@@ -47,13 +47,15 @@ use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::global::Global;
-use super::grant::{self, GrantReceiver, GrantSender};
+mod queue;
+
 use super::map::EndpointMap;
 use super::slots::Slots;
 use crate::dial::{Dial, backoff_delay, dial_with_retry};
 use crate::stats::{Counters, PoolState};
 use crate::stream::Liveness;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats, ThreadSlots};
+use queue::{WaitTicket, Waiter};
 
 /// What every endpoint of a pool shares: the config, the dialer, the map
 /// of endpoints and the limits across them.
@@ -161,13 +163,6 @@ impl State {
             waiting: self.waiters.len(),
         }
     }
-}
-
-struct Waiter {
-    id: u64,
-    tx: GrantSender,
-    /// When the caller's `acquire_timeout` runs out, if it has one.
-    deadline: Option<Instant>,
 }
 
 /// What a waiter is woken with.
@@ -314,7 +309,7 @@ impl EndpointPool {
     ///
     /// A caller queued by [`begin_acquire`](Self::begin_acquire) waits
     /// without a timer of its own: the queue's deadlines are kept by one
-    /// sweeper task per endpoint (see [`sweep_waiters`]), so that a busy
+    /// sweeper task per endpoint (see [`queue`]), so that a busy
     /// pool, where most gets queue, does not register and cancel a timer
     /// per get. Everything else (probes, health checks, dials) runs under a
     /// timer for what is left of the deadline, in a boxed future: it is
@@ -383,35 +378,6 @@ impl EndpointPool {
             state,
             last_dial_error,
         }
-    }
-
-    /// Fails the waiters whose deadline has passed, and says when the next
-    /// deadline falls (`None`: nobody with a deadline waits; the sweeper
-    /// stops).
-    fn expire_waiters(&self, now: Instant) -> Option<Instant> {
-        let mut st = self.state.lock();
-        let mut next: Option<Instant> = None;
-        let waiters = std::mem::take(&mut st.waiters);
-        for waiter in waiters {
-            match waiter.deadline {
-                _ if waiter.tx.is_closed() => {}
-                Some(deadline) if deadline <= now => {
-                    let _ = waiter.tx.send(Grant::TimedOut);
-                }
-                deadline => {
-                    next = match (next, deadline) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    st.waiters.push_back(waiter);
-                }
-            }
-        }
-        self.sync_queued(&mut st);
-        if next.is_none() {
-            st.sweeper = None;
-        }
-        next
     }
 
     /// The synchronous decision: take an idle connection, dial, or wait.
@@ -672,23 +638,6 @@ impl EndpointPool {
             }
         }
         None
-    }
-
-    fn enqueue(self: &Arc<Self>, st: &mut State, deadline: Option<Instant>) -> WaitTicket {
-        let (tx, rx) = grant::channel();
-        let id = st.next_waiter_id;
-        st.next_waiter_id += 1;
-        st.waiters.push_back(Waiter { id, tx, deadline });
-        self.sync_queued(st);
-        if deadline.is_some() && st.sweeper.is_none() {
-            let task = tokio::spawn(sweep_waiters(Arc::downgrade(self)));
-            st.sweeper = Some(task.abort_handle());
-        }
-        WaitTicket {
-            pool: self.clone(),
-            id,
-            rx: Some(rx),
-        }
     }
 
     async fn finish_acquire(
@@ -1294,18 +1243,6 @@ impl EndpointPool {
         self.handles.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn withdraw(&self, id: u64) -> bool {
-        let mut st = self.state.lock();
-        match st.waiters.iter().position(|w| w.id == id) {
-            Some(pos) => {
-                st.waiters.remove(pos);
-                self.sync_queued(&mut st);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Returns a grant whose waiter went away before using it.
     fn give_back(self: &Arc<Self>, grant: Grant) {
         match grant {
@@ -1333,36 +1270,6 @@ impl EndpointPool {
         };
         if wake {
             self.ctx.global.wake_starved();
-        }
-    }
-}
-
-/// Keeps the deadlines of an endpoint's queue: one task per endpoint while
-/// callers with a deadline wait, sleeping until the earliest deadline and
-/// failing whoever is past theirs. It holds the endpoint weakly and stops
-/// when the queue has no deadline left.
-async fn sweep_waiters(pool: std::sync::Weak<EndpointPool>) {
-    let mut guard = SweepGuard(Some(pool));
-    loop {
-        let pool = guard.0.as_ref().and_then(std::sync::Weak::upgrade);
-        let Some(next) = pool.and_then(|pool| pool.expire_waiters(Instant::now())) else {
-            // `expire_waiters` cleared the flag (or the endpoint is gone).
-            guard.0 = None;
-            return;
-        };
-        tokio::time::sleep_until(next).await;
-    }
-}
-
-/// Forgets the sweeper if it is dropped before it finished (aborted by
-/// `close`, or its runtime shut down), so that a later waiter starts
-/// another.
-struct SweepGuard(Option<std::sync::Weak<EndpointPool>>);
-
-impl Drop for SweepGuard {
-    fn drop(&mut self) {
-        if let Some(pool) = self.0.take().and_then(|weak| weak.upgrade()) {
-            pool.state.lock().sweeper = None;
         }
     }
 }
@@ -1406,42 +1313,6 @@ impl Drop for DialReceiver {
         self.rx.close();
         if let Ok(Ok(conn)) = self.rx.try_recv() {
             self.pool.release(conn, None);
-        }
-    }
-}
-
-/// A caller's place in an endpoint's queue. Dropping it before it is
-/// served leaves the queue; dropping it after a grant was sent returns the
-/// grant.
-pub(crate) struct WaitTicket {
-    pool: Arc<EndpointPool>,
-    id: u64,
-    rx: Option<GrantReceiver>,
-}
-
-impl WaitTicket {
-    async fn wait(&mut self) -> Grant {
-        let rx = self.rx.as_mut().expect("a ticket is waited on once");
-        // The sender is only dropped unsent when its waiter has left, or
-        // after `close` sent Closed; treat a vanished sender as closed.
-        let grant = std::future::poll_fn(|cx| rx.poll_recv(cx))
-            .await
-            .unwrap_or(Grant::Closed);
-        self.rx = None;
-        grant
-    }
-}
-
-impl Drop for WaitTicket {
-    fn drop(&mut self) {
-        let Some(mut rx) = self.rx.take() else { return };
-        if self.pool.withdraw(self.id) {
-            return;
-        }
-        // Grants are sent under the lock that `withdraw` took, so if one was
-        // sent it is in the cell now.
-        if let Some(grant) = rx.close() {
-            self.pool.give_back(grant);
         }
     }
 }

@@ -7,8 +7,8 @@
 //! slow endpoint never slows another.
 //!
 //! - `map`: the endpoint map, behind a lock sharded by thread;
-//! - `endpoint_pool`: one endpoint's slots, idle stack, queue and its
-//!   deadline sweeper;
+//! - `endpoint_pool`: one endpoint's slots and idle stack, and (in its
+//!   `queue` module) its queue of waiting callers and their deadline sweeper;
 //! - `slots`: the per-thread slots a contended endpoint parks connections in;
 //! - `conn`: a connection's record and the one reuse rule;
 //! - `handle`: [`EndpointHandle`], a caller's own reference to one endpoint;
