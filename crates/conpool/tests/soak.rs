@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conpool::{CloseReason, Config, Endpoint, Pool, Stats};
-use support::proxy::{FaultProxy, ResetRecord};
+use support::proxy::{FaultProxy, ResetRecord, SplitMix64};
 use support::{EchoServer, TlsCert, assert_books_balance, round_trip};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -581,23 +581,5 @@ impl Sentinel {
         }
         self.tx.write_all(&[1]).await.unwrap();
         self.rx.readable().await.unwrap();
-    }
-}
-
-/// splitmix64: a small, fast, deterministic generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, (lo, hi): (u64, u64)) -> u64 {
-        lo + self.next() % (hi - lo + 1)
     }
 }

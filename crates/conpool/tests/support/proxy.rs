@@ -649,15 +649,22 @@ async fn pump(client: &mut TcpStream, upstream: &mut TcpStream, mode: Fault) -> 
     }
 }
 
-/// splitmix64: a small, fast, deterministic generator.
-struct SplitMix64(u64);
+/// splitmix64: a small, fast, deterministic generator, for the proxy's
+/// seeded choices and the tests' own.
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        lo + self.next() % (hi - lo + 1)
     }
 }
