@@ -740,7 +740,15 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
              in flight, where {TASKS} dedicated connections have {TASKS}, and fewer requests in \
              flight means fewer replies per wake-up of the runtime. {CONNS} dedicated \
              connections with no pool at all reach {:.3} of {TASKS}; conpool reaches {:.3} of \
-             that, which is what the pool itself costs.",
+             that, which is what the pool itself costs. \
+             Against the peers the difference is fairness: conpool, deadpool and bb8 serve \
+             waiting callers first come, first served, so a connection coming back goes to the \
+             caller that has waited longest, one hand-over and one wake-up per request. \
+             pingora-pool has no queue: a task that returns a connection and asks again before \
+             anyone else runs gets one back at once, usually the one it just returned, so a task \
+             keeps a connection from request to request much as a dedicated one would, while \
+             the tasks that missed go round the scheduler and retry. Matching that would mean giving up the arrival-order \
+             guarantee and the bounded wait.",
             few / ded,
             c / few
         );
