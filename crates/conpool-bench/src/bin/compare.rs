@@ -741,14 +741,15 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
              flight means fewer replies per wake-up of the runtime. {CONNS} dedicated \
              connections with no pool at all reach {:.3} of {TASKS}; conpool reaches {:.3} of \
              that, which is what the pool itself costs. \
-             Against the peers the difference is fairness: conpool, deadpool and bb8 serve \
-             waiting callers first come, first served, so a connection coming back goes to the \
-             caller that has waited longest, one hand-over and one wake-up per request. \
-             pingora-pool has no queue: a task that returns a connection and asks again before \
-             anyone else runs gets one back at once, usually the one it just returned, so a task \
-             keeps a connection from request to request much as a dedicated one would, while \
-             the tasks that missed go round the scheduler and retry. Matching that would mean giving up the arrival-order \
-             guarantee and the bounded wait.",
+             deadpool and bb8 also serve waiting callers first come, first served, with one \
+             hand-over and one wake-up per request; between them and conpool the difference is \
+             each pool's own work per request (for conpool: two clock reads, the reuse rule, and \
+             a lease that watches every read and write so that a failed or cancelled exchange is \
+             never reused). pingora-pool has no queue: a task that returns a connection and asks \
+             again before anyone else runs gets one back at once, usually the one it just \
+             returned, so a task keeps a connection from request to request much as a dedicated \
+             one would, while the tasks that missed go round the scheduler and retry; matching \
+             that would mean giving up the arrival-order guarantee and the bounded wait.",
             few / ded,
             c / few
         );
