@@ -116,8 +116,11 @@ impl PooledConnection {
         self.write_pending = busy;
     }
 
-    pub(crate) fn set_reused(&mut self) {
+    /// Flags the lease as reused and runs the pool's reused hook; the
+    /// counter is bumped by the pool, under the lock that decided the reuse.
+    pub(crate) fn mark_reused(&mut self) {
         self.reused = true;
+        self.pool.config().notify_reused(&self.pool.endpoint);
     }
 
     /// Takes the connection out, leaving nothing for `Drop` to return.

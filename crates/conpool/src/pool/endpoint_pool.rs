@@ -94,7 +94,10 @@ pub(crate) struct EndpointPool {
     /// At least the number of callers queued (or about to queue): releasers
     /// park a connection in a slot only while it reads 0. Raised under the
     /// lock before a caller looks for parked connections and queues; lowered
-    /// to the queue's length under the lock after callers leave it.
+    /// to the queue's length under the lock after callers leave it. Only
+    /// `enqueue` adds to the queue and it always raises this; a removal
+    /// that forgot to lower it would only keep releasers off the slots
+    /// (slower), never strand a waiter.
     queued: AtomicUsize,
     /// `generation * 2 + closed`, mirrored from the state under the lock, so
     /// that a releaser can tell without the lock whether a connection may
@@ -716,7 +719,7 @@ impl EndpointPool {
             if origin == Origin::Idle {
                 self.state.lock().counters.reused();
             }
-            self.mark_reused(&mut lease);
+            lease.mark_reused();
             return Ok(Checked::Healthy(lease));
         };
         tracing::debug!(endpoint = %self.endpoint, %reason, "idle connection failed its check");
@@ -890,9 +893,8 @@ impl EndpointPool {
         conn: Conn,
         caller: &'static Location<'static>,
     ) -> PooledConnection {
-        self.config().notify_reused(&self.endpoint);
         let mut lease = self.lease(conn, caller);
-        lease.set_reused();
+        lease.mark_reused();
         lease
     }
 
@@ -914,13 +916,6 @@ impl EndpointPool {
             st.leases.get_or_insert_default().insert(conn.id, record);
         }
         PooledConnection::new(conn, self)
-    }
-
-    /// Flags a lease as reused and runs the reused hook; the counter is
-    /// bumped by the caller, under the lock that decided the reuse.
-    fn mark_reused(&self, lease: &mut PooledConnection) {
-        lease.set_reused();
-        self.config().notify_reused(&self.endpoint);
     }
 
     /// Takes back a connection that was active. `close` is the lease's own
