@@ -661,12 +661,9 @@ async fn a_connection_closed_on_return_hands_its_total_slot_to_a_waiter() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_caller_past_the_dial_cap_at_max_connections_total_gets_room_from_idle_elsewhere() {
-    // The caller queues behind max_concurrent_dials; when that dial ends,
-    // the total is full, and another endpoint's idle connection must make
-    // room, as it does for a caller that meets the total limit directly.
-    // (Found by tests/contract_fuzz.rs, seed 36.)
+/// A pool of at most two connections in all, one dial at a time, over a
+/// gated dialer, and two endpoints, for the dial-cap cases below.
+fn two_endpoints_under_a_total_of_two() -> (GatedDialer, Pool, Endpoint, Endpoint) {
     let dialer = GatedDialer::new();
     let pool = Pool::with_dialer(
         Config::builder()
@@ -676,17 +673,31 @@ async fn a_caller_past_the_dial_cap_at_max_connections_total_gets_room_from_idle
             .unwrap(),
         dialer.clone(),
     );
-    let (a, b) = (
-        Endpoint::new("a.example", 1).unwrap(),
-        Endpoint::new("b.example", 1).unwrap(),
-    );
+    let a = Endpoint::new("a.example", 1).unwrap();
+    let b = Endpoint::new("b.example", 1).unwrap();
+    (dialer, pool, a, b)
+}
+
+/// A `get` in a task of its own.
+fn spawn_get(
+    pool: &Pool,
+    ep: &Endpoint,
+) -> tokio::task::JoinHandle<Result<conpool::PooledConnection, conpool::Error>> {
+    let (pool, ep) = (pool.clone(), ep.clone());
+    tokio::spawn(async move { pool.get(&ep).await })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_past_the_dial_cap_at_max_connections_total_gets_room_from_idle_elsewhere() {
+    // The caller queues behind max_concurrent_dials; when that dial ends,
+    // the total is full, and another endpoint's idle connection must make
+    // room, as it does for a caller that meets the total limit directly.
+    // (Found by tests/contract_fuzz.rs, seed 36.)
+    let (dialer, pool, a, b) = two_endpoints_under_a_total_of_two();
     dialer.gate.add_permits(1);
     drop(pool.get(&b).await.unwrap());
     assert_eq!(pool.stats(&b).idle, 1);
-    let spawn_get = || {
-        let (pool, a) = (pool.clone(), a.clone());
-        tokio::spawn(async move { pool.get(&a).await })
-    };
+    let spawn_get = || spawn_get(&pool, &a);
     let first = spawn_get();
     eventually("the first dial to start", || pool.stats(&a).dialing == 1).await;
     let second = spawn_get();
@@ -709,25 +720,10 @@ async fn a_dial_whose_caller_left_serves_one_waiter_and_makes_room_for_the_next(
     // As above, but the caller of the dial gave up: its connection goes to
     // the first waiter, and the second still needs room under the total.
     // (Found by tests/contract_fuzz.rs, seed 743.)
-    let dialer = GatedDialer::new();
-    let pool = Pool::with_dialer(
-        Config::builder()
-            .max_connections_total(2)
-            .max_concurrent_dials(1)
-            .build()
-            .unwrap(),
-        dialer.clone(),
-    );
-    let (a, b) = (
-        Endpoint::new("a.example", 1).unwrap(),
-        Endpoint::new("b.example", 1).unwrap(),
-    );
+    let (dialer, pool, a, b) = two_endpoints_under_a_total_of_two();
     dialer.gate.add_permits(1);
     drop(pool.get(&b).await.unwrap());
-    let spawn_get = || {
-        let (pool, a) = (pool.clone(), a.clone());
-        tokio::spawn(async move { pool.get(&a).await })
-    };
+    let spawn_get = || spawn_get(&pool, &a);
     let gone = spawn_get();
     eventually("the dial to start", || pool.stats(&a).dialing == 1).await;
     let (first, second) = (spawn_get(), spawn_get());
@@ -764,10 +760,7 @@ async fn every_caller_held_back_by_max_connections_total_is_served_as_room_frees
     );
     let b1 = pool.get(&b).await.unwrap();
     let b2 = pool.get(&b).await.unwrap();
-    let spawn_get = || {
-        let (pool, a) = (pool.clone(), a.clone());
-        tokio::spawn(async move { pool.get(&a).await })
-    };
+    let spawn_get = || spawn_get(&pool, &a);
     let first = spawn_get();
     eventually("the first caller to wait", || pool.stats(&a).waiting == 1).await;
     let second = spawn_get();
