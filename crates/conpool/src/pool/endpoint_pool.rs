@@ -180,6 +180,43 @@ pub(crate) enum Grant {
     TimedOut,
 }
 
+/// How a get starts ([`EndpointPool::start_acquire`]).
+pub(crate) enum Started {
+    /// A fit idle connection that needed no check: the get is done.
+    Leased(PooledConnection),
+    /// The get goes on asynchronously: a probe, a dial or a wait.
+    Pending(Pending),
+    /// The get fails at once: the pool is closed, or too many wait. Boxed,
+    /// so that the common outcome does not move an error's worth of bytes.
+    Refused(Box<Error>),
+    /// This endpoint pool was retired from the map; look the endpoint up
+    /// again.
+    Retired,
+}
+
+/// The rest of a get that could not finish synchronously.
+pub(crate) struct Pending {
+    pool: Arc<EndpointPool>,
+    step: Step,
+    /// When the get started, which `acquire_timeout` counts from.
+    since: Instant,
+}
+
+impl Pending {
+    fn new(pool: Arc<EndpointPool>, step: Step, since: Instant) -> Self {
+        Pending { pool, step, since }
+    }
+
+    /// Probes, dials or waits until the get has a connection, an error, or
+    /// runs out of time.
+    pub(crate) async fn finish(
+        self,
+        caller: &'static Location<'static>,
+    ) -> Result<PooledConnection, Error> {
+        self.pool.acquire_slow(self.step, self.since, caller).await
+    }
+}
+
 /// The outcome of the synchronous part of an acquire.
 pub(crate) enum Step {
     /// An idle connection that needs no check: hand it out (its reuse is
@@ -265,18 +302,17 @@ impl EndpointPool {
         stats
     }
 
-    /// Gets a connection: an idle one if any is fit, else a new dial, else
-    /// a place in the queue. `Ok(None)`: this endpoint pool was retired
-    /// from the map; look the endpoint up again.
+    /// The synchronous start of a get: an idle connection if one is fit,
+    /// else a new dial, else a place in the queue.
     ///
     /// The common case, a fit idle connection that needs no check, is
-    /// decided under one lock with one clock read and returns without
-    /// suspending; only the rest builds the (larger) future that probes,
-    /// dials or waits under `acquire_timeout`.
-    pub(crate) async fn acquire(
-        self: Arc<Self>,
-        caller: &'static Location<'static>,
-    ) -> Result<Option<PooledConnection>, Error> {
+    /// decided here under one lock with one clock read, and the caller
+    /// returns the lease without suspending. Everything else comes back as
+    /// [`Started::Pending`] for [`acquire_slow`](Self::acquire_slow), so
+    /// that the caller's future is only entered on the slow path and the
+    /// fast one moves nothing larger than a lease.
+    #[inline]
+    pub(crate) fn start_acquire(self: Arc<Self>, caller: &'static Location<'static>) -> Started {
         let now = Instant::now();
         if let Some(slots) = self.slots.get() {
             // A connection parked before a clear is not handed out after it.
@@ -287,24 +323,22 @@ impl EndpointPool {
                     && !self.needs_check(c, now)
             };
             match slots.take_mine(fit) {
-                Ok(Some(conn)) => return Ok(Some(self.lease_reused(conn, caller))),
+                Ok(Some(conn)) => return Started::Leased(self.lease_reused(conn, caller)),
                 Ok(None) => {}
                 Err(conn) => match conn.reuse_verdict(now, self.config()) {
                     // Fit, but due for its probe: the slow path checks it.
                     None if conn.generation * 2 == epoch => {
-                        return self
-                            .acquire_slow(Step::Reuse(conn), now, caller)
-                            .await
-                            .map(Some);
+                        return Started::Pending(Pending::new(self, Step::Reuse(conn), now));
                     }
                     reason => self.take_back(conn, reason),
                 },
             }
         }
-        match self.begin_acquire(now)? {
-            None => Ok(None),
-            Some(Step::Ready(conn)) => Ok(Some(self.lease_reused(conn, caller))),
-            Some(step) => self.acquire_slow(step, now, caller).await.map(Some),
+        match self.begin_acquire(now) {
+            Ok(Some(Step::Ready(conn))) => Started::Leased(self.lease_reused(conn, caller)),
+            Ok(Some(step)) => Started::Pending(Pending::new(self, step, now)),
+            Ok(None) => Started::Retired,
+            Err(error) => Started::Refused(Box::new(error)),
         }
     }
 
@@ -489,8 +523,16 @@ impl EndpointPool {
     }
 
     /// Publishes the queue's length for releasers (see `queued`).
+    ///
+    /// `queued` is only written under the lock, so a relaxed read here sees
+    /// its latest value; a return with nobody queued (most of them) then
+    /// skips the store, which as a sequentially consistent store is a full
+    /// barrier.
     fn sync_queued(&self, st: &mut State) {
-        self.queued.store(st.waiters.len(), Ordering::SeqCst);
+        let len = st.waiters.len();
+        if self.queued.load(Ordering::Relaxed) != len {
+            self.queued.store(len, Ordering::SeqCst);
+        }
         if st.waiters.is_empty() {
             // Releasers may park again.
             st.none_parked = false;

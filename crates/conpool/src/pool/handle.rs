@@ -16,6 +16,7 @@ use std::panic::Location;
 use std::sync::Arc;
 
 use super::EndpointPool;
+use super::endpoint_pool::Started;
 use crate::{Endpoint, Error, PooledConnection, Stats};
 
 /// One endpoint's share of a [`Pool`](crate::Pool), looked up once.
@@ -55,11 +56,13 @@ impl EndpointHandle {
     pub fn get(&self) -> impl Future<Output = Result<PooledConnection, Error>> + Send + '_ {
         let caller = Location::caller();
         async move {
-            match self.pool.clone().acquire(caller).await? {
-                Some(lease) => Ok(lease),
+            match self.pool.clone().start_acquire(caller) {
+                Started::Leased(lease) => Ok(lease),
+                Started::Pending(rest) => rest.finish(caller).await,
+                Started::Refused(error) => Err(*error),
                 // An endpoint with a handle out is never retired; were it
                 // ever, the honest answer is that this entry is gone.
-                None => Err(Error::PoolClosed),
+                Started::Retired => Err(Error::PoolClosed),
             }
         }
     }

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 pub(crate) use conn::Conn;
+use endpoint_pool::Started;
 pub(crate) use endpoint_pool::{Context, EndpointPool};
 pub use handle::EndpointHandle;
 
@@ -120,10 +121,16 @@ impl Pool {
         let caller = Location::caller();
         async move {
             loop {
-                if let Some(lease) = self.endpoint_pool(endpoint)?.acquire(caller).await? {
-                    return Ok(lease);
+                let Some(pool) = self.endpoint_pool(endpoint) else {
+                    return Err(Error::PoolClosed);
+                };
+                match pool.start_acquire(caller) {
+                    Started::Leased(lease) => return Ok(lease),
+                    Started::Pending(rest) => return rest.finish(caller).await,
+                    Started::Refused(error) => return Err(*error),
+                    // Retired between lookup and acquire: look it up again.
+                    Started::Retired => {}
                 }
-                // The endpoint pool was retired between lookup and acquire.
             }
         }
     }
@@ -224,8 +231,11 @@ impl Pool {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    fn endpoint_pool(&self, endpoint: &Endpoint) -> Result<Arc<EndpointPool>, Error> {
-        self.with_endpoint_pool(endpoint, Arc::clone)
+    /// `endpoint`'s pool, made if it is new; `None` once the pool is
+    /// closed. (Not a `Result`: `get` checks it on every call, and an
+    /// `Error` is large to move around.)
+    fn endpoint_pool(&self, endpoint: &Endpoint) -> Option<Arc<EndpointPool>> {
+        self.with_endpoint_pool(endpoint, Arc::clone).ok()
     }
 
     /// Runs `f` on `endpoint`'s pool, made if it is new, with the map still
