@@ -78,6 +78,13 @@ impl PartialEq for Endpoint {
 
 impl Eq for Endpoint {}
 
+impl Endpoint {
+    /// The hash computed at construction (what [`Hash`] feeds a hasher).
+    pub(crate) fn prehash(&self) -> u64 {
+        self.hash
+    }
+}
+
 impl Hash for Endpoint {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);

@@ -1,7 +1,9 @@
 //! Endpoint handles (`Pool::endpoint`): they share the pool's connections
 //! and counters, keep their endpoint's entry from being forgotten, and stop
 //! working when the pool closes. Also the forgetting itself: entries empty
-//! for longer than `max_idle_time` leave the pool's map.
+//! for longer than `max_idle_time` leave the pool's map, and each thread's
+//! memory of the entries it found lately never outlives them or mixes up
+//! two pools.
 
 mod support;
 
@@ -95,4 +97,69 @@ async fn a_handle_outliving_every_pool_fails_cleanly() {
     drop(pool);
     assert!(matches!(handle.get().await, Err(Error::PoolClosed)));
     support::eventually("the idle connection to close", || server.open() == 0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_get_after_its_entry_was_forgotten_makes_a_new_one() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .connect_timeout(None)
+            .max_idle_time(Duration::from_secs(5))
+            .maintenance_interval(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    // Two gets on this thread: the second finds the entry without the map.
+    drop(pool.get(&ep).await.unwrap());
+    assert!(pool.get(&ep).await.unwrap().is_reused());
+    assert_eq!(pool.stats(&ep).total_reused, 1);
+
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(pool.all_stats().is_empty(), "the empty entry was forgotten");
+
+    // This thread still remembers the old entry; the get must not use it.
+    let conn = pool.get(&ep).await.unwrap();
+    assert!(!conn.is_reused());
+    drop(conn);
+    let stats = pool.stats(&ep);
+    assert_eq!(
+        (stats.total_created, stats.total_reused, stats.idle),
+        (1, 0, 1)
+    );
+    assert_eq!(pool.all_stats().len(), 1);
+    support::assert_books_balance(&pool, &ep, server.port());
+}
+
+#[tokio::test]
+async fn two_pools_on_one_thread_keep_their_own_entries() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let first = Pool::new(Config::default());
+    let second = Pool::new(Config::default());
+    let a = first.get(&ep).await.unwrap();
+    let a_id = a.id();
+    drop(a);
+    // Same endpoint, same thread, another pool: a connection of its own.
+    let b = second.get(&ep).await.unwrap();
+    assert!(!b.is_reused());
+    assert_ne!(b.id(), a_id);
+    drop(b);
+    let again = first.get(&ep).await.unwrap();
+    assert_eq!(again.id(), a_id);
+    drop(again);
+    let (one, two) = (first.stats(&ep), second.stats(&ep));
+    assert_eq!((one.total_created, one.total_reused, one.idle), (1, 1, 1));
+    assert_eq!((two.total_created, two.total_reused, two.idle), (1, 0, 1));
+    assert_eq!(server.open(), 2);
+
+    // Dropping a pool closes its connections although this thread
+    // remembers its entry.
+    drop(first);
+    support::eventually("the first pool's connection to close", || {
+        server.open() == 1
+    })
+    .await;
+    assert!(second.get(&ep).await.unwrap().is_reused());
 }

@@ -7,6 +7,8 @@
 //! slow endpoint never slows another.
 //!
 //! - `map`: the endpoint map, behind a lock sharded by thread;
+//! - `recent`: each thread's memory of the endpoint pools it found lately,
+//!   which spares most gets the map's lock;
 //! - `endpoint_pool`: one endpoint's slots and idle stack, and (in its
 //!   `queue` module) its queue of waiting callers and their deadline sweeper;
 //! - `slots`: the per-thread slots a contended endpoint parks connections in;
@@ -21,6 +23,7 @@ mod global;
 mod grant;
 mod handle;
 mod map;
+mod recent;
 mod slots;
 
 use std::panic::Location;
@@ -129,7 +132,7 @@ impl Pool {
                     Started::Pending(rest) => return rest.finish(caller).await,
                     Started::Refused(error) => return Err(*error),
                     // Retired between lookup and acquire: look it up again.
-                    Started::Retired => {}
+                    Started::Retired => recent::forget(endpoint),
                 }
             }
         }
@@ -235,7 +238,12 @@ impl Pool {
     /// closed. (Not a `Result`: `get` checks it on every call, and an
     /// `Error` is large to move around.)
     fn endpoint_pool(&self, endpoint: &Endpoint) -> Option<Arc<EndpointPool>> {
-        self.with_endpoint_pool(endpoint, Arc::clone).ok()
+        if let Some(pool) = recent::find(&self.shared.ctx, endpoint) {
+            return Some(pool);
+        }
+        let pool = self.with_endpoint_pool(endpoint, Arc::clone).ok()?;
+        recent::remember(&pool);
+        Some(pool)
     }
 
     /// Runs `f` on `endpoint`'s pool, made if it is new, with the map still
