@@ -418,6 +418,7 @@ impl EndpointPool {
     }
 
     /// The synchronous decision: take an idle connection, dial, or wait.
+    #[inline]
     fn begin_acquire(self: &Arc<Self>, now: Instant) -> Result<Option<Step>, Error> {
         let mut closing = Closing::new();
         let step = {
@@ -658,6 +659,7 @@ impl EndpointPool {
     /// With the stack empty, connections parked in per-thread slots come
     /// next (they count as active already), so that a caller never dials or
     /// queues while one sits parked on another thread.
+    #[inline]
     fn pop_fit_idle(&self, st: &mut State, now: Instant, closing: &mut Closing) -> Option<Conn> {
         while let Some(conn) = st.idle.pop() {
             self.ctx.global.idle_changed(0, 1);
@@ -930,6 +932,7 @@ impl EndpointPool {
     }
 
     /// Hands out a reused connection whose reuse is counted already.
+    #[inline]
     fn lease_reused(
         self: Arc<Self>,
         conn: Conn,
@@ -942,6 +945,7 @@ impl EndpointPool {
 
     /// Wraps an active connection in a lease (which keeps this endpoint
     /// pool alive through `self`).
+    #[inline]
     fn lease(
         self: Arc<Self>,
         mut conn: Conn,
@@ -1001,6 +1005,7 @@ impl EndpointPool {
     /// or because the pool closed or was cleared), hands it to the first
     /// waiter, or puts it on the idle stack. Also takes back connections
     /// parked in slots, with `reason` `None`.
+    #[inline]
     fn take_back(self: &Arc<Self>, mut conn: Conn, reason: Option<CloseReason>) {
         let mut st = self.lock_state();
         if let Some(leases) = st.leases.as_mut() {

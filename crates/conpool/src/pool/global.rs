@@ -93,7 +93,12 @@ impl Global {
     /// connection coming back is closed to make room rather than kept idle.
     #[inline]
     pub(crate) fn has_starved(&self) -> bool {
-        self.max_open.is_some() && !self.starved.lock().is_empty()
+        self.max_open.is_some() && self.any_starved()
+    }
+
+    #[inline(never)]
+    fn any_starved(&self) -> bool {
+        !self.starved.lock().is_empty()
     }
 
     /// Queues an endpoint held back by the total limit.
