@@ -38,3 +38,16 @@ pub fn floor_cycles(iters: u64) -> Duration {
     }
     start.elapsed()
 }
+
+/// Runs `iters` pairs of clock reads (the floor's two
+/// `tokio::time::Instant::now()` alone); returns the wall time. On a
+/// virtual machine a clock read can cost as much as an uncontended lock
+/// pair, and this shows how much of the floor is the clock.
+pub fn clock_pairs(iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        black_box(tokio::time::Instant::now());
+        black_box(tokio::time::Instant::now());
+    }
+    start.elapsed()
+}

@@ -150,6 +150,8 @@ async fn allocations_per_cycle(kind: Kind, target: &Target) -> (f64, f64) {
 struct Overhead {
     /// The floor loop (see `conpool_bench::floor`), one task.
     floor: Figure,
+    /// The floor's two clock reads alone.
+    clock: Figure,
     single: Vec<(Kind, Figure)>,
     many: Vec<(Kind, Figure)>,
     held: Vec<(Kind, Figure)>,
@@ -192,9 +194,15 @@ async fn overhead(plan: Plan, target: &Target) -> Overhead {
         floor.push(ns_per_op(run, 1, plan.overhead_goal).await);
     }
     let floor = Figure::of(floor);
+    let mut clock = Vec::new();
+    for _ in 0..plan.overhead_rounds {
+        let run = |n: u64| async move { conpool_bench::floor::clock_pairs(n) };
+        clock.push(ns_per_op(run, 1, plan.overhead_goal).await);
+    }
+    let clock = Figure::of(clock);
     eprintln!(
-        "  overhead floor (2 clock reads, 2 lock pairs, 1 Arc): {:.0}ns",
-        floor.median
+        "  overhead floor (2 clock reads, 2 lock pairs, 1 Arc): {:.0}ns, of which the clock reads {:.0}ns",
+        floor.median, clock.median
     );
     let mut allocs = Vec::new();
     for kind in Kind::ALL {
@@ -205,6 +213,7 @@ async fn overhead(plan: Plan, target: &Target) -> Overhead {
     let single = out.pop().expect("three shapes");
     Overhead {
         floor,
+        clock,
         single,
         many,
         held,
@@ -669,7 +678,8 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
          and the time it is taken), two uncontended lock/unlock pairs (a pool shared between \
          tasks), and one reference-counted pointer to the pool in the lease \
          (`crates/conpool-bench/src/floor.rs`). It takes **{}** on one task here, which is \
-         already **{:.2}×** the fastest peer ({} at {}). conpool via `pool.get(&ep)` spends \
+         already **{:.2}×** the fastest peer ({} at {}); the two clock reads alone take {} \
+         of it ({:.2}× that peer). conpool via `pool.get(&ep)` spends \
          {} above the floor (the endpoint map lookup, the reuse rule, the lease), and via an \
          `EndpointHandle` {}. Halving the fastest peer at one task leaves {} for all of \
          that{}. With 64 tasks on two cores the cost is contention, not instructions, and \
@@ -678,6 +688,8 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
         o.floor.median / peer1_ns,
         peer1.name(),
         format_ns(peer1_ns),
+        format_ns(o.clock.median),
+        o.clock.median / peer1_ns,
         format_ns((c1 - o.floor.median).max(0.0)),
         format_ns((handle1 - o.floor.median).max(0.0)),
         format_ns((peer1_ns / 2.0 - o.floor.median).max(0.0)),
