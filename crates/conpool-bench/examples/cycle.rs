@@ -7,7 +7,8 @@
 //! ```
 //!
 //! The first argument names the pool (`conpool`, `conpool (handle)`, `bb8`,
-//! `deadpool`, `mobc`, `pingora-pool`, `pingora-pool+watcher`), the second
+//! `deadpool`, `mobc`, `pingora-pool`, `pingora-pool+watcher`), or `floor`
+//! for the floor loop of `conpool_bench::floor` (one task only); the second
 //! the number of cycles. With a third, `64`, 64 tasks share 16 connections
 //! on a 2-worker runtime instead (the contended case); with `64held`, each
 //! also holds its connection across a yield (so that callers queue).
@@ -21,6 +22,12 @@ fn main() {
     let cycles: u64 = args
         .next()
         .map_or(200_000, |n| n.parse().expect("a number of cycles"));
+    if name == "floor" {
+        let took = conpool_bench::floor::floor_cycles(cycles);
+        let ns = took.as_nanos() as f64 / cycles as f64;
+        println!("floor: {ns:.0} ns per cycle");
+        return;
+    }
     let kind = conpool_bench::subjects::Kind::ALL
         .into_iter()
         .find(|k| k.name() == name)
