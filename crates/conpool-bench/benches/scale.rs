@@ -36,6 +36,11 @@ fn scale(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("map lookup", n), &n, |b, _| {
             b.iter_custom(|iters| floor.walk(iters))
         });
+        group.bench_with_input(
+            BenchmarkId::new("lookup + state + record", n),
+            &n,
+            |b, _| b.iter_custom(|iters| floor.walk_chain(iters)),
+        );
     }
     group.finish();
 }

@@ -136,12 +136,30 @@ pub async fn conpool_walk(pool: &Pool, endpoints: &[Endpoint], iters: u64) -> Du
 }
 
 /// The floor under any pool keyed by endpoint: a plain
-/// `HashMap<Endpoint, Box<u64>>` (std's SipHash), looked up in the same
-/// walk, the value found read.
+/// `HashMap<Endpoint, _>` (std's SipHash), looked up in the same walk.
+///
+/// [`walk`](MapFloor::walk) does the lookup alone and reads the value
+/// found. [`walk_chain`](MapFloor::walk_chain) also follows what a
+/// checkout cannot avoid touching after the lookup when the connection's
+/// record is its own allocation (it moves into the lease): one cache line
+/// of the endpoint's state, then one of the connection's record, each a
+/// dependent read. Once the endpoints outgrow the caches, each of those
+/// reads is a miss, whatever the pool.
 pub struct MapFloor {
-    map: HashMap<Endpoint, Box<u64>>,
+    map: HashMap<Endpoint, Box<FloorEndpoint>>,
     endpoints: Vec<Endpoint>,
 }
+
+/// One line of an endpoint's state, pointing at a connection record.
+#[repr(align(64))]
+struct FloorEndpoint {
+    state: [u64; 7],
+    record: Box<FloorRecord>,
+}
+
+/// One line of a connection's record.
+#[repr(align(64))]
+struct FloorRecord([u64; 8]);
 
 impl MapFloor {
     /// A map holding every one of `endpoints`.
@@ -149,19 +167,36 @@ impl MapFloor {
         let map = endpoints
             .iter()
             .enumerate()
-            .map(|(i, e)| (e.clone(), Box::new(i as u64)))
+            .map(|(i, e)| {
+                let value = FloorEndpoint {
+                    state: [i as u64; 7],
+                    record: Box::new(FloorRecord([i as u64; 8])),
+                };
+                (e.clone(), Box::new(value))
+            })
             .collect();
         MapFloor { map, endpoints }
     }
 
-    /// `iters` lookups walking the endpoints.
+    /// `iters` lookups walking the endpoints, each reading the value found.
     pub fn walk(&self, iters: u64) -> Duration {
+        self.walk_with(iters, |found| found.state[0])
+    }
+
+    /// `iters` lookups walking the endpoints, each then reading the
+    /// endpoint's state and, through it, the connection's record.
+    pub fn walk_chain(&self, iters: u64) -> Duration {
+        self.walk_with(iters, |found| found.state[0] ^ found.record.0[0])
+    }
+
+    fn walk_with(&self, iters: u64, read: impl Fn(&FloorEndpoint) -> u64) -> Duration {
         let n = self.endpoints.len();
         let mut i = 0;
         let mut sum = 0u64;
         let start = Instant::now();
         for _ in 0..iters {
-            sum = sum.wrapping_add(**self.map.get(&self.endpoints[i]).expect("present"));
+            let found = self.map.get(&self.endpoints[i]).expect("present");
+            sum = sum.wrapping_add(read(found));
             i = next_index(i, n);
         }
         let took = start.elapsed();
