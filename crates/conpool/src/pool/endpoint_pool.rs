@@ -72,7 +72,7 @@ impl Context {
     /// Closes the least recently used idle connection of any endpoint, to
     /// make room under a total limit. Returns whether one was closed.
     pub(crate) fn evict_lru_idle(&self) -> bool {
-        let pools: Vec<Arc<EndpointPool>> = self.endpoints.read().values().cloned().collect();
+        let pools = self.endpoints.pools();
         let oldest = pools
             .iter()
             .filter_map(|pool| pool.oldest_idle().map(|at| (at, pool)))
