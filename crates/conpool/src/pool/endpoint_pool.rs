@@ -85,9 +85,6 @@ pub(crate) struct EndpointPool {
     pub(crate) endpoint: Endpoint,
     pub(crate) ctx: Arc<Context>,
     state: Mutex<State>,
-    /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
-    /// the entry is not retired.
-    handles: AtomicUsize,
     /// Per-thread slots, made when the lock is first found contended (see
     /// [`super::slots`]).
     slots: OnceLock<Slots>,
@@ -105,11 +102,14 @@ pub(crate) struct EndpointPool {
     epoch: AtomicU64,
 }
 
+/// An endpoint's books. What every checkout and return touches is kept
+/// inline; the rest is in [`Cold`], made the first time any of it is
+/// needed, so that an endpoint that only ever hands out and takes back
+/// idle connections (most of a pool with many endpoints) stays small.
 #[derive(Default)]
 struct State {
     /// Most recently used last.
     idle: Vec<Conn>,
-    waiters: VecDeque<Waiter>,
     active: usize,
     dialing: usize,
     generation: u64,
@@ -117,30 +117,38 @@ struct State {
     /// Removed from the pool's map for being empty too long: callers that
     /// still hold it look the endpoint up again.
     retired: bool,
-    next_waiter_id: u64,
-    last_dial_error: Option<String>,
     counters: Counters,
+    /// Queued in the pool's list of endpoints held back by
+    /// `max_connections_total`.
+    starved: bool,
+    /// No connection is parked in a per-thread slot: set by a look into
+    /// every slot that found none, cleared when `queued` next drops to zero
+    /// (see `unpark_for_caller`).
+    none_parked: bool,
+    cold: Option<Box<Cold>>,
+}
+
+/// The part of an endpoint's books that only queuing, failed dials, leak
+/// tracking, warm-up, retirement and endpoint handles use. Once made it is
+/// kept: waiters' ids must stay unique for as long as a ticket may still
+/// withdraw.
+#[derive(Default)]
+struct Cold {
+    waiters: VecDeque<Waiter>,
+    next_waiter_id: u64,
+    /// The sweeper task keeping the waiters' deadlines, while it runs.
+    sweeper: Option<AbortHandle>,
+    last_dial_error: Option<String>,
     /// Leases out now, tracked only when `leak_threshold` is set.
-    /// Boxed: most pools never track leases, and a pool with many endpoints
-    /// should not carry an empty map in each.
-    // The box is the point: an empty map would take 48 bytes in every
-    // endpoint's state; a box takes 8 until leases are tracked.
-    #[allow(clippy::box_collection)]
-    leases: Option<Box<HashMap<u64, LeaseRecord>>>,
+    leases: HashMap<u64, LeaseRecord>,
     /// Since when the endpoint has had nothing in it, for retirement.
     empty_since: Option<Instant>,
     /// Consecutive failed warm-up dials, and when the next may start.
     warm_failures: u32,
     warm_retry_at: Option<Instant>,
-    /// Queued in the pool's list of endpoints held back by
-    /// `max_connections_total`.
-    starved: bool,
-    /// The sweeper task keeping the waiters' deadlines, while it runs.
-    sweeper: Option<AbortHandle>,
-    /// No connection is parked in a per-thread slot: set by a look into
-    /// every slot that found none, cleared when `queued` next drops to zero
-    /// (see `unpark_for_caller`).
-    none_parked: bool,
+    /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
+    /// the entry is not retired.
+    handles: usize,
 }
 
 struct LeaseRecord {
@@ -155,7 +163,7 @@ impl State {
     }
 
     fn is_empty(&self) -> bool {
-        self.total() == 0 && self.waiters.is_empty()
+        self.total() == 0 && self.waiting() == 0
     }
 
     fn gauges(&self) -> PoolState {
@@ -163,7 +171,39 @@ impl State {
             active: self.active,
             idle: self.idle.len(),
             dialing: self.dialing,
-            waiting: self.waiters.len(),
+            waiting: self.waiting(),
+        }
+    }
+
+    /// The cold part, made if it is not yet.
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_default()
+    }
+
+    /// Callers queued.
+    fn waiting(&self) -> usize {
+        self.cold.as_ref().map_or(0, |cold| cold.waiters.len())
+    }
+
+    fn pop_waiter(&mut self) -> Option<Waiter> {
+        self.cold.as_mut()?.waiters.pop_front()
+    }
+
+    /// The endpoint is in use: it has not been empty since any earlier
+    /// time.
+    fn in_use(&mut self) {
+        if let Some(cold) = self.cold.as_mut() {
+            cold.empty_since = None;
+        }
+    }
+
+    /// Stops tracking a lease that ended.
+    fn forget_lease(&mut self, id: u64) {
+        if let Some(cold) = self.cold.as_mut() {
+            // Most pools never track leases: hash nothing for none.
+            if !cold.leases.is_empty() {
+                cold.leases.remove(&id);
+            }
         }
     }
 }
@@ -241,7 +281,6 @@ impl EndpointPool {
             endpoint,
             ctx,
             state: Mutex::new(State::default()),
-            handles: AtomicUsize::new(0),
             slots: OnceLock::new(),
             queued: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
@@ -372,7 +411,8 @@ impl EndpointPool {
         let timeout = self.config().acquire_timeout().unwrap_or_default();
         let (state, last_dial_error) = {
             let st = self.state.lock();
-            (self.gauges(&st), st.last_dial_error.clone())
+            let last_dial_error = st.cold.as_ref().and_then(|c| c.last_dial_error.clone());
+            (self.gauges(&st), last_dial_error)
         };
         tracing::warn!(endpoint = %self.endpoint, ?timeout, ?state, "acquire timed out");
         Error::AcquireTimeout {
@@ -394,7 +434,7 @@ impl EndpointPool {
             if st.retired {
                 return Ok(None);
             }
-            st.empty_since = None;
+            st.in_use();
             let room = if let Some(conn) = self.pop_fit_idle(&mut st, now, &mut closing) {
                 let step = if self.needs_check(&conn, now) {
                     Step::Reuse(conn)
@@ -403,7 +443,7 @@ impl EndpointPool {
                     Step::Ready(conn)
                 };
                 return self.finish_begin(st, closing, step);
-            } else if st.waiters.is_empty() {
+            } else if st.waiting() == 0 {
                 self.take_dial_slot(&mut st)
             } else {
                 DialRoom::EndpointFull
@@ -414,7 +454,7 @@ impl EndpointPool {
             } else if self
                 .config()
                 .max_waiters_per_endpoint()
-                .is_some_and(|max| st.waiters.len() >= max)
+                .is_some_and(|max| st.waiting() >= max)
             {
                 let state = self.gauges(&st);
                 self.sync_queued(&mut st);
@@ -490,8 +530,9 @@ impl EndpointPool {
 
     /// Publishes the queue's length for releasers (see `queued`).
     fn sync_queued(&self, st: &mut State) {
-        self.queued.store(st.waiters.len(), Ordering::SeqCst);
-        if st.waiters.is_empty() {
+        let waiting = st.waiting();
+        self.queued.store(waiting, Ordering::SeqCst);
+        if waiting == 0 {
             // Releasers may park again.
             st.none_parked = false;
         }
@@ -516,7 +557,7 @@ impl EndpointPool {
         if st.none_parked {
             return None;
         }
-        self.queued.store(st.waiters.len() + 1, Ordering::SeqCst);
+        self.queued.store(st.waiting() + 1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let found = slots.take_any();
         if found.is_some() {
@@ -734,9 +775,7 @@ impl EndpointPool {
                 // Counted when it was granted; it was never handed out.
                 st.counters.unreused();
             }
-            if let Some(leases) = st.leases.as_mut() {
-                leases.remove(&failed.id);
-            }
+            st.forget_lease(failed.id);
             st.active -= 1;
             if st.closed {
                 (Err(Error::PoolClosed), false)
@@ -750,7 +789,7 @@ impl EndpointPool {
                 (Ok(Checked::Next(Step::Dial)), true)
             } else if config
                 .max_waiters_per_endpoint()
-                .is_some_and(|max| st.waiters.len() >= max)
+                .is_some_and(|max| st.waiting() >= max)
             {
                 let err = Error::TooManyWaiters {
                     endpoint: self.endpoint.clone(),
@@ -835,10 +874,12 @@ impl EndpointPool {
                     let mut st = self.state.lock();
                     st.counters.created();
                     st.dialing -= 1;
-                    st.last_dial_error = None;
-                    if warm {
-                        st.warm_failures = 0;
-                        st.warm_retry_at = None;
+                    if let Some(cold) = st.cold.as_mut() {
+                        cold.last_dial_error = None;
+                        if warm {
+                            cold.warm_failures = 0;
+                            cold.warm_retry_at = None;
+                        }
                     }
                     let conn = Conn::new(stream, now, st.generation, self.config());
                     if st.closed {
@@ -856,7 +897,7 @@ impl EndpointPool {
                     // The caller gave up: the next waiter or idle gets it.
                     self.release(conn, None);
                 }
-                if starved && !self.state.lock().waiters.is_empty() {
+                if starved && self.state.lock().waiting() > 0 {
                     // The total holds back waiters the dial cap held back
                     // before: make room as `begin_acquire` does, which
                     // wakes this endpoint.
@@ -868,12 +909,13 @@ impl EndpointPool {
                     let mut st = self.state.lock();
                     st.counters.dial_failed();
                     let wake = self.return_dial_slot(&mut st);
-                    st.last_dial_error = Some(err.to_string());
+                    let cold = st.cold();
+                    cold.last_dial_error = Some(err.to_string());
                     if warm {
-                        st.warm_failures += 1;
+                        cold.warm_failures += 1;
                         let wait =
-                            backoff_delay(self.config().connect_retry_delay(), st.warm_failures);
-                        st.warm_retry_at =
+                            backoff_delay(self.config().connect_retry_delay(), cold.warm_failures);
+                        cold.warm_retry_at =
                             Some(Instant::now() + wait.min(self.config().max_idle_time()));
                     }
                     self.grant_free_slot(&mut st);
@@ -913,7 +955,7 @@ impl EndpointPool {
                 warned: false,
             };
             let mut st = self.state.lock();
-            st.leases.get_or_insert_default().insert(conn.id, record);
+            st.cold().leases.insert(conn.id, record);
         }
         PooledConnection::new(conn, self)
     }
@@ -961,9 +1003,7 @@ impl EndpointPool {
     /// parked in slots, with `reason` `None`.
     fn take_back(self: &Arc<Self>, mut conn: Conn, reason: Option<CloseReason>) {
         let mut st = self.lock_state();
-        if let Some(leases) = st.leases.as_mut() {
-            leases.remove(&conn.id);
-        }
+        st.forget_lease(conn.id);
         let reason = reason
             .or(st.closed.then_some(CloseReason::PoolClosed))
             .or((conn.generation != st.generation).then_some(CloseReason::Cleared));
@@ -975,7 +1015,7 @@ impl EndpointPool {
             self.close_all(vec![(conn, reason)]);
             return;
         }
-        while let Some(waiter) = st.waiters.pop_front() {
+        while let Some(waiter) = st.pop_waiter() {
             match waiter.tx.send(Grant::Conn(conn)) {
                 Ok(()) => {
                     st.counters.reused();
@@ -1016,10 +1056,13 @@ impl EndpointPool {
         }
         loop {
             // Waiters that left are skipped before a slot is taken for them.
-            while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
-                st.waiters.pop_front();
+            let Some(cold) = st.cold.as_mut() else {
+                return false;
+            };
+            while cold.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+                cold.waiters.pop_front();
             }
-            if st.waiters.is_empty() {
+            if cold.waiters.is_empty() {
                 return false;
             }
             match self.take_dial_slot(st) {
@@ -1030,7 +1073,7 @@ impl EndpointPool {
                     return true;
                 }
             }
-            let granted = std::iter::from_fn(|| st.waiters.pop_front())
+            let granted = std::iter::from_fn(|| st.pop_waiter())
                 .any(|waiter| waiter.tx.send(Grant::Dial).is_ok());
             self.sync_queued(st);
             if !granted {
@@ -1063,10 +1106,13 @@ impl EndpointPool {
             st.closed = true;
             self.publish_epoch(&st);
             self.sync_queued(&mut st);
+            let (waiters, sweeper) = st.cold.as_mut().map_or_else(Default::default, |cold| {
+                (std::mem::take(&mut cold.waiters), cold.sweeper.take())
+            });
             (
                 self.drain_idle(&mut st, CloseReason::PoolClosed),
-                std::mem::take(&mut st.waiters),
-                st.sweeper.take(),
+                waiters,
+                sweeper,
             )
         };
         for waiter in waiters {
@@ -1170,7 +1216,7 @@ impl EndpointPool {
                 st.counters.closed(*reason);
             }
             if let Some(threshold) = config.leak_threshold() {
-                for (id, lease) in st.leases.iter_mut().flat_map(|l| l.iter_mut()) {
+                for (id, lease) in st.cold.iter_mut().flat_map(|c| c.leases.iter_mut()) {
                     if !lease.warned && now.saturating_duration_since(lease.since) >= threshold {
                         lease.warned = true;
                         upkeep.leaks += 1;
@@ -1185,20 +1231,24 @@ impl EndpointPool {
                 }
             }
             let want = config.min_idle_per_endpoint();
-            let backing_off = st.warm_retry_at.is_some_and(|at| now < at);
+            let backing_off = st
+                .cold
+                .as_ref()
+                .and_then(|c| c.warm_retry_at)
+                .is_some_and(|at| now < at);
             while want > 0
                 && !backing_off
                 && st.idle.len() + st.dialing < want
-                && st.waiters.is_empty()
+                && st.waiting() == 0
                 && self.take_dial_slot(&mut st) == DialRoom::Yes
             {
                 warm += 1;
             }
             if st.is_empty() {
-                let since = *st.empty_since.get_or_insert(now);
+                let since = *st.cold().empty_since.get_or_insert(now);
                 upkeep.removable = want == 0 && since <= empty_cutoff;
             } else {
-                st.empty_since = None;
+                st.in_use();
             }
         }
         for _ in 0..warm {
@@ -1218,12 +1268,12 @@ impl EndpointPool {
         let mut st = self.state.lock();
         // Handles are taken with the map locked, and this runs with it
         // locked for writing, so no handle can appear after this load.
-        let held = self.handles.load(Ordering::Acquire) > 0;
+        let held = st.cold.as_ref().is_some_and(|c| c.handles > 0);
         if st.is_empty() && !st.closed && !held {
             st.retired = true;
             // A sweeper left sleeping on a deadline of a caller that has
             // since gone would outlive the entry for no purpose.
-            if let Some(sweeper) = st.sweeper.take() {
+            if let Some(sweeper) = st.cold.as_mut().and_then(|c| c.sweeper.take()) {
                 sweeper.abort();
             }
         }
@@ -1231,11 +1281,11 @@ impl EndpointPool {
     }
 
     pub(crate) fn handle_taken(&self) {
-        self.handles.fetch_add(1, Ordering::AcqRel);
+        self.state.lock().cold().handles += 1;
     }
 
     pub(crate) fn handle_dropped(&self) {
-        self.handles.fetch_sub(1, Ordering::AcqRel);
+        self.state.lock().cold().handles -= 1;
     }
 
     /// Returns a grant whose waiter went away before using it.
