@@ -47,6 +47,7 @@ use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::global::Global;
+use super::idle::IdleStack;
 mod queue;
 
 use super::map::EndpointMap;
@@ -108,8 +109,7 @@ pub(crate) struct EndpointPool {
 /// idle connections (most of a pool with many endpoints) stays small.
 #[derive(Default)]
 struct State {
-    /// Most recently used last.
-    idle: Vec<Conn>,
+    idle: IdleStack,
     active: usize,
     dialing: usize,
     generation: u64,
@@ -632,17 +632,16 @@ impl EndpointPool {
 
     /// When this endpoint's least recently used idle connection went idle.
     fn oldest_idle(&self) -> Option<Instant> {
-        self.state.lock().idle.first().map(|c| c.last_used)
+        self.state.lock().idle.oldest().map(|c| c.last_used)
     }
 
     /// Closes this endpoint's least recently used idle connection.
     fn evict_oldest_idle(&self) -> bool {
         let conn = {
             let mut st = self.state.lock();
-            if st.idle.is_empty() {
+            let Some(conn) = st.idle.remove_oldest() else {
                 return false;
-            }
-            let conn = st.idle.remove(0);
+            };
             self.ctx.global.idle_changed(0, 1);
             st.counters.closed(CloseReason::PoolLimit);
             conn
@@ -1129,7 +1128,8 @@ impl EndpointPool {
     fn drain_idle(&self, st: &mut State, reason: CloseReason) -> Closing {
         self.ctx.global.idle_changed(0, st.idle.len());
         let State { idle, counters, .. } = st;
-        idle.drain(..)
+        idle.take_all()
+            .into_iter()
             .map(|conn| {
                 counters.closed(reason);
                 (conn, reason)
@@ -1197,8 +1197,9 @@ impl EndpointPool {
             // A noop waker: the task polls again next tick, and a later
             // checkout registers its own waker.
             let mut cx = TaskContext::from_waker(Waker::noop());
-            let mut kept = Vec::with_capacity(st.idle.len());
-            for mut conn in st.idle.drain(..) {
+            let all = st.idle.take_all();
+            let mut kept = Vec::with_capacity(all.len());
+            for mut conn in all {
                 let reason = conn.reuse_verdict(now, config).or_else(|| {
                     config
                         .liveness_check()
@@ -1210,7 +1211,7 @@ impl EndpointPool {
                     Some(reason) => closing.push((conn, reason)),
                 }
             }
-            st.idle = kept;
+            st.idle = IdleStack::from_oldest_first(kept);
             self.ctx.global.idle_changed(0, closing.len());
             for (_, reason) in &closing {
                 st.counters.closed(*reason);

@@ -9,6 +9,7 @@
 //! - `map`: the endpoint map, behind a lock sharded by thread;
 //! - `endpoint_pool`: one endpoint's slots and idle stack, and (in its
 //!   `queue` module) its queue of waiting callers and their deadline sweeper;
+//! - `idle`: an endpoint's stack of idle connections;
 //! - `slots`: the per-thread slots a contended endpoint parks connections in;
 //! - `conn`: a connection's record and the one reuse rule;
 //! - `handle`: [`EndpointHandle`], a caller's own reference to one endpoint;
@@ -20,6 +21,7 @@ mod endpoint_pool;
 mod global;
 mod grant;
 mod handle;
+mod idle;
 mod map;
 mod slots;
 
