@@ -10,7 +10,9 @@
 //! The deadlines are computed once, when a connection goes idle
 //! ([`Conn::mark_idle`]), so that the checkout path compares two instants
 //! instead of subtracting them: a checkout reads the clock once and does no
-//! time arithmetic.
+//! time arithmetic. Nothing else is kept as an `Instant`: the record is
+//! allocated per connection, and a pool with 100,000 endpoints holds one
+//! for each idle connection.
 
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::clock::Tick;
 use crate::{CloseReason, Config, Stream};
 
 /// A live connection and what the pool knows about it, boxed: a connection
@@ -45,16 +48,19 @@ impl DerefMut for Conn {
 pub(crate) struct Record {
     pub(crate) stream: Stream,
     pub(crate) id: u64,
-    pub(crate) created_at: Instant,
+    /// For the age in the close log only, so in the compact form.
+    pub(crate) created_at: Tick,
     /// Creation plus the lifetime, less this connection's jitter.
-    pub(crate) expires_at: Instant,
-    /// When it last came back to the pool (or was created).
-    pub(crate) last_used: Instant,
+    expires_at: Instant,
     /// Past this instant it may not be handed out: the earlier of
-    /// `expires_at` and `last_used + max_idle_time`.
+    /// `expires_at` and `max_idle_time` after it last came back to the pool
+    /// (or was created).
     reuse_by: Instant,
-    /// From this instant on, a checkout probes it first: `last_used` plus
-    /// `liveness_check_bypass`.
+    /// From this instant on, a checkout probes it first:
+    /// `liveness_check_bypass` after it last came back (or was created).
+    /// Being that return plus one length for every connection of a pool,
+    /// it also orders connections by when they last came back (see
+    /// [`Conn::return_order`]), so the return itself is not stored.
     probe_from: Instant,
     /// Its last lease outlasted the bypass window: probe at the next
     /// checkout, however soon.
@@ -67,7 +73,13 @@ pub(crate) struct Record {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream, now: Instant, generation: u64, config: &Config) -> Self {
+    pub(crate) fn new(
+        stream: Stream,
+        now: Instant,
+        created_at: Tick,
+        generation: u64,
+        config: &Config,
+    ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let lifetime = config.max_connection_lifetime();
@@ -77,9 +89,8 @@ impl Conn {
         let mut conn = Conn(Box::new(Record {
             stream,
             id,
-            created_at: now,
+            created_at,
             expires_at,
-            last_used: now,
             reuse_by: expires_at,
             probe_from: expires_at,
             probe_next: false,
@@ -99,6 +110,7 @@ impl Conn {
     /// back past its previous `probe_from` is probed at its next checkout,
     /// however soon that is. (Its time idle before that lease counts too,
     /// which only errs towards probing.)
+    #[inline]
     pub(crate) fn mark_idle(&mut self, now: Instant, config: &Config) {
         // `probe_from` is still the previous return (or the creation) plus
         // the window.
@@ -112,12 +124,23 @@ impl Conn {
         self.probe_next || now >= self.probe_from
     }
 
+    #[inline]
     fn set_deadlines(&mut self, now: Instant, config: &Config) {
-        self.last_used = now;
         // A sum past what an `Instant` holds means "never"; past
         // `expires_at` nothing matters any more.
         self.reuse_by = later(now, config.max_idle_time(), self.expires_at).min(self.expires_at);
-        self.probe_from = later(now, config.liveness_check_bypass(), self.expires_at);
+        // A window too long to add means "never" too; a century on (the
+        // same for every connection) keeps the order of returns that
+        // `return_order` reads.
+        self.probe_from = now
+            .checked_add(config.liveness_check_bypass())
+            .unwrap_or_else(|| far_future(now));
+    }
+
+    /// Orders connections of one pool as their last returns to it (or
+    /// creations) do, earliest first: for least-recently-used eviction.
+    pub(crate) fn return_order(&self) -> Instant {
+        self.probe_from
     }
 
     /// `None` if the connection may be handed out at `now`, else why not.
@@ -145,9 +168,10 @@ fn later(now: Instant, by: Duration, otherwise: Instant) -> Instant {
     now.checked_add(by).unwrap_or(otherwise)
 }
 
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// An instant a century on, or as far as the platform's clock reaches.
 fn far_future(now: Instant) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     now.checked_add(CENTURY).unwrap_or(now)
 }
 

@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::clock::Clock;
 use super::conn::Conn;
 use super::global::Global;
 use super::idle::IdleStack;
@@ -67,6 +68,8 @@ pub(crate) struct Context {
     /// broken when the last `Pool` handle is dropped, which empties it.
     pub(crate) endpoints: EndpointMap,
     pub(crate) global: Global,
+    /// What connection records keep their creation time in.
+    pub(crate) clock: Clock,
 }
 
 impl Context {
@@ -630,9 +633,10 @@ impl EndpointPool {
         st.dialing > before
     }
 
-    /// When this endpoint's least recently used idle connection went idle.
+    /// When this endpoint's least recently used idle connection went idle,
+    /// as [`Conn::return_order`] tells it.
     fn oldest_idle(&self) -> Option<Instant> {
-        self.state.lock().idle.oldest().map(|c| c.last_used)
+        self.state.lock().idle.oldest().map(|c| c.return_order())
     }
 
     /// Closes this endpoint's least recently used idle connection.
@@ -880,7 +884,8 @@ impl EndpointPool {
                             cold.warm_retry_at = None;
                         }
                     }
-                    let conn = Conn::new(stream, now, st.generation, self.config());
+                    let created_at = self.ctx.clock.tick(now);
+                    let conn = Conn::new(stream, now, created_at, st.generation, self.config());
                     if st.closed {
                         st.counters.closed(CloseReason::PoolClosed);
                         drop(st);
@@ -1167,7 +1172,7 @@ impl EndpointPool {
                 endpoint = %self.endpoint,
                 id = conn.id,
                 uses = conn.uses,
-                age = ?conn.created_at.elapsed(),
+                age = ?self.ctx.clock.elapsed(conn.created_at),
                 %reason,
                 "closing connection"
             );
