@@ -69,7 +69,7 @@ pub(crate) struct Record {
     pub(crate) uses: u64,
     /// The endpoint's generation when it was created; a connection of an
     /// older generation predates a `clear_endpoint` and is not reused.
-    pub(crate) generation: u64,
+    pub(crate) generation: u32,
 }
 
 impl Conn {
@@ -77,7 +77,7 @@ impl Conn {
         stream: Stream,
         now: Instant,
         created_at: Tick,
-        generation: u64,
+        generation: u32,
         config: &Config,
     ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);

@@ -91,7 +91,7 @@ pub(crate) struct EndpointPool {
     state: Mutex<State>,
     /// Per-thread slots, made when the lock is first found contended (see
     /// [`super::slots`]).
-    slots: OnceLock<Slots>,
+    slots: OnceLock<Box<Slots>>,
     /// At least the number of callers queued (or about to queue): releasers
     /// park a connection in a slot only while it reads 0. Raised under the
     /// lock before a caller looks for parked connections and queues; lowered
@@ -113,9 +113,13 @@ pub(crate) struct EndpointPool {
 #[derive(Default)]
 struct State {
     idle: IdleStack,
-    active: usize,
-    dialing: usize,
-    generation: u64,
+    // Counts of live connections and dials, which memory bounds far below
+    // 2^32 (each is a socket and a record), whatever the configured limits.
+    active: u32,
+    dialing: u32,
+    /// Bumped by each clear; wraps, so a lease would have to outlive 2^32
+    /// clears to be mistaken for a current one.
+    generation: u32,
     closed: bool,
     /// Removed from the pool's map for being empty too long: callers that
     /// still hold it look the endpoint up again.
@@ -162,7 +166,7 @@ struct LeaseRecord {
 
 impl State {
     fn total(&self) -> usize {
-        self.active + self.idle.len() + self.dialing
+        self.active as usize + self.idle.len() + self.dialing as usize
     }
 
     fn is_empty(&self) -> bool {
@@ -171,9 +175,9 @@ impl State {
 
     fn gauges(&self) -> PoolState {
         PoolState {
-            active: self.active,
+            active: self.active as usize,
             idle: self.idle.len(),
-            dialing: self.dialing,
+            dialing: self.dialing as usize,
             waiting: self.waiting(),
         }
     }
@@ -324,7 +328,7 @@ impl EndpointPool {
             // A connection parked before a clear is not handed out after it.
             let epoch = self.epoch.load(Ordering::Acquire);
             let fit = |c: &Conn| {
-                c.generation * 2 == epoch
+                u64::from(c.generation) * 2 == epoch
                     && c.reuse_verdict(now, self.config()).is_none()
                     && !self.needs_check(c, now)
             };
@@ -333,7 +337,7 @@ impl EndpointPool {
                 Ok(None) => {}
                 Err(conn) => match conn.reuse_verdict(now, self.config()) {
                     // Fit, but due for its probe: the slow path checks it.
-                    None if conn.generation * 2 == epoch => {
+                    None if u64::from(conn.generation) * 2 == epoch => {
                         return self
                             .acquire_slow(Step::Reuse(conn), now, caller)
                             .await
@@ -527,7 +531,7 @@ impl EndpointPool {
             && config.max_idle_total().is_none()
             && config.leak_threshold().is_none()
         {
-            self.slots.get_or_init(Slots::new);
+            self.slots.get_or_init(|| Box::new(Slots::new()));
         }
     }
 
@@ -543,8 +547,10 @@ impl EndpointPool {
 
     /// Publishes the generation and whether the pool closed (see `epoch`).
     fn publish_epoch(&self, st: &State) {
-        self.epoch
-            .store(st.generation * 2 + u64::from(st.closed), Ordering::Release);
+        self.epoch.store(
+            u64::from(st.generation) * 2 + u64::from(st.closed),
+            Ordering::Release,
+        );
     }
 
     /// Takes a parked connection for a caller that found the idle stack
@@ -597,7 +603,7 @@ impl EndpointPool {
     fn take_dial_slot(&self, st: &mut State) -> DialRoom {
         let config = self.config();
         if st.total() >= config.max_connections_per_endpoint()
-            || st.dialing >= config.max_concurrent_dials()
+            || st.dialing as usize >= config.max_concurrent_dials()
         {
             return DialRoom::EndpointFull;
         }
@@ -784,7 +790,7 @@ impl EndpointPool {
                 (Err(Error::PoolClosed), false)
             } else if let Some(conn) = self.pop_fit_idle(&mut st, Instant::now(), &mut closing) {
                 (Ok(Checked::Next(Step::Reuse(conn))), false)
-            } else if st.dialing < config.max_concurrent_dials() {
+            } else if (st.dialing as usize) < config.max_concurrent_dials() {
                 // It keeps the failed connection's slot, here and under
                 // max_connections_total, and dials into it.
                 st.dialing += 1;
@@ -981,7 +987,7 @@ impl EndpointPool {
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
         if let (None, Some(slots)) = (reason, self.slots.get()) {
             if self.queued.load(Ordering::SeqCst) == 0 {
-                let epoch = conn.generation * 2;
+                let epoch = u64::from(conn.generation) * 2;
                 match slots.park(conn, |_| self.epoch.load(Ordering::Acquire) == epoch) {
                     Ok(()) => {
                         fence(Ordering::SeqCst);
@@ -1093,7 +1099,7 @@ impl EndpointPool {
     pub(crate) fn clear(self: &Arc<Self>) {
         let closing = {
             let mut st = self.state.lock();
-            st.generation += 1;
+            st.generation = st.generation.wrapping_add(1);
             self.publish_epoch(&st);
             self.drain_idle(&mut st, CloseReason::Cleared)
         };
@@ -1244,7 +1250,7 @@ impl EndpointPool {
                 .is_some_and(|at| now < at);
             while want > 0
                 && !backing_off
-                && st.idle.len() + st.dialing < want
+                && st.idle.len() + (st.dialing as usize) < want
                 && st.waiting() == 0
                 && self.take_dial_slot(&mut st) == DialRoom::Yes
             {
