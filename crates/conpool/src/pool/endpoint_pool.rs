@@ -37,7 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{Ordering, fence};
 use std::task::{Context as TaskContext, Waker};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -90,20 +90,8 @@ pub(crate) struct EndpointPool {
     pub(crate) ctx: Arc<Context>,
     state: Mutex<State>,
     /// Per-thread slots, made when the lock is first found contended (see
-    /// [`super::slots`]).
+    /// [`super::slots`]), with what releasers read without the lock.
     slots: OnceLock<Box<Slots>>,
-    /// At least the number of callers queued (or about to queue): releasers
-    /// park a connection in a slot only while it reads 0. Raised under the
-    /// lock before a caller looks for parked connections and queues; lowered
-    /// to the queue's length under the lock after callers leave it. Only
-    /// `enqueue` adds to the queue and it always raises this; a removal
-    /// that forgot to lower it would only keep releasers off the slots
-    /// (slower), never strand a waiter.
-    queued: AtomicUsize,
-    /// `generation * 2 + closed`, mirrored from the state under the lock, so
-    /// that a releaser can tell without the lock whether a connection may
-    /// be parked.
-    epoch: AtomicU64,
 }
 
 /// An endpoint's books. What every checkout and return touches is kept
@@ -289,11 +277,9 @@ impl EndpointPool {
             ctx,
             state: Mutex::new(State::default()),
             slots: OnceLock::new(),
-            queued: AtomicUsize::new(0),
-            epoch: AtomicU64::new(0),
         };
         if pool.config().thread_slots() == ThreadSlots::Always {
-            pool.grow_slots();
+            pool.grow_slots(&pool.state.lock());
         }
         pool
     }
@@ -326,7 +312,7 @@ impl EndpointPool {
         let now = Instant::now();
         if let Some(slots) = self.slots.get() {
             // A connection parked before a clear is not handed out after it.
-            let epoch = self.epoch.load(Ordering::Acquire);
+            let epoch = slots.epoch.load(Ordering::Acquire);
             let fit = |c: &Conn| {
                 u64::from(c.generation) * 2 == epoch
                     && c.reuse_verdict(now, self.config()).is_none()
@@ -512,45 +498,62 @@ impl EndpointPool {
 
     /// Locks the state; finding it taken by another thread is what turns
     /// per-thread slots on (with [`ThreadSlots::WhenContended`]).
+    #[inline]
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        if let Some(st) = self.state.try_lock() {
-            return st;
+        match self.state.try_lock() {
+            Some(st) => st,
+            None => self.lock_contended(),
         }
+    }
+
+    #[cold]
+    fn lock_contended(&self) -> MutexGuard<'_, State> {
+        let st = self.state.lock();
         if self.slots.get().is_none() && self.config().thread_slots() == ThreadSlots::WhenContended
         {
-            self.grow_slots();
+            self.grow_slots(&st);
         }
-        self.state.lock()
+        st
     }
 
     /// Makes the per-thread slots, unless a pool-wide limit or leak
-    /// tracking needs every idle connection and lease in the books.
-    fn grow_slots(&self) {
+    /// tracking needs every idle connection and lease in the books. Called
+    /// with the state locked: the slots' mirrors of the queue's length and
+    /// of the epoch start from the state they mirror, and every later
+    /// change to either is made under the same lock, so none is missed.
+    fn grow_slots(&self, st: &State) {
         let config = self.config();
         if config.max_connections_total().is_none()
             && config.max_idle_total().is_none()
             && config.leak_threshold().is_none()
         {
-            self.slots.get_or_init(|| Box::new(Slots::new()));
+            self.slots
+                .get_or_init(|| Box::new(Slots::new(st.waiting(), Self::epoch(st))));
         }
     }
 
-    /// Publishes the queue's length for releasers (see `queued`).
+    /// Publishes the queue's length for releasers (see [`Slots::queued`]).
     fn sync_queued(&self, st: &mut State) {
         let waiting = st.waiting();
-        self.queued.store(waiting, Ordering::SeqCst);
+        if let Some(slots) = self.slots.get() {
+            slots.queued.store(waiting, Ordering::SeqCst);
+        }
         if waiting == 0 {
             // Releasers may park again.
             st.none_parked = false;
         }
     }
 
-    /// Publishes the generation and whether the pool closed (see `epoch`).
+    /// Publishes the generation and whether the pool closed (see
+    /// [`Slots::epoch`]).
     fn publish_epoch(&self, st: &State) {
-        self.epoch.store(
-            u64::from(st.generation) * 2 + u64::from(st.closed),
-            Ordering::Release,
-        );
+        if let Some(slots) = self.slots.get() {
+            slots.epoch.store(Self::epoch(st), Ordering::Release);
+        }
+    }
+
+    fn epoch(st: &State) -> u64 {
+        u64::from(st.generation) * 2 + u64::from(st.closed)
     }
 
     /// Takes a parked connection for a caller that found the idle stack
@@ -566,7 +569,7 @@ impl EndpointPool {
         if st.none_parked {
             return None;
         }
-        self.queued.store(st.waiting() + 1, Ordering::SeqCst);
+        slots.queued.store(st.waiting() + 1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let found = slots.take_any();
         if found.is_some() {
@@ -986,12 +989,12 @@ impl EndpointPool {
         conn.mark_idle(now, self.config());
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
         if let (None, Some(slots)) = (reason, self.slots.get()) {
-            if self.queued.load(Ordering::SeqCst) == 0 {
+            if slots.queued.load(Ordering::SeqCst) == 0 {
                 let epoch = u64::from(conn.generation) * 2;
-                match slots.park(conn, |_| self.epoch.load(Ordering::Acquire) == epoch) {
+                match slots.park(conn, |_| slots.epoch.load(Ordering::Acquire) == epoch) {
                     Ok(()) => {
                         fence(Ordering::SeqCst);
-                        if self.queued.load(Ordering::SeqCst) == 0 {
+                        if slots.queued.load(Ordering::SeqCst) == 0 {
                             return;
                         }
                         match slots.unpark_mine() {
