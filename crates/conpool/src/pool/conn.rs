@@ -10,9 +10,10 @@
 //! The deadlines are computed once, when a connection goes idle
 //! ([`Conn::mark_idle`]), so that the checkout path compares two instants
 //! instead of subtracting them: a checkout reads the clock once and does no
-//! time arithmetic. Nothing else is kept as an `Instant`: the record is
-//! allocated per connection, and a pool with 100,000 endpoints holds one
-//! for each idle connection.
+//! time arithmetic. Nothing else is kept: the record is allocated per
+//! connection, and a pool with 100,000 endpoints holds one for each idle
+//! connection, so what can be derived is derived (the last return from
+//! the probe window's end, the creation from the expiry).
 
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::clock::Tick;
 use crate::{CloseReason, Config, Stream};
 
 /// A live connection and what the pool knows about it, boxed: a connection
@@ -48,9 +48,9 @@ impl DerefMut for Conn {
 pub(crate) struct Record {
     pub(crate) stream: Stream,
     pub(crate) id: u64,
-    /// For the age in the close log only, so in the compact form.
-    pub(crate) created_at: Tick,
-    /// Creation plus the lifetime, less this connection's jitter.
+    /// Creation plus [`lifetime`]: the configured lifetime less this
+    /// connection's jitter. The creation is not stored: see
+    /// [`Conn::created_at`].
     expires_at: Instant,
     /// Past this instant it may not be handed out: the earlier of
     /// `expires_at` and `max_idle_time` after it last came back to the pool
@@ -73,23 +73,13 @@ pub(crate) struct Record {
 }
 
 impl Conn {
-    pub(crate) fn new(
-        stream: Stream,
-        now: Instant,
-        created_at: Tick,
-        generation: u32,
-        config: &Config,
-    ) -> Self {
+    pub(crate) fn new(stream: Stream, now: Instant, generation: u32, config: &Config) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let lifetime = config.max_connection_lifetime();
-        let cut = lifetime.mul_f64(config.max_connection_lifetime_jitter() * unit_random(id));
-        let lifetime = lifetime.saturating_sub(cut).max(Duration::from_millis(1));
-        let expires_at = later(now, lifetime, far_future(now));
+        let expires_at = later(now, lifetime(id, config), far_future(now));
         let mut conn = Conn(Box::new(Record {
             stream,
             id,
-            created_at,
             expires_at,
             reuse_by: expires_at,
             probe_from: expires_at,
@@ -137,6 +127,14 @@ impl Conn {
             .unwrap_or_else(|| far_future(now));
     }
 
+    /// When it was created: its expiry less the lifetime that expiry was
+    /// computed with, which its id and the config determine.
+    pub(crate) fn created_at(&self, config: &Config) -> Instant {
+        self.expires_at
+            .checked_sub(lifetime(self.id, config))
+            .unwrap_or(self.expires_at)
+    }
+
     /// Orders connections of one pool as their last returns to it (or
     /// creations) do, earliest first: for least-recently-used eviction.
     pub(crate) fn return_order(&self) -> Instant {
@@ -170,6 +168,19 @@ fn later(now: Instant, by: Duration, otherwise: Instant) -> Instant {
 
 const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// Connection `id`'s lifetime: the configured one less its jitter, at least
+/// a millisecond. A lifetime past a century means "never" as much as one
+/// too long to add to an instant; capped there, adding it never overflows,
+/// so that [`Conn::created_at`] can take it back off the expiry.
+fn lifetime(id: u64, config: &Config) -> Duration {
+    let lifetime = config.max_connection_lifetime();
+    let cut = lifetime.mul_f64(config.max_connection_lifetime_jitter() * unit_random(id));
+    lifetime
+        .saturating_sub(cut)
+        .max(Duration::from_millis(1))
+        .min(CENTURY)
+}
+
 /// An instant a century on, or as far as the platform's clock reaches.
 fn far_future(now: Instant) -> Instant {
     now.checked_add(CENTURY).unwrap_or(now)
@@ -189,6 +200,27 @@ fn unit_random(id: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_creation_time_is_read_back_exactly_from_the_expiry() {
+        for lifetime in [
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+            Duration::MAX,
+        ] {
+            let config = Config::builder()
+                .max_connection_lifetime(lifetime)
+                .max_connection_lifetime_jitter(0.5)
+                .build()
+                .unwrap();
+            let now = Instant::now();
+            for _ in 0..100 {
+                let (client, _server) = tokio::io::duplex(8);
+                let conn = Conn::new(Stream::custom(client), now, 0, &config);
+                assert_eq!(conn.created_at(&config), now, "lifetime {lifetime:?}");
+            }
+        }
+    }
 
     #[test]
     fn jitter_spreads_within_the_fraction() {

@@ -45,7 +45,6 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::clock::Clock;
 use super::conn::Conn;
 use super::global::Global;
 use super::idle::IdleStack;
@@ -68,8 +67,6 @@ pub(crate) struct Context {
     /// broken when the last `Pool` handle is dropped, which empties it.
     pub(crate) endpoints: EndpointMap,
     pub(crate) global: Global,
-    /// What connection records keep their creation time in.
-    pub(crate) clock: Clock,
 }
 
 impl Context {
@@ -893,8 +890,7 @@ impl EndpointPool {
                             cold.warm_retry_at = None;
                         }
                     }
-                    let created_at = self.ctx.clock.tick(now);
-                    let conn = Conn::new(stream, now, created_at, st.generation, self.config());
+                    let conn = Conn::new(stream, now, st.generation, self.config());
                     if st.closed {
                         st.counters.closed(CloseReason::PoolClosed);
                         drop(st);
@@ -1181,7 +1177,7 @@ impl EndpointPool {
                 endpoint = %self.endpoint,
                 id = conn.id,
                 uses = conn.uses,
-                age = ?self.ctx.clock.elapsed(conn.created_at),
+                age = ?conn.created_at(self.config()).elapsed(),
                 %reason,
                 "closing connection"
             );

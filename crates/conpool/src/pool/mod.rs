@@ -12,12 +12,10 @@
 //! - `idle`: an endpoint's stack of idle connections;
 //! - `slots`: the per-thread slots a contended endpoint parks connections in;
 //! - `conn`: a connection's record and the one reuse rule;
-//! - `clock`: the compact timestamps a record keeps off the hot path;
 //! - `handle`: [`EndpointHandle`], a caller's own reference to one endpoint;
 //! - `grant`: the cell through which a queued caller receives its grant;
 //! - `global`: the limits across endpoints.
 
-mod clock;
 mod conn;
 mod endpoint_pool;
 mod global;
@@ -93,7 +91,6 @@ impl Pool {
                     config,
                     dialer: Arc::new(dialer),
                     endpoints: map::EndpointMap::default(),
-                    clock: clock::Clock::new(),
                 }),
                 closed: AtomicBool::new(false),
                 closing: Arc::new(tokio::sync::Notify::new()),
