@@ -36,10 +36,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{Ordering, fence};
 use std::task::{Context as TaskContext, Waker};
 
+use once_cell::race::OnceBox;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -88,7 +88,7 @@ pub(crate) struct EndpointPool {
     state: Mutex<State>,
     /// Per-thread slots, made when the lock is first found contended (see
     /// [`super::slots`]), with what releasers read without the lock.
-    slots: OnceLock<Box<Slots>>,
+    slots: OnceBox<Slots>,
 }
 
 /// An endpoint's books. What every checkout and return touches is kept
@@ -273,7 +273,7 @@ impl EndpointPool {
             endpoint,
             ctx,
             state: Mutex::new(State::default()),
-            slots: OnceLock::new(),
+            slots: OnceBox::new(),
         };
         if pool.config().thread_slots() == ThreadSlots::Always {
             pool.grow_slots(&pool.state.lock());
