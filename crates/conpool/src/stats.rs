@@ -1,9 +1,9 @@
 //! Statistics: the one place the pool counts.
 //!
 //! Each endpoint's pool owns a `Counters` of monotonically increasing
-//! counts (created, reused, closed, errors), bumped only through the
-//! methods here so that every path that opens, hands out or closes a
-//! connection counts it the same way. They live in the endpoint's state,
+//! counts (created, reused, closed by reason, failed dials), bumped only
+//! through the methods here so that every path that opens, hands out or
+//! closes a connection counts it the same way. They live in the endpoint's state,
 //! behind the lock every such path holds anyway: plain integers, not
 //! atomics, so counting costs no extra contended cache line. The gauges
 //! (active, idle, dialing, waiting) are not stored twice: they are read
@@ -190,16 +190,24 @@ pub struct PoolState {
 }
 
 /// The cumulative counters of one endpoint, kept under its lock.
+///
+/// Only what every endpoint counts is kept inline. Closes and failed dials
+/// are counted in a box made at the first of them: an endpoint that never
+/// closed anything (most of a pool with many endpoints, most of the time)
+/// carries one pointer instead of a counter per reason. The totals of
+/// closes and of errors are not kept at all: they are sums of the per-reason
+/// counts, taken when a snapshot is.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     created: u64,
     reused: u64,
-    closed: u64,
-    errors: u64,
-    /// Made at the first close: an endpoint that never closed anything
-    /// (most of a pool with many endpoints, most of the time) carries one
-    /// pointer instead of a counter per reason.
-    closed_by: Option<Box<[u64; CloseReason::ALL.len()]>>,
+    failures: Option<Box<Failures>>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    closed_by: [u64; CloseReason::ALL.len()],
+    dials_failed: u64,
 }
 
 impl Counters {
@@ -218,18 +226,23 @@ impl Counters {
     }
 
     pub(crate) fn closed(&mut self, reason: CloseReason) {
-        self.closed += 1;
-        self.closed_by.get_or_insert_default()[reason.index()] += 1;
-        if reason.is_error() {
-            self.errors += 1;
-        }
+        self.failures.get_or_insert_default().closed_by[reason.index()] += 1;
     }
 
     pub(crate) fn dial_failed(&mut self) {
-        self.errors += 1;
+        self.failures.get_or_insert_default().dials_failed += 1;
     }
 
     pub(crate) fn snapshot(&self, state: PoolState) -> Stats {
+        let (closed_by, dials_failed) = self
+            .failures
+            .as_deref()
+            .map_or(Default::default(), |f| (f.closed_by, f.dials_failed));
+        let errors = CloseReason::ALL
+            .iter()
+            .filter(|reason| reason.is_error())
+            .map(|reason| closed_by[reason.index()])
+            .sum::<u64>();
         Stats {
             active: state.active,
             idle: state.idle,
@@ -237,9 +250,9 @@ impl Counters {
             waiting: state.waiting,
             total_created: self.created,
             total_reused: self.reused,
-            total_closed: self.closed,
-            errors: self.errors,
-            closed_by: self.closed_by.as_deref().copied().unwrap_or_default(),
+            total_closed: closed_by.iter().sum(),
+            errors: dials_failed + errors,
+            closed_by,
         }
     }
 }

@@ -10,7 +10,10 @@
 //! The deadlines are computed once, when a connection goes idle
 //! ([`Conn::mark_idle`]), so that the checkout path compares two instants
 //! instead of subtracting them: a checkout reads the clock once and does no
-//! time arithmetic.
+//! time arithmetic. Nothing else is kept: the record is allocated per
+//! connection, and a pool with 100,000 endpoints holds one for each idle
+//! connection, so what can be derived is derived (the last return from
+//! the probe window's end, the creation from the expiry).
 
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
@@ -45,16 +48,19 @@ impl DerefMut for Conn {
 pub(crate) struct Record {
     pub(crate) stream: Stream,
     pub(crate) id: u64,
-    pub(crate) created_at: Instant,
-    /// Creation plus the lifetime, less this connection's jitter.
-    pub(crate) expires_at: Instant,
-    /// When it last came back to the pool (or was created).
-    pub(crate) last_used: Instant,
+    /// Creation plus [`lifetime`]: the configured lifetime less this
+    /// connection's jitter. The creation is not stored: see
+    /// [`Conn::created_at`].
+    expires_at: Instant,
     /// Past this instant it may not be handed out: the earlier of
-    /// `expires_at` and `last_used + max_idle_time`.
+    /// `expires_at` and `max_idle_time` after it last came back to the pool
+    /// (or was created).
     reuse_by: Instant,
-    /// From this instant on, a checkout probes it first: `last_used` plus
-    /// `liveness_check_bypass`.
+    /// From this instant on, a checkout probes it first:
+    /// `liveness_check_bypass` after it last came back (or was created).
+    /// Being that return plus one length for every connection of a pool,
+    /// it also orders connections by when they last came back (see
+    /// [`Conn::return_order`]), so the return itself is not stored.
     probe_from: Instant,
     /// Its last lease outlasted the bypass window: probe at the next
     /// checkout, however soon.
@@ -63,23 +69,18 @@ pub(crate) struct Record {
     pub(crate) uses: u64,
     /// The endpoint's generation when it was created; a connection of an
     /// older generation predates a `clear_endpoint` and is not reused.
-    pub(crate) generation: u64,
+    pub(crate) generation: u32,
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream, now: Instant, generation: u64, config: &Config) -> Self {
+    pub(crate) fn new(stream: Stream, now: Instant, generation: u32, config: &Config) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let lifetime = config.max_connection_lifetime();
-        let cut = lifetime.mul_f64(config.max_connection_lifetime_jitter() * unit_random(id));
-        let lifetime = lifetime.saturating_sub(cut).max(Duration::from_millis(1));
-        let expires_at = later(now, lifetime, far_future(now));
+        let expires_at = later(now, lifetime(id, config), far_future(now));
         let mut conn = Conn(Box::new(Record {
             stream,
             id,
-            created_at: now,
             expires_at,
-            last_used: now,
             reuse_by: expires_at,
             probe_from: expires_at,
             probe_next: false,
@@ -99,6 +100,7 @@ impl Conn {
     /// back past its previous `probe_from` is probed at its next checkout,
     /// however soon that is. (Its time idle before that lease counts too,
     /// which only errs towards probing.)
+    #[inline]
     pub(crate) fn mark_idle(&mut self, now: Instant, config: &Config) {
         // `probe_from` is still the previous return (or the creation) plus
         // the window.
@@ -112,12 +114,31 @@ impl Conn {
         self.probe_next || now >= self.probe_from
     }
 
+    #[inline]
     fn set_deadlines(&mut self, now: Instant, config: &Config) {
-        self.last_used = now;
         // A sum past what an `Instant` holds means "never"; past
         // `expires_at` nothing matters any more.
         self.reuse_by = later(now, config.max_idle_time(), self.expires_at).min(self.expires_at);
-        self.probe_from = later(now, config.liveness_check_bypass(), self.expires_at);
+        // A window too long to add means "never" too; a century on (the
+        // same for every connection) keeps the order of returns that
+        // `return_order` reads.
+        self.probe_from = now
+            .checked_add(config.liveness_check_bypass())
+            .unwrap_or_else(|| far_future(now));
+    }
+
+    /// When it was created: its expiry less the lifetime that expiry was
+    /// computed with, which its id and the config determine.
+    pub(crate) fn created_at(&self, config: &Config) -> Instant {
+        self.expires_at
+            .checked_sub(lifetime(self.id, config))
+            .unwrap_or(self.expires_at)
+    }
+
+    /// Orders connections of one pool as their last returns to it (or
+    /// creations) do, earliest first: for least-recently-used eviction.
+    pub(crate) fn return_order(&self) -> Instant {
+        self.probe_from
     }
 
     /// `None` if the connection may be handed out at `now`, else why not.
@@ -145,9 +166,23 @@ fn later(now: Instant, by: Duration, otherwise: Instant) -> Instant {
     now.checked_add(by).unwrap_or(otherwise)
 }
 
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Connection `id`'s lifetime: the configured one less its jitter, at least
+/// a millisecond. A lifetime past a century means "never" as much as one
+/// too long to add to an instant; capped there, adding it never overflows,
+/// so that [`Conn::created_at`] can take it back off the expiry.
+fn lifetime(id: u64, config: &Config) -> Duration {
+    let lifetime = config.max_connection_lifetime();
+    let cut = lifetime.mul_f64(config.max_connection_lifetime_jitter() * unit_random(id));
+    lifetime
+        .saturating_sub(cut)
+        .max(Duration::from_millis(1))
+        .min(CENTURY)
+}
+
 /// An instant a century on, or as far as the platform's clock reaches.
 fn far_future(now: Instant) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     now.checked_add(CENTURY).unwrap_or(now)
 }
 
@@ -165,6 +200,27 @@ fn unit_random(id: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_creation_time_is_read_back_exactly_from_the_expiry() {
+        for lifetime in [
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+            Duration::MAX,
+        ] {
+            let config = Config::builder()
+                .max_connection_lifetime(lifetime)
+                .max_connection_lifetime_jitter(0.5)
+                .build()
+                .unwrap();
+            let now = Instant::now();
+            for _ in 0..100 {
+                let (client, _server) = tokio::io::duplex(8);
+                let conn = Conn::new(Stream::custom(client), now, 0, &config);
+                assert_eq!(conn.created_at(&config), now, "lifetime {lifetime:?}");
+            }
+        }
+    }
 
     #[test]
     fn jitter_spreads_within_the_fraction() {

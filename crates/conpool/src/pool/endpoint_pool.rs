@@ -36,10 +36,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{Ordering, fence};
 use std::task::{Context as TaskContext, Waker};
 
+use once_cell::race::OnceBox;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -47,6 +47,7 @@ use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::global::Global;
+use super::idle::IdleStack;
 mod queue;
 
 use super::map::EndpointMap;
@@ -72,7 +73,7 @@ impl Context {
     /// Closes the least recently used idle connection of any endpoint, to
     /// make room under a total limit. Returns whether one was closed.
     pub(crate) fn evict_lru_idle(&self) -> bool {
-        let pools: Vec<Arc<EndpointPool>> = self.endpoints.read().values().cloned().collect();
+        let pools = self.endpoints.pools();
         let oldest = pools
             .iter()
             .filter_map(|pool| pool.oldest_idle().map(|at| (at, pool)))
@@ -85,62 +86,61 @@ pub(crate) struct EndpointPool {
     pub(crate) endpoint: Endpoint,
     pub(crate) ctx: Arc<Context>,
     state: Mutex<State>,
-    /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
-    /// the entry is not retired.
-    handles: AtomicUsize,
     /// Per-thread slots, made when the lock is first found contended (see
-    /// [`super::slots`]).
-    slots: OnceLock<Slots>,
-    /// At least the number of callers queued (or about to queue): releasers
-    /// park a connection in a slot only while it reads 0. Raised under the
-    /// lock before a caller looks for parked connections and queues; lowered
-    /// to the queue's length under the lock after callers leave it. Only
-    /// `enqueue` adds to the queue and it always raises this; a removal
-    /// that forgot to lower it would only keep releasers off the slots
-    /// (slower), never strand a waiter.
-    queued: AtomicUsize,
-    /// `generation * 2 + closed`, mirrored from the state under the lock, so
-    /// that a releaser can tell without the lock whether a connection may
-    /// be parked.
-    epoch: AtomicU64,
+    /// [`super::slots`]), with what releasers read without the lock.
+    slots: OnceBox<Slots>,
 }
 
+/// An endpoint's books. What every checkout and return touches is kept
+/// inline; the rest is in [`Cold`], made the first time any of it is
+/// needed, so that an endpoint that only ever hands out and takes back
+/// idle connections (most of a pool with many endpoints) stays small.
 #[derive(Default)]
 struct State {
-    /// Most recently used last.
-    idle: Vec<Conn>,
-    waiters: VecDeque<Waiter>,
-    active: usize,
-    dialing: usize,
-    generation: u64,
+    idle: IdleStack,
+    // Counts of live connections and dials, which memory bounds far below
+    // 2^32 (each is a socket and a record), whatever the configured limits.
+    active: u32,
+    dialing: u32,
+    /// Bumped by each clear; wraps, so a lease would have to outlive 2^32
+    /// clears to be mistaken for a current one.
+    generation: u32,
     closed: bool,
     /// Removed from the pool's map for being empty too long: callers that
     /// still hold it look the endpoint up again.
     retired: bool,
-    next_waiter_id: u64,
-    last_dial_error: Option<String>,
     counters: Counters,
+    /// Queued in the pool's list of endpoints held back by
+    /// `max_connections_total`.
+    starved: bool,
+    /// No connection is parked in a per-thread slot: set by a look into
+    /// every slot that found none, cleared when `queued` next drops to zero
+    /// (see `unpark_for_caller`).
+    none_parked: bool,
+    cold: Option<Box<Cold>>,
+}
+
+/// The part of an endpoint's books that only queuing, failed dials, leak
+/// tracking, warm-up, retirement and endpoint handles use. Once made it is
+/// kept: waiters' ids must stay unique for as long as a ticket may still
+/// withdraw.
+#[derive(Default)]
+struct Cold {
+    waiters: VecDeque<Waiter>,
+    next_waiter_id: u64,
+    /// The sweeper task keeping the waiters' deadlines, while it runs.
+    sweeper: Option<AbortHandle>,
+    last_dial_error: Option<String>,
     /// Leases out now, tracked only when `leak_threshold` is set.
-    /// Boxed: most pools never track leases, and a pool with many endpoints
-    /// should not carry an empty map in each.
-    // The box is the point: an empty map would take 48 bytes in every
-    // endpoint's state; a box takes 8 until leases are tracked.
-    #[allow(clippy::box_collection)]
-    leases: Option<Box<HashMap<u64, LeaseRecord>>>,
+    leases: HashMap<u64, LeaseRecord>,
     /// Since when the endpoint has had nothing in it, for retirement.
     empty_since: Option<Instant>,
     /// Consecutive failed warm-up dials, and when the next may start.
     warm_failures: u32,
     warm_retry_at: Option<Instant>,
-    /// Queued in the pool's list of endpoints held back by
-    /// `max_connections_total`.
-    starved: bool,
-    /// The sweeper task keeping the waiters' deadlines, while it runs.
-    sweeper: Option<AbortHandle>,
-    /// No connection is parked in a per-thread slot: set by a look into
-    /// every slot that found none, cleared when `queued` next drops to zero
-    /// (see `unpark_for_caller`).
-    none_parked: bool,
+    /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
+    /// the entry is not retired.
+    handles: usize,
 }
 
 struct LeaseRecord {
@@ -151,19 +151,51 @@ struct LeaseRecord {
 
 impl State {
     fn total(&self) -> usize {
-        self.active + self.idle.len() + self.dialing
+        self.active as usize + self.idle.len() + self.dialing as usize
     }
 
     fn is_empty(&self) -> bool {
-        self.total() == 0 && self.waiters.is_empty()
+        self.total() == 0 && self.waiting() == 0
     }
 
     fn gauges(&self) -> PoolState {
         PoolState {
-            active: self.active,
+            active: self.active as usize,
             idle: self.idle.len(),
-            dialing: self.dialing,
-            waiting: self.waiters.len(),
+            dialing: self.dialing as usize,
+            waiting: self.waiting(),
+        }
+    }
+
+    /// The cold part, made if it is not yet.
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_default()
+    }
+
+    /// Callers queued.
+    fn waiting(&self) -> usize {
+        self.cold.as_ref().map_or(0, |cold| cold.waiters.len())
+    }
+
+    fn pop_waiter(&mut self) -> Option<Waiter> {
+        self.cold.as_mut()?.waiters.pop_front()
+    }
+
+    /// The endpoint is in use: it has not been empty since any earlier
+    /// time.
+    fn in_use(&mut self) {
+        if let Some(cold) = self.cold.as_mut() {
+            cold.empty_since = None;
+        }
+    }
+
+    /// Stops tracking a lease that ended.
+    fn forget_lease(&mut self, id: u64) {
+        if let Some(cold) = self.cold.as_mut() {
+            // Most pools never track leases: hash nothing for none.
+            if !cold.leases.is_empty() {
+                cold.leases.remove(&id);
+            }
         }
     }
 }
@@ -278,13 +310,10 @@ impl EndpointPool {
             endpoint,
             ctx,
             state: Mutex::new(State::default()),
-            handles: AtomicUsize::new(0),
-            slots: OnceLock::new(),
-            queued: AtomicUsize::new(0),
-            epoch: AtomicU64::new(0),
+            slots: OnceBox::new(),
         };
         if pool.config().thread_slots() == ThreadSlots::Always {
-            pool.grow_slots();
+            pool.grow_slots(&pool.state.lock());
         }
         pool
     }
@@ -316,9 +345,9 @@ impl EndpointPool {
         let now = Instant::now();
         if let Some(slots) = self.slots.get() {
             // A connection parked before a clear is not handed out after it.
-            let epoch = self.epoch.load(Ordering::Acquire);
+            let epoch = slots.epoch.load(Ordering::Acquire);
             let fit = |c: &Conn| {
-                c.generation * 2 == epoch
+                u64::from(c.generation) * 2 == epoch
                     && c.reuse_verdict(now, self.config()).is_none()
                     && !self.needs_check(c, now)
             };
@@ -327,7 +356,7 @@ impl EndpointPool {
                 Ok(None) => {}
                 Err(conn) => match conn.reuse_verdict(now, self.config()) {
                     // Fit, but due for its probe: the slow path checks it.
-                    None if conn.generation * 2 == epoch => {
+                    None if u64::from(conn.generation) * 2 == epoch => {
                         return Started::Pending(Pending::new(self, Step::Reuse(conn), now));
                     }
                     reason => self.take_back(conn, reason),
@@ -406,7 +435,8 @@ impl EndpointPool {
         let timeout = self.config().acquire_timeout().unwrap_or_default();
         let (state, last_dial_error) = {
             let st = self.state.lock();
-            (self.gauges(&st), st.last_dial_error.clone())
+            let last_dial_error = st.cold.as_ref().and_then(|c| c.last_dial_error.clone());
+            (self.gauges(&st), last_dial_error)
         };
         tracing::warn!(endpoint = %self.endpoint, ?timeout, ?state, "acquire timed out");
         Error::AcquireTimeout {
@@ -429,7 +459,7 @@ impl EndpointPool {
             if st.retired {
                 return Ok(None);
             }
-            st.empty_since = None;
+            st.in_use();
             let room = if let Some(conn) = self.pop_fit_idle(&mut st, now, &mut closing) {
                 let step = if self.needs_check(&conn, now) {
                     Step::Reuse(conn)
@@ -438,7 +468,7 @@ impl EndpointPool {
                     Step::Ready(conn)
                 };
                 return self.finish_begin(st, closing, step);
-            } else if st.waiters.is_empty() {
+            } else if st.waiting() == 0 {
                 self.take_dial_slot(&mut st)
             } else {
                 DialRoom::EndpointFull
@@ -449,7 +479,7 @@ impl EndpointPool {
             } else if self
                 .config()
                 .max_waiters_per_endpoint()
-                .is_some_and(|max| st.waiters.len() >= max)
+                .is_some_and(|max| st.waiting() >= max)
             {
                 let state = self.gauges(&st);
                 self.sync_queued(&mut st);
@@ -500,50 +530,69 @@ impl EndpointPool {
 
     /// Locks the state; finding it taken by another thread is what turns
     /// per-thread slots on (with [`ThreadSlots::WhenContended`]).
+    #[inline]
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        if let Some(st) = self.state.try_lock() {
-            return st;
+        match self.state.try_lock() {
+            Some(st) => st,
+            None => self.lock_contended(),
         }
+    }
+
+    #[cold]
+    fn lock_contended(&self) -> MutexGuard<'_, State> {
+        let st = self.state.lock();
         if self.slots.get().is_none() && self.config().thread_slots() == ThreadSlots::WhenContended
         {
-            self.grow_slots();
+            self.grow_slots(&st);
         }
-        self.state.lock()
+        st
     }
 
     /// Makes the per-thread slots, unless a pool-wide limit or leak
-    /// tracking needs every idle connection and lease in the books.
-    fn grow_slots(&self) {
+    /// tracking needs every idle connection and lease in the books. Called
+    /// with the state locked: the slots' mirrors of the queue's length and
+    /// of the epoch start from the state they mirror, and every later
+    /// change to either is made under the same lock, so none is missed.
+    fn grow_slots(&self, st: &State) {
         let config = self.config();
         if config.max_connections_total().is_none()
             && config.max_idle_total().is_none()
             && config.leak_threshold().is_none()
         {
-            self.slots.get_or_init(Slots::new);
+            self.slots
+                .get_or_init(|| Box::new(Slots::new(st.waiting(), Self::epoch(st))));
         }
     }
 
-    /// Publishes the queue's length for releasers (see `queued`).
+    /// Publishes the queue's length for releasers (see [`Slots::queued`]).
     ///
     /// `queued` is only written under the lock, so a relaxed read here sees
     /// its latest value; a return with nobody queued (most of them) then
     /// skips the store, which as a sequentially consistent store is a full
     /// barrier.
     fn sync_queued(&self, st: &mut State) {
-        let len = st.waiters.len();
-        if self.queued.load(Ordering::Relaxed) != len {
-            self.queued.store(len, Ordering::SeqCst);
+        let waiting = st.waiting();
+        if let Some(slots) = self.slots.get() {
+            if slots.queued.load(Ordering::Relaxed) != waiting {
+                slots.queued.store(waiting, Ordering::SeqCst);
+            }
         }
-        if st.waiters.is_empty() {
+        if waiting == 0 {
             // Releasers may park again.
             st.none_parked = false;
         }
     }
 
-    /// Publishes the generation and whether the pool closed (see `epoch`).
+    /// Publishes the generation and whether the pool closed (see
+    /// [`Slots::epoch`]).
     fn publish_epoch(&self, st: &State) {
-        self.epoch
-            .store(st.generation * 2 + u64::from(st.closed), Ordering::Release);
+        if let Some(slots) = self.slots.get() {
+            slots.epoch.store(Self::epoch(st), Ordering::Release);
+        }
+    }
+
+    fn epoch(st: &State) -> u64 {
+        u64::from(st.generation) * 2 + u64::from(st.closed)
     }
 
     /// Takes a parked connection for a caller that found the idle stack
@@ -559,7 +608,7 @@ impl EndpointPool {
         if st.none_parked {
             return None;
         }
-        self.queued.store(st.waiters.len() + 1, Ordering::SeqCst);
+        slots.queued.store(st.waiting() + 1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let found = slots.take_any();
         if found.is_some() {
@@ -596,7 +645,7 @@ impl EndpointPool {
     fn take_dial_slot(&self, st: &mut State) -> DialRoom {
         let config = self.config();
         if st.total() >= config.max_connections_per_endpoint()
-            || st.dialing >= config.max_concurrent_dials()
+            || st.dialing as usize >= config.max_concurrent_dials()
         {
             return DialRoom::EndpointFull;
         }
@@ -632,19 +681,19 @@ impl EndpointPool {
         st.dialing > before
     }
 
-    /// When this endpoint's least recently used idle connection went idle.
+    /// When this endpoint's least recently used idle connection went idle,
+    /// as [`Conn::return_order`] tells it.
     fn oldest_idle(&self) -> Option<Instant> {
-        self.state.lock().idle.first().map(|c| c.last_used)
+        self.state.lock().idle.oldest().map(|c| c.return_order())
     }
 
     /// Closes this endpoint's least recently used idle connection.
     fn evict_oldest_idle(&self) -> bool {
         let conn = {
             let mut st = self.state.lock();
-            if st.idle.is_empty() {
+            let Some(conn) = st.idle.remove_oldest() else {
                 return false;
-            }
-            let conn = st.idle.remove(0);
+            };
             self.ctx.global.idle_changed(0, 1);
             st.counters.closed(CloseReason::PoolLimit);
             conn
@@ -778,15 +827,13 @@ impl EndpointPool {
                 // Counted when it was granted; it was never handed out.
                 st.counters.unreused();
             }
-            if let Some(leases) = st.leases.as_mut() {
-                leases.remove(&failed.id);
-            }
+            st.forget_lease(failed.id);
             st.active -= 1;
             if st.closed {
                 (Err(Error::PoolClosed), false)
             } else if let Some(conn) = self.pop_fit_idle(&mut st, Instant::now(), &mut closing) {
                 (Ok(Checked::Next(Step::Reuse(conn))), false)
-            } else if st.dialing < config.max_concurrent_dials() {
+            } else if (st.dialing as usize) < config.max_concurrent_dials() {
                 // It keeps the failed connection's slot, here and under
                 // max_connections_total, and dials into it.
                 st.dialing += 1;
@@ -794,7 +841,7 @@ impl EndpointPool {
                 (Ok(Checked::Next(Step::Dial)), true)
             } else if config
                 .max_waiters_per_endpoint()
-                .is_some_and(|max| st.waiters.len() >= max)
+                .is_some_and(|max| st.waiting() >= max)
             {
                 let err = Error::TooManyWaiters {
                     endpoint: self.endpoint.clone(),
@@ -879,10 +926,12 @@ impl EndpointPool {
                     let mut st = self.state.lock();
                     st.counters.created();
                     st.dialing -= 1;
-                    st.last_dial_error = None;
-                    if warm {
-                        st.warm_failures = 0;
-                        st.warm_retry_at = None;
+                    if let Some(cold) = st.cold.as_mut() {
+                        cold.last_dial_error = None;
+                        if warm {
+                            cold.warm_failures = 0;
+                            cold.warm_retry_at = None;
+                        }
                     }
                     let conn = Conn::new(stream, now, st.generation, self.config());
                     if st.closed {
@@ -900,7 +949,7 @@ impl EndpointPool {
                     // The caller gave up: the next waiter or idle gets it.
                     self.release(conn, None);
                 }
-                if starved && !self.state.lock().waiters.is_empty() {
+                if starved && self.state.lock().waiting() > 0 {
                     // The total holds back waiters the dial cap held back
                     // before: make room as `begin_acquire` does, which
                     // wakes this endpoint.
@@ -912,12 +961,13 @@ impl EndpointPool {
                     let mut st = self.state.lock();
                     st.counters.dial_failed();
                     let wake = self.return_dial_slot(&mut st);
-                    st.last_dial_error = Some(err.to_string());
+                    let cold = st.cold();
+                    cold.last_dial_error = Some(err.to_string());
                     if warm {
-                        st.warm_failures += 1;
+                        cold.warm_failures += 1;
                         let wait =
-                            backoff_delay(self.config().connect_retry_delay(), st.warm_failures);
-                        st.warm_retry_at =
+                            backoff_delay(self.config().connect_retry_delay(), cold.warm_failures);
+                        cold.warm_retry_at =
                             Some(Instant::now() + wait.min(self.config().max_idle_time()));
                     }
                     self.grant_free_slot(&mut st);
@@ -959,7 +1009,7 @@ impl EndpointPool {
                 warned: false,
             };
             let mut st = self.state.lock();
-            st.leases.get_or_insert_default().insert(conn.id, record);
+            st.cold().leases.insert(conn.id, record);
         }
         PooledConnection::new(conn, self)
     }
@@ -980,12 +1030,12 @@ impl EndpointPool {
         conn.mark_idle(now, self.config());
         let reason = close.or_else(|| conn.reuse_verdict(now, self.config()));
         if let (None, Some(slots)) = (reason, self.slots.get()) {
-            if self.queued.load(Ordering::SeqCst) == 0 {
-                let epoch = conn.generation * 2;
-                match slots.park(conn, |_| self.epoch.load(Ordering::Acquire) == epoch) {
+            if slots.queued.load(Ordering::SeqCst) == 0 {
+                let epoch = u64::from(conn.generation) * 2;
+                match slots.park(conn, |_| slots.epoch.load(Ordering::Acquire) == epoch) {
                     Ok(()) => {
                         fence(Ordering::SeqCst);
-                        if self.queued.load(Ordering::SeqCst) == 0 {
+                        if slots.queued.load(Ordering::SeqCst) == 0 {
                             return;
                         }
                         match slots.unpark_mine() {
@@ -1008,9 +1058,7 @@ impl EndpointPool {
     #[inline]
     fn take_back(self: &Arc<Self>, mut conn: Conn, reason: Option<CloseReason>) {
         let mut st = self.lock_state();
-        if let Some(leases) = st.leases.as_mut() {
-            leases.remove(&conn.id);
-        }
+        st.forget_lease(conn.id);
         let reason = reason
             .or(st.closed.then_some(CloseReason::PoolClosed))
             .or((conn.generation != st.generation).then_some(CloseReason::Cleared));
@@ -1022,7 +1070,7 @@ impl EndpointPool {
             self.close_all(vec![(conn, reason)]);
             return;
         }
-        while let Some(waiter) = st.waiters.pop_front() {
+        while let Some(waiter) = st.pop_waiter() {
             match waiter.tx.send(Grant::Conn(conn)) {
                 Ok(()) => {
                     st.counters.reused();
@@ -1063,10 +1111,13 @@ impl EndpointPool {
         }
         loop {
             // Waiters that left are skipped before a slot is taken for them.
-            while st.waiters.front().is_some_and(|w| w.tx.is_closed()) {
-                st.waiters.pop_front();
+            let Some(cold) = st.cold.as_mut() else {
+                return false;
+            };
+            while cold.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+                cold.waiters.pop_front();
             }
-            if st.waiters.is_empty() {
+            if cold.waiters.is_empty() {
                 return false;
             }
             match self.take_dial_slot(st) {
@@ -1077,7 +1128,7 @@ impl EndpointPool {
                     return true;
                 }
             }
-            let granted = std::iter::from_fn(|| st.waiters.pop_front())
+            let granted = std::iter::from_fn(|| st.pop_waiter())
                 .any(|waiter| waiter.tx.send(Grant::Dial).is_ok());
             self.sync_queued(st);
             if !granted {
@@ -1093,7 +1144,7 @@ impl EndpointPool {
     pub(crate) fn clear(self: &Arc<Self>) {
         let closing = {
             let mut st = self.state.lock();
-            st.generation += 1;
+            st.generation = st.generation.wrapping_add(1);
             self.publish_epoch(&st);
             self.drain_idle(&mut st, CloseReason::Cleared)
         };
@@ -1110,10 +1161,13 @@ impl EndpointPool {
             st.closed = true;
             self.publish_epoch(&st);
             self.sync_queued(&mut st);
+            let (waiters, sweeper) = st.cold.as_mut().map_or_else(Default::default, |cold| {
+                (std::mem::take(&mut cold.waiters), cold.sweeper.take())
+            });
             (
                 self.drain_idle(&mut st, CloseReason::PoolClosed),
-                std::mem::take(&mut st.waiters),
-                st.sweeper.take(),
+                waiters,
+                sweeper,
             )
         };
         for waiter in waiters {
@@ -1130,7 +1184,8 @@ impl EndpointPool {
     fn drain_idle(&self, st: &mut State, reason: CloseReason) -> Closing {
         self.ctx.global.idle_changed(0, st.idle.len());
         let State { idle, counters, .. } = st;
-        idle.drain(..)
+        idle.take_all()
+            .into_iter()
             .map(|conn| {
                 counters.closed(reason);
                 (conn, reason)
@@ -1168,7 +1223,7 @@ impl EndpointPool {
                 endpoint = %self.endpoint,
                 id = conn.id,
                 uses = conn.uses,
-                age = ?conn.created_at.elapsed(),
+                age = ?conn.created_at(self.config()).elapsed(),
                 %reason,
                 "closing connection"
             );
@@ -1198,8 +1253,9 @@ impl EndpointPool {
             // A noop waker: the task polls again next tick, and a later
             // checkout registers its own waker.
             let mut cx = TaskContext::from_waker(Waker::noop());
-            let mut kept = Vec::with_capacity(st.idle.len());
-            for mut conn in st.idle.drain(..) {
+            let all = st.idle.take_all();
+            let mut kept = Vec::with_capacity(all.len());
+            for mut conn in all {
                 let reason = conn.reuse_verdict(now, config).or_else(|| {
                     config
                         .liveness_check()
@@ -1211,13 +1267,13 @@ impl EndpointPool {
                     Some(reason) => closing.push((conn, reason)),
                 }
             }
-            st.idle = kept;
+            st.idle = IdleStack::from_oldest_first(kept);
             self.ctx.global.idle_changed(0, closing.len());
             for (_, reason) in &closing {
                 st.counters.closed(*reason);
             }
             if let Some(threshold) = config.leak_threshold() {
-                for (id, lease) in st.leases.iter_mut().flat_map(|l| l.iter_mut()) {
+                for (id, lease) in st.cold.iter_mut().flat_map(|c| c.leases.iter_mut()) {
                     if !lease.warned && now.saturating_duration_since(lease.since) >= threshold {
                         lease.warned = true;
                         upkeep.leaks += 1;
@@ -1232,20 +1288,24 @@ impl EndpointPool {
                 }
             }
             let want = config.min_idle_per_endpoint();
-            let backing_off = st.warm_retry_at.is_some_and(|at| now < at);
+            let backing_off = st
+                .cold
+                .as_ref()
+                .and_then(|c| c.warm_retry_at)
+                .is_some_and(|at| now < at);
             while want > 0
                 && !backing_off
-                && st.idle.len() + st.dialing < want
-                && st.waiters.is_empty()
+                && st.idle.len() + (st.dialing as usize) < want
+                && st.waiting() == 0
                 && self.take_dial_slot(&mut st) == DialRoom::Yes
             {
                 warm += 1;
             }
             if st.is_empty() {
-                let since = *st.empty_since.get_or_insert(now);
+                let since = *st.cold().empty_since.get_or_insert(now);
                 upkeep.removable = want == 0 && since <= empty_cutoff;
             } else {
-                st.empty_since = None;
+                st.in_use();
             }
         }
         for _ in 0..warm {
@@ -1265,12 +1325,12 @@ impl EndpointPool {
         let mut st = self.state.lock();
         // Handles are taken with the map locked, and this runs with it
         // locked for writing, so no handle can appear after this load.
-        let held = self.handles.load(Ordering::Acquire) > 0;
+        let held = st.cold.as_ref().is_some_and(|c| c.handles > 0);
         if st.is_empty() && !st.closed && !held {
             st.retired = true;
             // A sweeper left sleeping on a deadline of a caller that has
             // since gone would outlive the entry for no purpose.
-            if let Some(sweeper) = st.sweeper.take() {
+            if let Some(sweeper) = st.cold.as_mut().and_then(|c| c.sweeper.take()) {
                 sweeper.abort();
             }
         }
@@ -1278,11 +1338,11 @@ impl EndpointPool {
     }
 
     pub(crate) fn handle_taken(&self) {
-        self.handles.fetch_add(1, Ordering::AcqRel);
+        self.state.lock().cold().handles += 1;
     }
 
     pub(crate) fn handle_dropped(&self) {
-        self.handles.fetch_sub(1, Ordering::AcqRel);
+        self.state.lock().cold().handles -= 1;
     }
 
     /// Returns a grant whose waiter went away before using it.

@@ -11,6 +11,7 @@
 //!   which spares most gets the map's lock;
 //! - `endpoint_pool`: one endpoint's slots and idle stack, and (in its
 //!   `queue` module) its queue of waiting callers and their deadline sweeper;
+//! - `idle`: an endpoint's stack of idle connections;
 //! - `slots`: the per-thread slots a contended endpoint parks connections in;
 //! - `conn`: a connection's record and the one reuse rule;
 //! - `handle`: [`EndpointHandle`], a caller's own reference to one endpoint;
@@ -22,6 +23,7 @@ mod endpoint_pool;
 mod global;
 mod grant;
 mod handle;
+mod idle;
 mod map;
 mod recent;
 mod slots;
@@ -200,8 +202,7 @@ impl Pool {
 
     /// Every endpoint's statistics, sorted by endpoint.
     pub fn all_stats(&self) -> Vec<(Endpoint, Stats)> {
-        let pools: Vec<Arc<EndpointPool>> =
-            self.shared.ctx.endpoints.read().values().cloned().collect();
+        let pools = self.shared.ctx.endpoints.pools();
         let mut all: Vec<(Endpoint, Stats)> = pools
             .iter()
             .map(|p| (p.endpoint.clone(), p.stats()))
@@ -215,7 +216,7 @@ impl Pool {
     /// callers keep waiting and are served by new connections. The
     /// endpoint's counters are kept.
     pub fn clear_endpoint(&self, endpoint: &Endpoint) {
-        let pool = self.shared.ctx.endpoints.read().get(endpoint).cloned();
+        let pool = self.shared.ctx.endpoints.get(endpoint);
         match pool {
             Some(pool) => pool.clear(),
             None => tracing::debug!(%endpoint, "clear_endpoint: no pool for this endpoint"),
@@ -262,11 +263,16 @@ impl Pool {
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
-        let pool = map.entry(endpoint.clone()).or_insert_with(|| {
-            tracing::info!(%endpoint, "endpoint pool created");
-            Arc::new(EndpointPool::new(endpoint.clone(), self.shared.ctx.clone()))
-        });
-        let out = f(pool);
+        let out = match map.get(endpoint) {
+            Some(pool) => f(pool),
+            None => {
+                tracing::info!(%endpoint, "endpoint pool created");
+                let pool = Arc::new(EndpointPool::new(endpoint.clone(), self.shared.ctx.clone()));
+                let out = f(&pool);
+                map.insert(map::Entry(pool));
+                out
+            }
+        };
         drop(map);
         self.start_maintenance();
         Ok(out)
@@ -304,7 +310,7 @@ impl Shared {
 
     /// Every endpoint pool, for the maintenance pass.
     pub(crate) fn endpoint_pools(&self) -> Vec<Arc<EndpointPool>> {
-        self.ctx.endpoints.read().values().cloned().collect()
+        self.ctx.endpoints.pools()
     }
 
     /// Removes the endpoint pools that are still empty.
@@ -334,7 +340,7 @@ impl Shared {
             if self.closed.swap(true, Ordering::AcqRel) {
                 return;
             }
-            map.values().cloned().collect()
+            map.iter().map(|entry| entry.0.clone()).collect()
         };
         tracing::info!(endpoints = pools.len(), "connection pool closing");
         self.closing.notify_waiters();

@@ -26,16 +26,31 @@
 //!
 //! [`EndpointPool`]: super::EndpointPool
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::Conn;
 
-/// One endpoint's per-thread slots.
+/// One endpoint's per-thread slots, and the two figures a releaser reads
+/// without the endpoint's lock to decide whether it may park. Both are
+/// written only under that lock; they live here, not in the endpoint,
+/// because only an endpoint with slots has anyone to read them.
 pub(crate) struct Slots {
     slots: Box<[CachePadded<Mutex<Slot>>]>,
+    /// At least the number of callers queued (or about to queue): releasers
+    /// park a connection in a slot only while it reads 0. Raised under the
+    /// lock before a caller looks for parked connections and queues; lowered
+    /// to the queue's length under the lock after callers leave it. Only
+    /// `enqueue` adds to the queue and it always raises this; a removal
+    /// that forgot to lower it would only keep releasers off the slots
+    /// (slower), never strand a waiter.
+    pub(crate) queued: AtomicUsize,
+    /// The endpoint's `generation * 2 + closed`, mirrored under the lock,
+    /// so that a releaser can tell without the lock whether a connection
+    /// may be parked.
+    pub(crate) epoch: AtomicU64,
 }
 
 #[derive(Default)]
@@ -47,13 +62,16 @@ struct Slot {
 }
 
 impl Slots {
-    pub(crate) fn new() -> Self {
+    /// Slots starting from the endpoint's queue length and epoch now.
+    pub(crate) fn new(queued: usize, epoch: u64) -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         // More slots than cores, so that runtimes with a few more threads
         // than cores (blocking pools, a second runtime) rarely share one.
         let n = (cores * 2).next_power_of_two().clamp(2, 64);
         Slots {
             slots: (0..n).map(|_| CachePadded::new(Mutex::default())).collect(),
+            queued: AtomicUsize::new(queued),
+            epoch: AtomicU64::new(epoch),
         }
     }
 

@@ -22,7 +22,8 @@ impl EndpointPool {
     pub(super) fn expire_waiters(&self, now: Instant) -> Option<Instant> {
         let mut st = self.state.lock();
         let mut next: Option<Instant> = None;
-        let waiters = std::mem::take(&mut st.waiters);
+        let cold = st.cold();
+        let waiters = std::mem::take(&mut cold.waiters);
         for waiter in waiters {
             match waiter.deadline {
                 _ if waiter.tx.is_closed() => {}
@@ -34,14 +35,14 @@ impl EndpointPool {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    st.waiters.push_back(waiter);
+                    cold.waiters.push_back(waiter);
                 }
             }
         }
-        self.sync_queued(&mut st);
         if next.is_none() {
-            st.sweeper = None;
+            cold.sweeper = None;
         }
+        self.sync_queued(&mut st);
         next
     }
 
@@ -51,14 +52,15 @@ impl EndpointPool {
         deadline: Option<Instant>,
     ) -> WaitTicket {
         let (tx, rx) = grant::channel();
-        let id = st.next_waiter_id;
-        st.next_waiter_id += 1;
-        st.waiters.push_back(Waiter { id, tx, deadline });
-        self.sync_queued(st);
-        if deadline.is_some() && st.sweeper.is_none() {
+        let cold = st.cold();
+        let id = cold.next_waiter_id;
+        cold.next_waiter_id += 1;
+        cold.waiters.push_back(Waiter { id, tx, deadline });
+        if deadline.is_some() && cold.sweeper.is_none() {
             let task = tokio::spawn(sweep_waiters(Arc::downgrade(self)));
-            st.sweeper = Some(task.abort_handle());
+            cold.sweeper = Some(task.abort_handle());
         }
+        self.sync_queued(st);
         WaitTicket {
             pool: self.clone(),
             id,
@@ -68,9 +70,12 @@ impl EndpointPool {
 
     pub(super) fn withdraw(&self, id: u64) -> bool {
         let mut st = self.state.lock();
-        match st.waiters.iter().position(|w| w.id == id) {
+        let Some(cold) = st.cold.as_mut() else {
+            return false;
+        };
+        match cold.waiters.iter().position(|w| w.id == id) {
             Some(pos) => {
-                st.waiters.remove(pos);
+                cold.waiters.remove(pos);
                 self.sync_queued(&mut st);
                 true
             }
@@ -111,7 +116,9 @@ struct SweepGuard(Option<std::sync::Weak<EndpointPool>>);
 impl Drop for SweepGuard {
     fn drop(&mut self) {
         if let Some(pool) = self.0.take().and_then(|weak| weak.upgrade()) {
-            pool.state.lock().sweeper = None;
+            if let Some(cold) = pool.state.lock().cold.as_mut() {
+                cold.sweeper = None;
+            }
         }
     }
 }
