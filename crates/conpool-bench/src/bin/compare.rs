@@ -892,19 +892,24 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     if let (Some(first), Some(last)) = (s.memory.first(), s.memory.last()) {
         let per_conn = last.1;
         let per_endpoint = first.1 - per_conn;
+        let worst = s.memory.iter().map(|m| m.1).fold(0.0, f64::max);
         let _ = writeln!(
             w,
-            "\nWhere the limit lies: each further idle connection on an endpoint costs about \
-             {per_conn:.0} B (its record: the stream's handle, five instants, counts; and its \
-             slot on the idle stack), well under the target. Each endpoint's own entry costs \
-             about {per_endpoint:.0} B more (the map entry, the endpoint's lock and state: \
-             queue, gauges, counters by close reason, lease tracking, warm-up backoff, the last \
-             dial error), which is what the layout with one idle connection per endpoint pays \
-             in full. Meeting 256 B there would take an entry of under {:.0} B: the state that \
-             most endpoints never use (lease tracking, warm-up backoff, the last dial error, \
-             the counters by reason) moved behind one pointer allocated on first use, and a \
-             smaller connection record (instants as offsets from the pool's start).",
-            (256.0 - per_conn).max(0.0)
+            "\nWhere the bytes go: each further idle connection on an endpoint costs about \
+             {per_conn:.0} B (its record: the stream's handle, three deadlines, its id and \
+             counts; and its place on the idle stack). Each endpoint's own entry costs about \
+             {per_endpoint:.0} B more: its slot in the map, its reference-counted state (the \
+             endpoint, the lock, the gauges and counters a checkout touches, the first idle \
+             connection held inline). The state most endpoints never use (the queue and its \
+             sweeper, lease tracking, warm-up backoff, the last dial error, counts by close \
+             reason) sits behind pointers allocated on first use, so an endpoint that once \
+             queued or failed a dial costs more from then on. {}",
+            if worst <= 256.0 {
+                "Every layout is within the target."
+            } else {
+                "The layout with one idle connection per endpoint pays the entry in full, \
+                 which is where the target is missed."
+            }
         );
     }
     let (ends, per, clear, close, pdrop) = s.evict;
