@@ -41,6 +41,11 @@ fn scale(c: &mut Criterion) {
             &n,
             |b, _| b.iter_custom(|iters| floor.walk_chain(iters)),
         );
+        group.bench_with_input(
+            BenchmarkId::new("lookup + state + record, serial", n),
+            &n,
+            |b, _| b.iter_custom(|iters| floor.walk_chain_serial(iters)),
+        );
     }
     group.finish();
 }

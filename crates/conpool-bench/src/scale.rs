@@ -189,6 +189,30 @@ impl MapFloor {
         self.walk_with(iters, |found| found.state[0] ^ found.record.0[0])
     }
 
+    /// As [`walk_chain`](MapFloor::walk_chain), but each lookup starts
+    /// only once the previous one's reads are done, so that the misses of
+    /// consecutive gets cannot overlap. A real checkout runs hundreds of
+    /// instructions between its reads (more than the processor looks ahead
+    /// over), so its misses mostly add up like these, not overlap as the
+    /// short loop's do: this is the latency-bound floor.
+    pub fn walk_chain_serial(&self, iters: u64) -> Duration {
+        let n = self.endpoints.len();
+        let mut i = 0;
+        let mut sum = 0u64;
+        let start = Instant::now();
+        for _ in 0..iters {
+            let found = self.map.get(&self.endpoints[i]).expect("present");
+            let read = found.state[0] ^ found.record.0[0];
+            sum = sum.wrapping_add(read);
+            // Never true (the values are below n), but the next index
+            // cannot be known before the read is.
+            i = next_index(i, n) + usize::from(read == u64::MAX);
+        }
+        let took = start.elapsed();
+        std::hint::black_box(sum);
+        took
+    }
+
     fn walk_with(&self, iters: u64, read: impl Fn(&FloorEndpoint) -> u64) -> Duration {
         let n = self.endpoints.len();
         let mut i = 0;
