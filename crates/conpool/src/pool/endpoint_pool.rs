@@ -629,6 +629,7 @@ impl EndpointPool {
         }
     }
 
+    #[inline]
     fn finish_begin(
         &self,
         st: parking_lot::MutexGuard<'_, State>,
