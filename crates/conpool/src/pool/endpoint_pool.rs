@@ -346,11 +346,7 @@ impl EndpointPool {
         if let Some(slots) = self.slots.get() {
             // A connection parked before a clear is not handed out after it.
             let epoch = slots.epoch.load(Ordering::Acquire);
-            let fit = |c: &Conn| {
-                u64::from(c.generation) * 2 == epoch
-                    && c.reuse_verdict(now, self.config()).is_none()
-                    && !self.needs_check(c, now)
-            };
+            let fit = |c: &Conn| u64::from(c.generation) * 2 == epoch && self.ready_as_is(c, now);
             match slots.take_mine(fit) {
                 Ok(Some(conn)) => return Started::Leased(self.lease_reused(conn, caller)),
                 Ok(None) => {}
@@ -362,6 +358,9 @@ impl EndpointPool {
                     reason => self.take_back(conn, reason),
                 },
             }
+        }
+        if let Some(conn) = self.take_ready_idle(now) {
+            return Started::Leased(self.lease_reused(conn, caller));
         }
         match self.begin_acquire(now) {
             Ok(Some(Step::Ready(conn))) => Started::Leased(self.lease_reused(conn, caller)),
@@ -405,6 +404,34 @@ impl EndpointPool {
         self.config()
             .acquire_timeout()
             .and_then(|timeout| start.checked_add(timeout))
+    }
+
+    /// The common checkout, decided before any of the general machinery:
+    /// the top idle connection, when it may be handed out as it is. `None`
+    /// leaves everything as it was for [`begin_acquire`](Self::begin_acquire),
+    /// which also deals with unfit connections, dials and the queue (and
+    /// locks again; a lock found taken goes there at once, as contention is
+    /// what turns the per-thread slots on).
+    #[inline]
+    fn take_ready_idle(&self, now: Instant) -> Option<Conn> {
+        let mut st = self.state.try_lock()?;
+        if st.closed || st.retired || !st.idle.peek().is_some_and(|c| self.ready_as_is(c, now)) {
+            return None;
+        }
+        let conn = st.idle.pop()?;
+        self.ctx.global.idle_changed(0, 1);
+        st.active += 1;
+        st.counters.reused();
+        st.in_use();
+        Some(conn)
+    }
+
+    /// Whether a connection that passed the generation check may be handed
+    /// out at `now` with no further ado: fit by the reuse rule and not due
+    /// for a probe or health check.
+    #[inline]
+    fn ready_as_is(&self, conn: &Conn, now: Instant) -> bool {
+        conn.reuse_verdict(now, self.config()).is_none() && !self.needs_check(conn, now)
     }
 
     /// Whether an idle connection must be probed or health-checked before

@@ -32,6 +32,12 @@ impl IdleStack {
         }
     }
 
+    /// The most recently returned connection, left in place.
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<&Conn> {
+        self.top.as_ref()
+    }
+
     /// The most recently returned connection.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Conn> {
