@@ -1,4 +1,5 @@
-//! The map from endpoint to endpoint pool, read on every `get`.
+//! The map from endpoint to endpoint pool, read by every `get` that the
+//! thread's memory of recent lookups ([`super::recent`]) does not answer.
 //!
 //! It is a [`ShardedLock`]: a read locks only the calling thread's shard,
 //! so gets running on different cores do not bounce one lock word between
