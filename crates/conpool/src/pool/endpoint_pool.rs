@@ -358,8 +358,10 @@ impl EndpointPool {
                     reason => self.take_back(conn, reason),
                 },
             }
-        }
-        if let Some(conn) = self.take_ready_idle(now) {
+        } else if let Some(conn) = self.take_ready_idle(now) {
+            // Only while there are no slots: an endpoint that has them was
+            // found contended, its callers mostly queue, and a look before
+            // `begin_acquire` would lock it twice for them.
             return Started::Leased(self.lease_reused(conn, caller));
         }
         match self.begin_acquire(now) {
