@@ -958,3 +958,37 @@ async fn at_max_connections_total_an_idle_connection_makes_room_even_with_max_wa
         (0, 1)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_get_whose_health_check_outlasts_close_gets_no_connection() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(
+        Config::builder()
+            .maintenance_interval(None)
+            .health_check(|_: &mut Stream| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    true
+                })
+            })
+            .build()
+            .unwrap(),
+    );
+    drop(pool.get(&ep).await.unwrap());
+    let checked = {
+        let (pool, ep) = (pool.clone(), ep.clone());
+        tokio::spawn(async move { pool.get(&ep).await })
+    };
+    eventually("the check to start", || pool.stats(&ep).active == 1).await;
+    pool.close().await;
+    let outcome = checked.await.unwrap();
+    assert!(
+        matches!(outcome, Err(Error::PoolClosed)),
+        "a get still checking when the pool closed gets {outcome:?}"
+    );
+    let stats = pool.stats(&ep);
+    assert_eq!((stats.active, stats.idle, stats.total_reused), (0, 0, 0));
+    assert_eq!(stats.closed_for(CloseReason::PoolClosed), 1);
+    eventually("the server to see the close", || server.open() == 0).await;
+}

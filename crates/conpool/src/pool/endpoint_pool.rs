@@ -839,9 +839,23 @@ impl EndpointPool {
             failure = (!healthy).then_some(CloseReason::HealthCheckFailed);
         }
         let Some(reason) = failure else {
-            if origin == Origin::Idle {
-                self.state.lock().counters.reused();
+            let mut st = self.state.lock();
+            if st.closed {
+                // The pool closed while the check ran: no connection is
+                // handed out after `close`. Dropped, the lease takes it back
+                // and closes it.
+                if origin == Origin::Handoff {
+                    // Counted when it was granted; it was never handed out.
+                    st.counters.unreused();
+                }
+                drop(st);
+                drop(lease);
+                return Err(Error::PoolClosed);
             }
+            if origin == Origin::Idle {
+                st.counters.reused();
+            }
+            drop(st);
             lease.mark_reused();
             return Ok(Checked::Healthy(lease));
         };
