@@ -336,10 +336,11 @@ impl EndpointPool {
     ///
     /// The common case, a fit idle connection that needs no check, is
     /// decided here under one lock with one clock read, and the caller
-    /// returns the lease without suspending. Everything else comes back as
-    /// [`Started::Pending`] for [`acquire_slow`](Self::acquire_slow), so
-    /// that the caller's future is only entered on the slow path and the
-    /// fast one moves nothing larger than a lease.
+    /// returns the lease without suspending. A probe, a dial or a wait
+    /// comes back as [`Started::Pending`] for
+    /// [`acquire_slow`](Self::acquire_slow), so that the caller's future is
+    /// only entered on the slow path and the fast one moves nothing larger
+    /// than a lease; a refusal or a retired entry comes back as such.
     #[inline]
     pub(crate) fn start_acquire(self: Arc<Self>, caller: &'static Location<'static>) -> Started {
         let now = Instant::now();
@@ -358,13 +359,12 @@ impl EndpointPool {
                     reason => self.take_back(conn, reason),
                 },
             }
-        } else if let Some(conn) = self.take_ready_idle(now) {
-            // Only while there are no slots: an endpoint that has them was
-            // found contended, its callers mostly queue, and a look before
-            // `begin_acquire` would lock it twice for them.
-            return Started::Leased(self.lease_reused(conn, caller));
         }
-        match self.begin_acquire(now) {
+        let begun = match self.take_ready_idle(now) {
+            Ok(conn) => Ok(Some(Step::Ready(conn))),
+            Err(held) => self.begin_acquire(now, held),
+        };
+        match begun {
             Ok(Some(Step::Ready(conn))) => Started::Leased(self.lease_reused(conn, caller)),
             Ok(Some(step)) => Started::Pending(Pending::new(self, step, now)),
             Ok(None) => Started::Retired,
@@ -409,23 +409,27 @@ impl EndpointPool {
     }
 
     /// The common checkout, decided before any of the general machinery:
-    /// the top idle connection, when it may be handed out as it is. `None`
-    /// leaves everything as it was for [`begin_acquire`](Self::begin_acquire),
-    /// which also deals with unfit connections, dials and the queue (and
-    /// locks again; a lock found taken goes there at once, as contention is
-    /// what turns the per-thread slots on).
+    /// the top idle connection, when it may be handed out as it is.
+    /// Otherwise the lock, if it was free, is handed on to
+    /// [`begin_acquire`](Self::begin_acquire), which also deals with unfit
+    /// connections, dials and the queue; a lock found taken is left to it
+    /// too, as contention is what turns the per-thread slots on.
     #[inline]
-    fn take_ready_idle(&self, now: Instant) -> Option<Conn> {
-        let mut st = self.state.try_lock()?;
+    fn take_ready_idle(&self, now: Instant) -> Result<Conn, Option<MutexGuard<'_, State>>> {
+        let Some(mut st) = self.state.try_lock() else {
+            return Err(None);
+        };
         if st.closed || st.retired || !st.idle.peek().is_some_and(|c| self.ready_as_is(c, now)) {
-            return None;
+            return Err(Some(st));
         }
-        let conn = st.idle.pop()?;
+        let Some(conn) = st.idle.pop() else {
+            return Err(Some(st));
+        };
         self.ctx.global.idle_changed(0, 1);
         st.active += 1;
         st.counters.reused();
         st.in_use();
-        Some(conn)
+        Ok(conn)
     }
 
     /// Whether a connection that passed the generation check may be handed
@@ -478,10 +482,14 @@ impl EndpointPool {
 
     /// The synchronous decision: take an idle connection, dial, or wait.
     #[inline]
-    fn begin_acquire(self: &Arc<Self>, now: Instant) -> Result<Option<Step>, Error> {
+    fn begin_acquire(
+        self: &Arc<Self>,
+        now: Instant,
+        held: Option<MutexGuard<'_, State>>,
+    ) -> Result<Option<Step>, Error> {
         let mut closing = Closing::new();
         let step = {
-            let mut st = self.lock_state();
+            let mut st = held.unwrap_or_else(|| self.lock_state());
             if st.closed {
                 return Err(Error::PoolClosed);
             }
@@ -519,7 +527,7 @@ impl EndpointPool {
                 // one would: slots freed by closing idle connections (its
                 // own expired ones, or the least recently used anywhere).
                 if room == DialRoom::PoolFull && (freed || self.ctx.evict_lru_idle()) {
-                    return self.begin_acquire(now);
+                    return self.begin_acquire(now, None);
                 }
                 return Err(Error::TooManyWaiters {
                     endpoint: self.endpoint.clone(),
