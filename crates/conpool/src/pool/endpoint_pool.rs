@@ -1,9 +1,12 @@
 //! One endpoint's pool: its idle connections, its waiters and its limit.
 //!
-//! All of an endpoint's bookkeeping sits behind one short [`Mutex`]: the
-//! idle stack (most recently used on top, so a busy pool keeps a few
-//! connections hot and lets the rest expire), the FIFO queue of waiters, and
-//! the counts of connections leased out and being dialed. The lock is never
+//! An endpoint's books sit behind one short [`Mutex`]: the idle stack (most
+//! recently used on top, so a busy pool keeps a few connections hot and lets
+//! the rest expire), the FIFO queue of waiters, the counts of connections
+//! leased out and being dialed, and the counters. (Only the per-thread
+//! slots keep their own: the connections parked in them, their reuse
+//! counts, and mirrors of the queue length and the generation that
+//! releasers read without this lock.) The lock is never
 //! held across an `.await`, a dial, a health check or a close: work that
 //! needs any of these is decided under the lock and done after it.
 //!
@@ -213,6 +216,7 @@ pub(crate) enum Grant {
 }
 
 /// How a get starts ([`EndpointPool::start_acquire`]).
+#[must_use = "a started get holds a connection or a slot until it is finished"]
 pub(crate) enum Started {
     /// A fit idle connection that needed no check: the get is done.
     Leased(PooledConnection),
@@ -227,6 +231,7 @@ pub(crate) enum Started {
 }
 
 /// The rest of a get that could not finish synchronously.
+#[must_use = "dropped unpolled, a pending dial would keep its slot: call `finish`"]
 pub(crate) struct Pending {
     pool: Arc<EndpointPool>,
     step: Step,
@@ -1305,21 +1310,17 @@ impl EndpointPool {
             // A noop waker: the task polls again next tick, and a later
             // checkout registers its own waker.
             let mut cx = TaskContext::from_waker(Waker::noop());
-            let all = st.idle.take_all();
-            let mut kept = Vec::with_capacity(all.len());
-            for mut conn in all {
-                let reason = conn.reuse_verdict(now, config).or_else(|| {
-                    config
-                        .liveness_check()
-                        .then(|| conn.stream.poll_liveness(&mut cx))
-                        .and_then(Liveness::close_reason)
-                });
-                match reason {
-                    None => kept.push(conn),
-                    Some(reason) => closing.push((conn, reason)),
-                }
-            }
-            st.idle = IdleStack::from_oldest_first(kept);
+            st.idle.drop_where(
+                |conn| {
+                    conn.reuse_verdict(now, config).or_else(|| {
+                        config
+                            .liveness_check()
+                            .then(|| conn.stream.poll_liveness(&mut cx))
+                            .and_then(Liveness::close_reason)
+                    })
+                },
+                &mut closing,
+            );
             self.ctx.global.idle_changed(0, closing.len());
             for (_, reason) in &closing {
                 st.counters.closed(*reason);
@@ -1375,8 +1376,9 @@ impl EndpointPool {
     /// pool's map locked for writing, just before removing it.
     pub(crate) fn retire_if_empty(&self) -> bool {
         let mut st = self.state.lock();
-        // Handles are taken with the map locked, and this runs with it
-        // locked for writing, so no handle can appear after this load.
+        // A first handle is taken with the map locked, and this runs with
+        // it locked for writing, so none can appear after this read (a
+        // handle cloned from another finds the count above zero already).
         let held = st.cold.as_ref().is_some_and(|c| c.handles > 0);
         if st.is_empty() && !st.closed && !held {
             st.retired = true;
@@ -1389,6 +1391,8 @@ impl EndpointPool {
         st.retired
     }
 
+    /// Counts a handle taken. Under the endpoint's lock, which the hot path
+    /// also takes: handles are meant to be kept, not cloned per request.
     pub(crate) fn handle_taken(&self) {
         self.state.lock().cold().handles += 1;
     }

@@ -38,8 +38,9 @@ pub struct EndpointHandle {
 }
 
 impl EndpointHandle {
-    /// Takes a handle on `pool`; called with the pool's map locked (for
-    /// reading at least), so that the entry cannot be retired in between.
+    /// Takes a handle on `pool`. A first handle is taken with the pool's
+    /// map locked (for reading at least), so that the entry cannot be
+    /// retired in between; a clone finds the count above zero already.
     pub(crate) fn new(pool: Arc<EndpointPool>) -> Self {
         pool.handle_taken();
         EndpointHandle { pool }

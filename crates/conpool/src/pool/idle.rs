@@ -61,11 +61,33 @@ impl IdleStack {
         }
     }
 
-    /// A stack of `conns`, given oldest first.
-    pub(crate) fn from_oldest_first(mut conns: Vec<Conn>) -> Self {
-        let top = conns.pop();
-        let rest = (!conns.is_empty()).then(|| Box::new(conns));
-        IdleStack { top, rest }
+    /// Moves the connections that `verdict` gives a reason to drop into
+    /// `dropped`, oldest first, with that reason; the rest keep their order.
+    /// Allocates nothing for an endpoint with one idle connection (most of
+    /// them, in a pool with many), as the maintenance pass calls this on
+    /// every endpoint every interval.
+    pub(crate) fn drop_where<R>(
+        &mut self,
+        mut verdict: impl FnMut(&mut Conn) -> Option<R>,
+        dropped: &mut Vec<(Conn, R)>,
+    ) {
+        if let Some(rest) = self.rest.as_mut() {
+            let mut i = 0;
+            while i < rest.len() {
+                match verdict(&mut rest[i]) {
+                    Some(reason) => dropped.push((rest.remove(i), reason)),
+                    None => i += 1,
+                }
+            }
+        }
+        if let Some(reason) = self.top.as_mut().and_then(&mut verdict) {
+            let top = self.top.take().expect("checked above");
+            dropped.push((top, reason));
+            self.top = self.rest.as_mut().and_then(|rest| rest.pop());
+        }
+        if self.rest.as_ref().is_some_and(|rest| rest.is_empty()) {
+            self.rest = None;
+        }
     }
 
     /// Takes every connection, oldest first.
@@ -73,5 +95,69 @@ impl IdleStack {
         let mut all = self.rest.take().map_or_else(Vec::new, |rest| *rest);
         all.extend(self.top.take());
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Stream};
+    use tokio::time::Instant;
+
+    fn conns(n: usize) -> Vec<Conn> {
+        let config = Config::default();
+        (0..n)
+            .map(|_| {
+                let (client, _server) = tokio::io::duplex(8);
+                Conn::new(Stream::custom(client), Instant::now(), 0, &config)
+            })
+            .collect()
+    }
+
+    fn ids(stack: &mut IdleStack) -> Vec<u64> {
+        let all = stack.take_all();
+        let ids = all.iter().map(|c| c.id).collect();
+        for conn in all {
+            stack.push(conn);
+        }
+        ids
+    }
+
+    #[test]
+    fn drop_where_keeps_the_order_of_the_rest_and_reports_reasons() {
+        let mut stack = IdleStack::default();
+        let made = conns(4);
+        let want: Vec<u64> = made.iter().map(|c| c.id).collect();
+        for conn in made {
+            stack.push(conn);
+        }
+        // Drop the oldest and the newest (the top).
+        let (oldest, newest) = (want[0], want[3]);
+        let mut dropped = Vec::new();
+        stack.drop_where(
+            |c| (c.id == oldest || c.id == newest).then_some(c.id),
+            &mut dropped,
+        );
+        let reasons: Vec<u64> = dropped.iter().map(|(_, r)| *r).collect();
+        assert_eq!(reasons, vec![oldest, newest], "oldest first");
+        assert_eq!(stack.len(), 2);
+        assert_eq!(ids(&mut stack), vec![want[1], want[2]]);
+        assert_eq!(
+            stack.pop().map(|c| c.id),
+            Some(want[2]),
+            "the newest left is on top"
+        );
+    }
+
+    #[test]
+    fn drop_where_on_one_connection_frees_the_stack() {
+        let mut stack = IdleStack::default();
+        stack.push(conns(1).pop().unwrap());
+        let mut dropped = Vec::new();
+        stack.drop_where(|_| None::<()>, &mut dropped);
+        assert_eq!((stack.len(), dropped.len()), (1, 0));
+        stack.drop_where(|_| Some(()), &mut dropped);
+        assert_eq!((stack.len(), dropped.len()), (0, 1));
+        assert!(stack.rest.is_none() && stack.top.is_none());
     }
 }

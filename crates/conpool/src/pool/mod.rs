@@ -9,8 +9,9 @@
 //! - `map`: the endpoint map, behind a lock sharded by thread;
 //! - `recent`: each thread's memory of the endpoint pools it found lately,
 //!   which spares most gets the map's lock;
-//! - `endpoint_pool`: one endpoint's slots and idle stack, and (in its
-//!   `queue` module) its queue of waiting callers and their deadline sweeper;
+//! - `endpoint_pool`: one endpoint's books (its limit, counters and lock),
+//!   and (in its `queue` module) its queue of waiting callers and their
+//!   deadline sweeper;
 //! - `idle`: an endpoint's stack of idle connections;
 //! - `slots`: the per-thread slots a contended endpoint parks connections in;
 //! - `conn`: a connection's record and the one reuse rule;

@@ -14,7 +14,9 @@
 //!
 //! - slots hold weak references, so they keep neither an endpoint pool nor
 //!   the pool it belongs to alive (a dropped `Pool` still closes its
-//!   connections);
+//!   connections); a weak reference only keeps the endpoint pool's
+//!   allocation (about 140 bytes) until the slot is overwritten, at most
+//!   eight per thread;
 //! - a hit is taken only if the upgraded endpoint pool belongs to the
 //!   asking pool and is for the same endpoint (two pools share the slots);
 //! - an endpoint pool that was retired from the map after the lookup says
@@ -23,7 +25,8 @@
 //!
 //! A thread that walks over more endpoints than it has slots would rewrite
 //! a slot on every get, which costs two atomics instead of saving them; so
-//! a slot holding a live entry is overwritten only on every eighth miss,
+//! a slot holding a live entry is overwritten only on one miss in eight
+//! (counted over all of the thread's misses, not per slot),
 //! which lets a walk pay for one rewrite in eight while a thread with a few
 //! hot endpoints still settles on them after a few gets.
 

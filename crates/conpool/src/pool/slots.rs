@@ -22,7 +22,9 @@
 //! `close` and the maintenance pass return them. A connection is parked only
 //! while nobody waits in the queue; see `EndpointPool::release` for the
 //! handshake that keeps a waiter and a parked connection from missing each
-//! other.
+//! other. The slots therefore also hold what a releaser reads without the
+//! endpoint's lock: a mirror of the queue's length (`queued`) and of the
+//! generation and closed flag (`epoch`), both written only under that lock.
 //!
 //! [`EndpointPool`]: super::EndpointPool
 
