@@ -57,6 +57,7 @@ pub struct PooledConnection {
 }
 
 impl PooledConnection {
+    #[inline]
     pub(crate) fn new(conn: Conn, pool: Arc<EndpointPool>) -> Self {
         PooledConnection {
             conn: Some(conn),
@@ -118,6 +119,7 @@ impl PooledConnection {
 
     /// Flags the lease as reused and runs the pool's reused hook; the
     /// counter is bumped by the pool, under the lock that decided the reuse.
+    #[inline]
     pub(crate) fn mark_reused(&mut self) {
         self.reused = true;
         self.pool.config().notify_reused(&self.pool.endpoint);

@@ -1082,6 +1082,7 @@ impl EndpointPool {
     /// looks in every slot (`unpark_for_caller`). At least one of them sees
     /// the other, so either the caller takes the parked connection, or the
     /// releaser takes it back and hands it over through the lock.
+    #[inline]
     pub(crate) fn release(self: &Arc<Self>, mut conn: Conn, close: Option<CloseReason>) {
         let now = Instant::now();
         conn.mark_idle(now, self.config());

@@ -239,6 +239,7 @@ impl Pool {
     /// `endpoint`'s pool, made if it is new; `None` once the pool is
     /// closed. (Not a `Result`: `get` checks it on every call, and an
     /// `Error` is large to move around.)
+    #[inline]
     fn endpoint_pool(&self, endpoint: &Endpoint) -> Option<Arc<EndpointPool>> {
         if let Some(pool) = recent::find(&self.shared.ctx, endpoint) {
             return Some(pool);
