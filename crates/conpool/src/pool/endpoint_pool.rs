@@ -1039,7 +1039,7 @@ impl EndpointPool {
     }
 
     /// Hands out a reused connection whose reuse is counted already.
-    #[inline]
+    #[inline(always)]
     fn lease_reused(
         self: Arc<Self>,
         conn: Conn,

@@ -25,7 +25,7 @@ impl IdleStack {
         usize::from(self.top.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, conn: Conn) {
         if let Some(below) = self.top.replace(conn) {
             self.rest.get_or_insert_default().push(below);
