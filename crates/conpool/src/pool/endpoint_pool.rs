@@ -22,9 +22,10 @@
 //! - a waiter that gives up after a grant was sent to it gives the grant
 //!   back ([`WaitTicket`]'s `Drop`), so no permit leaks on cancellation.
 //!
-//! Dials run in their own task: a caller that gives up does not cancel the
-//! dial it started, and the new connection goes to the next waiter or to
-//! idle.
+//! Dials run in their own task ([`dialing`]): a caller that gives up does
+//! not cancel the dial it started, and the new connection goes to the next
+//! waiter or to idle. The queue and its deadline sweeper are in [`queue`],
+//! the maintenance pass's visit and retirement in [`upkeep`].
 //!
 //! # Around the lock
 //!
@@ -40,24 +41,23 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
-use std::task::{Context as TaskContext, Waker};
 
 use once_cell::race::OnceBox;
 use parking_lot::{Mutex, MutexGuard};
-use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+
+mod dialing;
+mod queue;
+mod upkeep;
 
 use super::conn::Conn;
 use super::global::Global;
 use super::idle::IdleStack;
-mod queue;
-
 use super::map::EndpointMap;
 use super::slots::Slots;
-use crate::dial::{Dial, backoff_delay, dial_with_retry};
+use crate::dial::Dial;
 use crate::stats::{Counters, PoolState};
-use crate::stream::Liveness;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats, ThreadSlots};
 use queue::{WaitTicket, Waiter};
 
@@ -266,16 +266,6 @@ pub(crate) enum Step {
     Handoff(Conn),
     Dial,
     Wait(WaitTicket),
-}
-
-/// What [`EndpointPool::maintain`] did, for the maintenance log.
-#[derive(Debug, Default)]
-pub(crate) struct Upkeep {
-    pub(crate) closed: usize,
-    pub(crate) warming: usize,
-    pub(crate) leaks: usize,
-    /// Empty since before the cut-off: may be removed from the map.
-    pub(crate) removable: bool,
 }
 
 /// Whether a caller may start a dial now.
@@ -925,119 +915,6 @@ impl EndpointPool {
         next
     }
 
-    /// Dials in a task of its own (this caller holds a dialing slot) and
-    /// waits for the result. If this caller goes away, the task still
-    /// finishes and the connection goes to the next waiter or to idle.
-    async fn dial(
-        self: &Arc<Self>,
-        caller: &'static Location<'static>,
-    ) -> Result<PooledConnection, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.spawn_dial(tx, false);
-        let mut rx = DialReceiver {
-            pool: self.clone(),
-            rx,
-        };
-        match (&mut rx.rx).await {
-            Ok(Ok(conn)) => Ok(self.clone().lease(conn, caller)),
-            Ok(Err(err)) => Err(err),
-            // The dial task panicked (a custom dialer's bug); the slot's
-            // guard gave the slot back.
-            Err(_) => Err(Error::ConnectionFailed {
-                endpoint: self.endpoint.clone(),
-                attempts: 1,
-                source: std::io::Error::other("the dialer panicked"),
-            }),
-        }
-    }
-
-    /// Starts a dial into a dialing slot this caller already holds. With
-    /// `warm`, nobody waits for it (the maintenance task keeping
-    /// `min_idle_per_endpoint`): the connection goes to a waiter or idle,
-    /// and a failure backs off the next warm-up.
-    fn spawn_dial(self: &Arc<Self>, tx: oneshot::Sender<Result<Conn, Error>>, warm: bool) {
-        let slot = DialSlot(Some(self.clone()));
-        tokio::spawn(async move {
-            let pool = slot
-                .0
-                .as_ref()
-                .expect("the slot is held until the dial ends");
-            let ctx = &pool.ctx;
-            let result = dial_with_retry(&*ctx.dialer, &pool.endpoint, &ctx.config).await;
-            slot.finish(result, tx, warm);
-        });
-    }
-
-    fn finish_dial(
-        self: &Arc<Self>,
-        result: Result<crate::Stream, Error>,
-        tx: oneshot::Sender<Result<Conn, Error>>,
-        warm: bool,
-    ) {
-        match result {
-            Ok(stream) => {
-                let now = Instant::now();
-                tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
-                self.config().notify_created(&self.endpoint);
-                let (conn, starved) = {
-                    let mut st = self.state.lock();
-                    st.counters.created();
-                    st.dialing -= 1;
-                    if let Some(cold) = st.cold.as_mut() {
-                        cold.last_dial_error = None;
-                        if warm {
-                            cold.warm_failures = 0;
-                            cold.warm_retry_at = None;
-                        }
-                    }
-                    let conn = Conn::new(stream, now, st.generation, self.config());
-                    if st.closed {
-                        st.counters.closed(CloseReason::PoolClosed);
-                        drop(st);
-                        self.close_all(vec![(conn, CloseReason::PoolClosed)]);
-                        let _ = tx.send(Err(Error::PoolClosed));
-                        return;
-                    }
-                    st.active += 1;
-                    // The dial cap may have held a waiter back.
-                    (conn, self.grant_free_slot(&mut st))
-                };
-                if let Err(Ok(conn)) = tx.send(Ok(conn)) {
-                    // The caller gave up: the next waiter or idle gets it.
-                    self.release(conn, None);
-                }
-                if starved && self.state.lock().waiting() > 0 {
-                    // The total holds back waiters the dial cap held back
-                    // before: make room as `begin_acquire` does, which
-                    // wakes this endpoint.
-                    self.ctx.evict_lru_idle();
-                }
-            }
-            Err(err) => {
-                let wake = {
-                    let mut st = self.state.lock();
-                    st.counters.dial_failed();
-                    let wake = self.return_dial_slot(&mut st);
-                    let cold = st.cold();
-                    cold.last_dial_error = Some(err.to_string());
-                    if warm {
-                        cold.warm_failures += 1;
-                        let wait =
-                            backoff_delay(self.config().connect_retry_delay(), cold.warm_failures);
-                        cold.warm_retry_at =
-                            Some(Instant::now() + wait.min(self.config().max_idle_time()));
-                    }
-                    self.grant_free_slot(&mut st);
-                    wake
-                };
-                if wake {
-                    self.ctx.global.wake_starved();
-                }
-                let _ = tx.send(Err(err));
-            }
-        }
-    }
-
     /// Hands out a reused connection whose reuse is counted already.
     #[inline(always)]
     fn lease_reused(
@@ -1291,107 +1168,6 @@ impl EndpointPool {
         closed
     }
 
-    /// The background task's visit: closes idle connections that expired
-    /// or whose probe fails, warns once about each lease held past
-    /// `leak_threshold`, starts warm-up dials up to `min_idle_per_endpoint`,
-    /// and says whether the endpoint has been empty since before
-    /// `empty_cutoff`.
-    pub(crate) fn maintain(self: &Arc<Self>, now: Instant, empty_cutoff: Instant) -> Upkeep {
-        // Parked connections join the idle stack, to be judged with it.
-        self.take_back_parked();
-        let config = self.config();
-        let mut upkeep = Upkeep::default();
-        let mut closing = Closing::new();
-        let mut warm = 0;
-        {
-            let mut st = self.state.lock();
-            if st.closed || st.retired {
-                return upkeep;
-            }
-            // A noop waker: the task polls again next tick, and a later
-            // checkout registers its own waker.
-            let mut cx = TaskContext::from_waker(Waker::noop());
-            st.idle.drop_where(
-                |conn| {
-                    conn.reuse_verdict(now, config).or_else(|| {
-                        config
-                            .liveness_check()
-                            .then(|| conn.stream.poll_liveness(&mut cx))
-                            .and_then(Liveness::close_reason)
-                    })
-                },
-                &mut closing,
-            );
-            self.ctx.global.idle_changed(0, closing.len());
-            for (_, reason) in &closing {
-                st.counters.closed(*reason);
-            }
-            if let Some(threshold) = config.leak_threshold() {
-                for (id, lease) in st.cold.iter_mut().flat_map(|c| c.leases.iter_mut()) {
-                    if !lease.warned && now.saturating_duration_since(lease.since) >= threshold {
-                        lease.warned = true;
-                        upkeep.leaks += 1;
-                        tracing::warn!(
-                            endpoint = %self.endpoint,
-                            connection = id,
-                            held_for = ?now.saturating_duration_since(lease.since),
-                            acquired_at = %lease.caller,
-                            "a connection has been leased for longer than leak_threshold; is it leaked?"
-                        );
-                    }
-                }
-            }
-            let want = config.min_idle_per_endpoint();
-            let backing_off = st
-                .cold
-                .as_ref()
-                .and_then(|c| c.warm_retry_at)
-                .is_some_and(|at| now < at);
-            while want > 0
-                && !backing_off
-                && st.idle.len() + (st.dialing as usize) < want
-                && st.waiting() == 0
-                && self.take_dial_slot(&mut st) == DialRoom::Yes
-            {
-                warm += 1;
-            }
-            if st.is_empty() {
-                let since = *st.cold().empty_since.get_or_insert(now);
-                upkeep.removable = want == 0 && since <= empty_cutoff;
-            } else {
-                st.in_use();
-            }
-        }
-        for _ in 0..warm {
-            // Nobody receives: the connection goes to a waiter or to idle.
-            let (tx, _) = oneshot::channel();
-            self.spawn_dial(tx, true);
-        }
-        upkeep.closed = closing.len();
-        upkeep.warming = warm;
-        self.close_all(closing);
-        upkeep
-    }
-
-    /// Marks the endpoint retired if it is still empty; called with the
-    /// pool's map locked for writing, just before removing it.
-    pub(crate) fn retire_if_empty(&self) -> bool {
-        let mut st = self.state.lock();
-        // A first handle is taken with the map locked, and this runs with
-        // it locked for writing, so none can appear after this read (a
-        // handle cloned from another finds the count above zero already).
-        let held = st.cold.as_ref().is_some_and(|c| c.handles > 0);
-        if st.is_empty() && !st.closed && !held {
-            st.retired = true;
-            // A sweeper left sleeping on a deadline of a caller that has
-            // since gone would outlive the entry for no purpose.
-            if let Some(sweeper) = st.cold.as_mut().and_then(|c| c.sweeper.take()) {
-                sweeper.abort();
-            }
-        }
-        st.retired
-    }
-
     /// Counts a handle taken. Under the endpoint's lock, which the hot path
     /// also takes: handles are meant to be kept, not cloned per request.
     pub(crate) fn handle_taken(&self) {
@@ -1412,66 +1188,6 @@ impl EndpointPool {
             }
             Grant::Dial => self.return_unused_dial(false),
             Grant::Closed | Grant::TimedOut => {}
-        }
-    }
-
-    /// Frees a dialing slot that produced no connection; `failed`: a dial
-    /// task died without finishing (counted as a failed dial).
-    fn return_unused_dial(self: &Arc<Self>, failed: bool) {
-        let wake = {
-            let mut st = self.state.lock();
-            if failed {
-                st.counters.dial_failed();
-            }
-            let wake = self.return_dial_slot(&mut st);
-            self.grant_free_slot(&mut st);
-            wake
-        };
-        if wake {
-            self.ctx.global.wake_starved();
-        }
-    }
-}
-
-/// A dialing slot held by a dial task; if the task dies without finishing
-/// (a panicking dialer), dropping it frees the slot.
-struct DialSlot(Option<Arc<EndpointPool>>);
-
-impl DialSlot {
-    fn finish(
-        mut self,
-        result: Result<crate::Stream, Error>,
-        tx: oneshot::Sender<Result<Conn, Error>>,
-        warm: bool,
-    ) {
-        if let Some(pool) = self.0.take() {
-            pool.finish_dial(result, tx, warm);
-        }
-    }
-}
-
-impl Drop for DialSlot {
-    fn drop(&mut self) {
-        if let Some(pool) = self.0.take() {
-            pool.return_unused_dial(true);
-        }
-    }
-}
-
-/// The receiving end of a dial a caller waits for. If the caller goes
-/// away after the dial finished but before it looked, the connection is
-/// waiting in the channel: dropping this gives it back to the pool (the
-/// next waiter or idle) instead of dropping it uncounted.
-struct DialReceiver {
-    pool: Arc<EndpointPool>,
-    rx: oneshot::Receiver<Result<Conn, Error>>,
-}
-
-impl Drop for DialReceiver {
-    fn drop(&mut self) {
-        self.rx.close();
-        if let Ok(Ok(conn)) = self.rx.try_recv() {
-            self.pool.release(conn, None);
         }
     }
 }

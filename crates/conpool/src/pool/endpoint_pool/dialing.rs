@@ -1,0 +1,198 @@
+//! Dialing for an endpoint: a dial runs in a task of its own, holding a
+//! dialing slot that is given back however the task ends.
+//!
+//! A caller that starts a dial may give up before it finishes; the dial
+//! goes on, and its connection goes to the next waiter or to idle
+//! ([`DialReceiver`]). A dial task that dies without finishing (a custom
+//! dialer that panics) frees its slot when its [`DialSlot`] drops. Warm-up
+//! dials for `min_idle_per_endpoint` go the same way with nobody waiting,
+//! and a failed one backs off the next.
+
+use std::panic::Location;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Conn, EndpointPool};
+use crate::dial::{backoff_delay, dial_with_retry};
+use crate::{CloseReason, Error, PooledConnection};
+
+impl EndpointPool {
+    /// Dials in a task of its own (this caller holds a dialing slot) and
+    /// waits for the result. If this caller goes away, the task still
+    /// finishes and the connection goes to the next waiter or to idle.
+    pub(super) async fn dial(
+        self: &Arc<Self>,
+        caller: &'static Location<'static>,
+    ) -> Result<PooledConnection, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.spawn_dial(tx, false);
+        let mut rx = DialReceiver {
+            pool: self.clone(),
+            rx,
+        };
+        match (&mut rx.rx).await {
+            Ok(Ok(conn)) => Ok(self.clone().lease(conn, caller)),
+            Ok(Err(err)) => Err(err),
+            // The dial task panicked (a custom dialer's bug); the slot's
+            // guard gave the slot back.
+            Err(_) => Err(Error::ConnectionFailed {
+                endpoint: self.endpoint.clone(),
+                attempts: 1,
+                source: std::io::Error::other("the dialer panicked"),
+            }),
+        }
+    }
+
+    /// Starts a dial into a dialing slot this caller already holds. With
+    /// `warm`, nobody waits for it (the maintenance task keeping
+    /// `min_idle_per_endpoint`): the connection goes to a waiter or idle,
+    /// and a failure backs off the next warm-up.
+    pub(super) fn spawn_dial(
+        self: &Arc<Self>,
+        tx: oneshot::Sender<Result<Conn, Error>>,
+        warm: bool,
+    ) {
+        let slot = DialSlot(Some(self.clone()));
+        tokio::spawn(async move {
+            let pool = slot
+                .0
+                .as_ref()
+                .expect("the slot is held until the dial ends");
+            let ctx = &pool.ctx;
+            let result = dial_with_retry(&*ctx.dialer, &pool.endpoint, &ctx.config).await;
+            slot.finish(result, tx, warm);
+        });
+    }
+
+    fn finish_dial(
+        self: &Arc<Self>,
+        result: Result<crate::Stream, Error>,
+        tx: oneshot::Sender<Result<Conn, Error>>,
+        warm: bool,
+    ) {
+        match result {
+            Ok(stream) => {
+                let now = Instant::now();
+                tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
+                self.config().notify_created(&self.endpoint);
+                let (conn, starved) = {
+                    let mut st = self.state.lock();
+                    st.counters.created();
+                    st.dialing -= 1;
+                    if let Some(cold) = st.cold.as_mut() {
+                        cold.last_dial_error = None;
+                        if warm {
+                            cold.warm_failures = 0;
+                            cold.warm_retry_at = None;
+                        }
+                    }
+                    let conn = Conn::new(stream, now, st.generation, self.config());
+                    if st.closed {
+                        st.counters.closed(CloseReason::PoolClosed);
+                        drop(st);
+                        self.close_all(vec![(conn, CloseReason::PoolClosed)]);
+                        let _ = tx.send(Err(Error::PoolClosed));
+                        return;
+                    }
+                    st.active += 1;
+                    // The dial cap may have held a waiter back.
+                    (conn, self.grant_free_slot(&mut st))
+                };
+                if let Err(Ok(conn)) = tx.send(Ok(conn)) {
+                    // The caller gave up: the next waiter or idle gets it.
+                    self.release(conn, None);
+                }
+                if starved && self.state.lock().waiting() > 0 {
+                    // The total holds back waiters the dial cap held back
+                    // before: make room as `begin_acquire` does, which
+                    // wakes this endpoint.
+                    self.ctx.evict_lru_idle();
+                }
+            }
+            Err(err) => {
+                let wake = {
+                    let mut st = self.state.lock();
+                    st.counters.dial_failed();
+                    let wake = self.return_dial_slot(&mut st);
+                    let cold = st.cold();
+                    cold.last_dial_error = Some(err.to_string());
+                    if warm {
+                        cold.warm_failures += 1;
+                        let wait =
+                            backoff_delay(self.config().connect_retry_delay(), cold.warm_failures);
+                        cold.warm_retry_at =
+                            Some(Instant::now() + wait.min(self.config().max_idle_time()));
+                    }
+                    self.grant_free_slot(&mut st);
+                    wake
+                };
+                if wake {
+                    self.ctx.global.wake_starved();
+                }
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+
+    /// Frees a dialing slot that produced no connection; `failed`: a dial
+    /// task died without finishing (counted as a failed dial).
+    pub(super) fn return_unused_dial(self: &Arc<Self>, failed: bool) {
+        let wake = {
+            let mut st = self.state.lock();
+            if failed {
+                st.counters.dial_failed();
+            }
+            let wake = self.return_dial_slot(&mut st);
+            self.grant_free_slot(&mut st);
+            wake
+        };
+        if wake {
+            self.ctx.global.wake_starved();
+        }
+    }
+}
+
+/// A dialing slot held by a dial task; if the task dies without finishing
+/// (a panicking dialer), dropping it frees the slot.
+struct DialSlot(Option<Arc<EndpointPool>>);
+
+impl DialSlot {
+    fn finish(
+        mut self,
+        result: Result<crate::Stream, Error>,
+        tx: oneshot::Sender<Result<Conn, Error>>,
+        warm: bool,
+    ) {
+        if let Some(pool) = self.0.take() {
+            pool.finish_dial(result, tx, warm);
+        }
+    }
+}
+
+impl Drop for DialSlot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.return_unused_dial(true);
+        }
+    }
+}
+
+/// The receiving end of a dial a caller waits for. If the caller goes
+/// away after the dial finished but before it looked, the connection is
+/// waiting in the channel: dropping this gives it back to the pool (the
+/// next waiter or idle) instead of dropping it uncounted.
+struct DialReceiver {
+    pool: Arc<EndpointPool>,
+    rx: oneshot::Receiver<Result<Conn, Error>>,
+}
+
+impl Drop for DialReceiver {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Ok(conn)) = self.rx.try_recv() {
+            self.pool.release(conn, None);
+        }
+    }
+}
