@@ -180,13 +180,13 @@ impl MapFloor {
 
     /// `iters` lookups walking the endpoints, each reading the value found.
     pub fn walk(&self, iters: u64) -> Duration {
-        self.walk_with(iters, |found| found.state[0])
+        self.walk_with::<false>(iters, |found| found.state[0])
     }
 
     /// `iters` lookups walking the endpoints, each then reading the
     /// endpoint's state and, through it, the connection's record.
     pub fn walk_chain(&self, iters: u64) -> Duration {
-        self.walk_with(iters, |found| found.state[0] ^ found.record.0[0])
+        self.walk_with::<false>(iters, |found| found.state[0] ^ found.record.0[0])
     }
 
     /// As [`walk_chain`](MapFloor::walk_chain), but each lookup starts
@@ -196,32 +196,29 @@ impl MapFloor {
     /// over), so its misses mostly add up like these, not overlap as the
     /// short loop's do: this is the latency-bound floor.
     pub fn walk_chain_serial(&self, iters: u64) -> Duration {
-        let n = self.endpoints.len();
-        let mut i = 0;
-        let mut sum = 0u64;
-        let start = Instant::now();
-        for _ in 0..iters {
-            let found = self.map.get(&self.endpoints[i]).expect("present");
-            let read = found.state[0] ^ found.record.0[0];
-            sum = sum.wrapping_add(read);
-            // Never true (the values are below n), but the next index
-            // cannot be known before the read is.
-            i = next_index(i, n) + usize::from(read == u64::MAX);
-        }
-        let took = start.elapsed();
-        std::hint::black_box(sum);
-        took
+        self.walk_with::<true>(iters, |found| found.state[0] ^ found.record.0[0])
     }
 
-    fn walk_with(&self, iters: u64, read: impl Fn(&FloorEndpoint) -> u64) -> Duration {
+    /// The walk; with `SERIAL`, the next index waits for this read.
+    fn walk_with<const SERIAL: bool>(
+        &self,
+        iters: u64,
+        read: impl Fn(&FloorEndpoint) -> u64,
+    ) -> Duration {
         let n = self.endpoints.len();
         let mut i = 0;
         let mut sum = 0u64;
         let start = Instant::now();
         for _ in 0..iters {
             let found = self.map.get(&self.endpoints[i]).expect("present");
-            sum = sum.wrapping_add(read(found));
+            let value = read(found);
+            sum = sum.wrapping_add(value);
             i = next_index(i, n);
+            if SERIAL {
+                // Never true (the values are below n), but the next index
+                // cannot be known before the read is.
+                i += usize::from(value == u64::MAX);
+            }
         }
         let took = start.elapsed();
         std::hint::black_box(sum);

@@ -12,6 +12,19 @@ use std::time::Duration;
 use conpool::{Config, Error, Pool};
 use support::{EchoServer, round_trip};
 
+/// Idle connections expire after 5 s, and entries empty for 5 s more are
+/// forgotten at the next maintenance pass (every second).
+fn forgetful_pool() -> Pool {
+    Pool::new(
+        Config::builder()
+            .connect_timeout(None)
+            .max_idle_time(Duration::from_secs(5))
+            .maintenance_interval(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn a_handle_shares_connections_and_counters_with_the_pool() {
     let server = EchoServer::start().await;
@@ -43,14 +56,7 @@ async fn a_handle_shares_connections_and_counters_with_the_pool() {
 async fn empty_entries_are_forgotten_unless_a_handle_holds_them() {
     let held = EchoServer::start().await;
     let loose = EchoServer::start().await;
-    let pool = Pool::new(
-        Config::builder()
-            .connect_timeout(None)
-            .max_idle_time(Duration::from_secs(5))
-            .maintenance_interval(Duration::from_secs(1))
-            .build()
-            .unwrap(),
-    );
+    let pool = forgetful_pool();
     let handle = pool.endpoint(&held.endpoint()).unwrap();
     drop(handle.get().await.unwrap());
     drop(pool.get(&loose.endpoint()).await.unwrap());
@@ -103,14 +109,7 @@ async fn a_handle_outliving_every_pool_fails_cleanly() {
 async fn a_get_after_its_entry_was_forgotten_makes_a_new_one() {
     let server = EchoServer::start().await;
     let ep = server.endpoint();
-    let pool = Pool::new(
-        Config::builder()
-            .connect_timeout(None)
-            .max_idle_time(Duration::from_secs(5))
-            .maintenance_interval(Duration::from_secs(1))
-            .build()
-            .unwrap(),
-    );
+    let pool = forgetful_pool();
     // Two gets on this thread: the second finds the entry without the map.
     drop(pool.get(&ep).await.unwrap());
     assert!(pool.get(&ep).await.unwrap().is_reused());

@@ -344,6 +344,24 @@ struct Scale {
     evict: (usize, usize, Duration, Duration, Duration),
 }
 
+/// Nanoseconds per step of a synchronous walk over `subject`, run on a
+/// worker thread as the conpool walk is.
+async fn walk_ns<T: Send + Sync + 'static>(
+    plan: Plan,
+    subject: &Arc<T>,
+    walk: fn(&T, u64) -> Duration,
+) -> f64 {
+    let run = |iters: u64| {
+        let subject = subject.clone();
+        async move {
+            tokio::spawn(async move { walk(&subject, iters) })
+                .await
+                .expect("walk")
+        }
+    };
+    ns_per_op(run, 1, plan.scale_goal).await
+}
+
 async fn scale(plan: Plan) -> Scale {
     let mut conpool = Vec::new();
     let mut pingora = Vec::new();
@@ -368,51 +386,11 @@ async fn scale(plan: Plan) -> Scale {
                 }
             };
             c.push(ns_per_op(run, 1, plan.scale_goal).await);
-            let run = |iters: u64| {
-                let pk = pk.clone();
-                async move {
-                    tokio::spawn(async move { pk.walk(iters) })
-                        .await
-                        .expect("walk")
-                }
-            };
-            p.push(ns_per_op(run, 1, plan.scale_goal).await);
-            let run = |iters: u64| {
-                let pk = pk.clone();
-                async move {
-                    tokio::spawn(async move { pk.walk_hashing(iters) })
-                        .await
-                        .expect("walk")
-                }
-            };
-            h.push(ns_per_op(run, 1, plan.scale_goal).await);
-            let run = |iters: u64| {
-                let map = map.clone();
-                async move {
-                    tokio::spawn(async move { map.walk(iters) })
-                        .await
-                        .expect("walk")
-                }
-            };
-            f.push(ns_per_op(run, 1, plan.scale_goal).await);
-            let run = |iters: u64| {
-                let map = map.clone();
-                async move {
-                    tokio::spawn(async move { map.walk_chain(iters) })
-                        .await
-                        .expect("walk")
-                }
-            };
-            m.push(ns_per_op(run, 1, plan.scale_goal).await);
-            let run = |iters: u64| {
-                let map = map.clone();
-                async move {
-                    tokio::spawn(async move { map.walk_chain_serial(iters) })
-                        .await
-                        .expect("walk")
-                }
-            };
-            r.push(ns_per_op(run, 1, plan.scale_goal).await);
+            p.push(walk_ns(plan, &pk, PingoraKeys::walk).await);
+            h.push(walk_ns(plan, &pk, PingoraKeys::walk_hashing).await);
+            f.push(walk_ns(plan, &map, MapFloor::walk).await);
+            m.push(walk_ns(plan, &map, MapFloor::walk_chain).await);
+            r.push(walk_ns(plan, &map, MapFloor::walk_chain_serial).await);
         }
         let (c, p, h, f) = (Figure::of(c), Figure::of(p), Figure::of(h), Figure::of(f));
         let (m, r) = (Figure::of(m), Figure::of(r));
