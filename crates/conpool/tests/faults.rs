@@ -224,22 +224,8 @@ async fn server_dies_and_comes_back(tls: bool) {
     );
 
     p.proxy.restart().await;
-    let tasks: Vec<JoinHandle<()>> = (0..8)
-        .map(|t| {
-            let (pool, ep) = (pool.clone(), p.ep.clone());
-            tokio::spawn(async move {
-                for i in 0..5 {
-                    let mut conn = pool.get(&ep).await.expect("the server is back");
-                    round_trip(&mut conn, format!("back {t}.{i}").as_bytes())
-                        .await
-                        .expect("every lease after the restart is live");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    // Every lease after the restart is live.
+    serve(&pool, &p.ep, 8, 5, "the server is back").await;
     let s = assert_books_balance(&pool, &p.ep, p.proxy.port());
     closes_add_up(&s);
     assert_eq!(s.total_closed, 3, "{s:?}");
@@ -257,17 +243,18 @@ async fn a_tls_server_that_dies_and_comes_back() {
     server_dies_and_comes_back(true).await;
 }
 
-/// `tasks` tasks each do `rounds` get + round trip on `ep`.
-async fn serve_healthy(pool: &Pool, ep: &Endpoint, tasks: usize, rounds: usize) {
+/// `tasks` tasks each do `rounds` get + round trip on `ep`, every one of
+/// which must succeed; `what` names the endpoint's state in a failure.
+async fn serve(pool: &Pool, ep: &Endpoint, tasks: usize, rounds: usize, what: &'static str) {
     let tasks: Vec<JoinHandle<()>> = (0..tasks)
         .map(|t| {
             let (pool, ep) = (pool.clone(), ep.clone());
             tokio::spawn(async move {
                 for i in 0..rounds {
-                    let mut conn = pool.get(&ep).await.expect("the healthy endpoint");
-                    round_trip(&mut conn, format!("healthy {t}.{i}").as_bytes())
+                    let mut conn = pool.get(&ep).await.expect(what);
+                    round_trip(&mut conn, format!("{what} {t}.{i}").as_bytes())
                         .await
-                        .expect("the healthy endpoint");
+                        .expect(what);
                 }
             })
         })
@@ -312,9 +299,12 @@ async fn a_black_holed_endpoint_does_not_slow_a_healthy_one() {
     )
     .await;
 
-    tokio::time::timeout(HANG_GUARD, serve_healthy(&pool, &healthy.ep, 4, 50))
-        .await
-        .expect("the healthy endpoint kept serving");
+    tokio::time::timeout(
+        HANG_GUARD,
+        serve(&pool, &healthy.ep, 4, 50, "the healthy endpoint"),
+    )
+    .await
+    .expect("the healthy endpoint kept serving");
 
     // The black-holed callers are all still stuck.
     assert!(stuck.iter().all(|t| !t.is_finished()));
@@ -386,9 +376,12 @@ async fn a_black_holed_endpoint_holding_all_its_slots_does_not_slow_a_healthy_on
         .collect();
     eventually("three callers queued", || pool.stats(&hole.ep).waiting == 3).await;
 
-    tokio::time::timeout(HANG_GUARD, serve_healthy(&pool, &healthy.ep, 4, 50))
-        .await
-        .expect("the healthy endpoint kept serving");
+    tokio::time::timeout(
+        HANG_GUARD,
+        serve(&pool, &healthy.ep, 4, 50, "the healthy endpoint"),
+    )
+    .await
+    .expect("the healthy endpoint kept serving");
     assert!(holders.iter().all(|t| !t.is_finished()));
     assert!(waiters.iter().all(|t| !t.is_finished()));
     let s = pool.stats(&hole.ep);
