@@ -1,5 +1,13 @@
 //! The pools under test, behind one small trait.
 //!
+//! Each adapter implements [`Checkout`] in its own pool's API (take a
+//! connection, name its stream, give it back); the measured shapes
+//! ([`Subject`]: a bare cycle, a cycle held across a yield, a round trip)
+//! are written once over it. Checked with callgrind: against adapters that
+//! each spelled the shapes out, the instruction counts per cycle moved by at
+//! most 0.5 % for conpool, bb8, deadpool and pingora-pool (3 % for mobc, ten
+//! times slower than the rest).
+//!
 //! Each [`Subject`] pools the same object ([`PeerStream`]: a loopback TCP
 //! socket, optionally under TLS) to the same echo server, and is warmed so
 //! that exactly `size` connections sit idle before a measurement starts.
@@ -33,7 +41,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::task::{Context, Poll};
 
 use pingora_pool::{ConnectionMeta, ConnectionPool};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::net::{PAYLOAD, PeerStream, Target, round_trip};
 
@@ -45,6 +53,58 @@ pub trait Subject: Send + Sync + 'static {
     fn held_cycle(&self) -> impl Future<Output = ()> + Send;
     /// Acquires a connection, runs one round trip on it, releases it.
     fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) -> impl Future<Output = ()> + Send + 'a;
+}
+
+/// What each pool's adapter says in its own API: how to take a connection,
+/// what to talk over, and how to give it back. The three measured shapes
+/// are written once, for all pools, in the [`Subject`] implementation
+/// below; each is monomorphised per pool, so no pool pays for the sharing.
+pub trait Checkout: Send + Sync + 'static {
+    /// A connection on loan.
+    type Lease<'a>: Send
+    where
+        Self: 'a;
+    /// What a round trip talks over: the lease itself for conpool (whose
+    /// lease watches its I/O), the pooled stream for the others.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + ?Sized;
+    /// Why a take failed (it never should here).
+    type Error: std::fmt::Debug;
+
+    /// Takes an idle connection, waiting (the pool's way) while none is:
+    /// the pool's own future where it has one, so that the shared code adds
+    /// no layer of its own.
+    fn take(&self) -> impl Future<Output = Result<Self::Lease<'_>, Self::Error>> + Send;
+
+    /// The stream of `lease`.
+    fn stream<'l>(lease: &'l mut Self::Lease<'_>) -> &'l mut Self::Stream;
+
+    /// Gives `lease` back; dropping it, for the pools whose leases are
+    /// guards.
+    #[inline]
+    fn give_back(&self, lease: Self::Lease<'_>) {
+        drop(lease);
+    }
+}
+
+impl<P: Checkout> Subject for P {
+    async fn cycle(&self) {
+        let lease = self.take().await.expect("take");
+        self.give_back(lease);
+    }
+
+    async fn held_cycle(&self) {
+        let lease = self.take().await.expect("take");
+        tokio::task::yield_now().await;
+        self.give_back(lease);
+    }
+
+    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
+        let mut lease = self.take().await.expect("take");
+        round_trip(P::stream(&mut lease), request)
+            .await
+            .expect("round trip");
+        self.give_back(lease);
+    }
 }
 
 /// Every pool compared, in report order.
@@ -198,30 +258,22 @@ impl ConpoolSubject {
         );
         subject
     }
+}
 
-    async fn get(&self) -> conpool::PooledConnection {
+impl Checkout for ConpoolSubject {
+    type Lease<'a> = conpool::PooledConnection;
+    type Stream = conpool::PooledConnection;
+    type Error = conpool::Error;
+
+    async fn take(&self) -> Result<conpool::PooledConnection, conpool::Error> {
         match &self.handle {
             Some(handle) => handle.get().await,
             None => self.pool.get(&self.endpoint).await,
         }
-        .expect("conpool get")
-    }
-}
-
-impl Subject for ConpoolSubject {
-    async fn cycle(&self) {
-        drop(self.get().await);
     }
 
-    async fn held_cycle(&self) {
-        let conn = self.get().await;
-        tokio::task::yield_now().await;
-        drop(conn);
-    }
-
-    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.get().await;
-        round_trip(&mut conn, request).await.expect("round trip");
+    fn stream(lease: &mut conpool::PooledConnection) -> &mut conpool::PooledConnection {
+        lease
     }
 }
 
@@ -271,21 +323,20 @@ impl Bb8Subject {
     }
 }
 
-impl Subject for Bb8Subject {
-    async fn cycle(&self) {
-        let conn = self.pool.get().await.expect("bb8 get");
-        drop(conn);
+impl Checkout for Bb8Subject {
+    type Lease<'a> = bb8::PooledConnection<'a, Bb8Manager>;
+    type Stream = PeerStream;
+    type Error = bb8::RunError<io::Error>;
+
+    fn take(
+        &self,
+    ) -> impl Future<Output = Result<bb8::PooledConnection<'_, Bb8Manager>, Self::Error>> + Send
+    {
+        self.pool.get()
     }
 
-    async fn held_cycle(&self) {
-        let conn = self.pool.get().await.expect("bb8 get");
-        tokio::task::yield_now().await;
-        drop(conn);
-    }
-
-    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.pool.get().await.expect("bb8 get");
-        round_trip(&mut *conn, request).await.expect("round trip");
+    fn stream<'l>(lease: &'l mut Self::Lease<'_>) -> &'l mut PeerStream {
+        lease
     }
 }
 
@@ -334,21 +385,20 @@ impl DeadpoolSubject {
     }
 }
 
-impl Subject for DeadpoolSubject {
-    async fn cycle(&self) {
-        let conn = self.pool.get().await.expect("deadpool get");
-        drop(conn);
+impl Checkout for DeadpoolSubject {
+    type Lease<'a> = deadpool::managed::Object<DeadpoolManager>;
+    type Stream = PeerStream;
+    type Error = deadpool::managed::PoolError<io::Error>;
+
+    fn take(
+        &self,
+    ) -> impl Future<Output = Result<deadpool::managed::Object<DeadpoolManager>, Self::Error>> + Send
+    {
+        self.pool.get()
     }
 
-    async fn held_cycle(&self) {
-        let conn = self.pool.get().await.expect("deadpool get");
-        tokio::task::yield_now().await;
-        drop(conn);
-    }
-
-    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.pool.get().await.expect("deadpool get");
-        round_trip(&mut *conn, request).await.expect("round trip");
+    fn stream<'l>(lease: &'l mut Self::Lease<'_>) -> &'l mut PeerStream {
+        lease
     }
 }
 
@@ -399,21 +449,19 @@ impl MobcSubject {
     }
 }
 
-impl Subject for MobcSubject {
-    async fn cycle(&self) {
-        let conn = self.pool.get().await.map_err(|_| ()).expect("mobc get");
-        drop(conn);
+impl Checkout for MobcSubject {
+    type Lease<'a> = mobc::Connection<MobcManager>;
+    type Stream = PeerStream;
+    type Error = mobc::Error<io::Error>;
+
+    fn take(
+        &self,
+    ) -> impl Future<Output = Result<mobc::Connection<MobcManager>, Self::Error>> + Send {
+        self.pool.get()
     }
 
-    async fn held_cycle(&self) {
-        let conn = self.pool.get().await.map_err(|_| ()).expect("mobc get");
-        tokio::task::yield_now().await;
-        drop(conn);
-    }
-
-    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.pool.get().await.map_err(|_| ()).expect("mobc get");
-        round_trip(&mut *conn, request).await.expect("round trip");
+    fn stream<'l>(lease: &'l mut Self::Lease<'_>) -> &'l mut PeerStream {
+        lease
     }
 }
 
@@ -470,10 +518,11 @@ impl PingoraBare {
         PingoraBare { pool }
     }
 
-    async fn acquire(&self) -> PingoraConn<PeerStream> {
+    /// A miss yields and retries (see the module docs); it never fails.
+    async fn acquire(&self) -> Result<PingoraConn<PeerStream>, std::convert::Infallible> {
         loop {
             if let Some(conn) = self.pool.get(&PINGORA_KEY) {
-                return conn;
+                return Ok(conn);
             }
             tokio::task::yield_now().await;
         }
@@ -485,24 +534,21 @@ impl PingoraBare {
     }
 }
 
-impl Subject for PingoraBare {
-    async fn cycle(&self) {
-        let conn = self.acquire().await;
-        self.release(conn);
+impl Checkout for PingoraBare {
+    type Lease<'a> = PingoraConn<PeerStream>;
+    type Stream = PeerStream;
+    type Error = std::convert::Infallible;
+
+    fn take(&self) -> impl Future<Output = Result<PingoraConn<PeerStream>, Self::Error>> + Send {
+        self.acquire()
     }
 
-    async fn held_cycle(&self) {
-        let conn = self.acquire().await;
-        tokio::task::yield_now().await;
-        self.release(conn);
+    fn stream(lease: &mut PingoraConn<PeerStream>) -> &mut PeerStream {
+        &mut lease.stream
     }
 
-    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.acquire().await;
-        round_trip(&mut conn.stream, request)
-            .await
-            .expect("round trip");
-        self.release(conn);
+    fn give_back(&self, lease: PingoraConn<PeerStream>) {
+        self.release(lease);
     }
 }
 
@@ -528,7 +574,8 @@ impl PingoraWatch {
         subject
     }
 
-    async fn acquire(&self) -> PingoraConn<PeerStream> {
+    /// A miss yields and retries (see the module docs); it never fails.
+    async fn acquire(&self) -> Result<PingoraConn<PeerStream>, std::convert::Infallible> {
         loop {
             let Some(mut shared) = self.pool.get(&PINGORA_KEY) else {
                 tokio::task::yield_now().await;
@@ -540,7 +587,7 @@ impl PingoraWatch {
             }
             loop {
                 match Arc::try_unwrap(shared) {
-                    Ok(mutex) => return mutex.into_inner(),
+                    Ok(mutex) => return Ok(mutex.into_inner()),
                     Err(back) => {
                         shared = back;
                         tokio::task::yield_now().await;
@@ -566,23 +613,20 @@ impl PingoraWatch {
     }
 }
 
-impl Subject for PingoraWatch {
-    async fn cycle(&self) {
-        let conn = self.acquire().await;
-        self.release(conn);
+impl Checkout for PingoraWatch {
+    type Lease<'a> = PingoraConn<PeerStream>;
+    type Stream = PeerStream;
+    type Error = std::convert::Infallible;
+
+    fn take(&self) -> impl Future<Output = Result<PingoraConn<PeerStream>, Self::Error>> + Send {
+        self.acquire()
     }
 
-    async fn held_cycle(&self) {
-        let conn = self.acquire().await;
-        tokio::task::yield_now().await;
-        self.release(conn);
+    fn stream(lease: &mut PingoraConn<PeerStream>) -> &mut PeerStream {
+        &mut lease.stream
     }
 
-    async fn exchange<'a>(&'a self, request: &'a [u8; PAYLOAD]) {
-        let mut conn = self.acquire().await;
-        round_trip(&mut conn.stream, request)
-            .await
-            .expect("round trip");
-        self.release(conn);
+    fn give_back(&self, lease: PingoraConn<PeerStream>) {
+        self.release(lease);
     }
 }
