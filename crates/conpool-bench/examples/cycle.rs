@@ -33,26 +33,20 @@ fn main() {
         .find(|k| k.name() == name)
         .unwrap_or_else(|| panic!("no pool named {name:?}"));
     let shape = args.next();
-    if shape.as_deref() == Some("64held") {
+    if let Some(shape @ ("64" | "64held")) = shape.as_deref() {
+        let held = shape == "64held";
         let rt = conpool_bench::load::runtime(2);
         rt.block_on(async {
             let target = Target::tcp(start_echo(None).await);
             with_subject!(kind, &target, 16, |subject| {
-                let took = conpool_bench::load::held_cycles(&subject, 64, cycles / 64).await;
+                let took = if held {
+                    conpool_bench::load::held_cycles(&subject, 64, cycles / 64).await
+                } else {
+                    conpool_bench::load::cycles(&subject, 64, cycles / 64).await
+                };
                 let ns = took.as_nanos() as f64 / cycles as f64;
-                println!("{name}, 64 tasks over 16 connections, held across a yield: {ns:.0} ns per cycle");
-            })
-        });
-        return;
-    }
-    if shape.as_deref() == Some("64") {
-        let rt = conpool_bench::load::runtime(2);
-        rt.block_on(async {
-            let target = Target::tcp(start_echo(None).await);
-            with_subject!(kind, &target, 16, |subject| {
-                let took = conpool_bench::load::cycles(&subject, 64, cycles / 64).await;
-                let ns = took.as_nanos() as f64 / cycles as f64;
-                println!("{name}, 64 tasks over 16 connections: {ns:.0} ns per cycle");
+                let how = if held { ", held across a yield" } else { "" };
+                println!("{name}, 64 tasks over 16 connections{how}: {ns:.0} ns per cycle");
             })
         });
         return;
