@@ -29,10 +29,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's guarantees for `alloc` are `System.alloc`'s.
         let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() && ENABLED.load(Ordering::Relaxed) {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_allocation(ptr, layout.size() as isize);
         ptr
     }
 
@@ -40,10 +37,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's guarantees for `alloc_zeroed` are
         // `System.alloc_zeroed`'s.
         let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() && ENABLED.load(Ordering::Relaxed) {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_allocation(ptr, layout.size() as isize);
         ptr
     }
 
@@ -60,14 +54,18 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: as for `dealloc`, and the caller guarantees `new_size`
         // is valid for `layout`'s alignment.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() && ENABLED.load(Ordering::Relaxed) {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_allocation(new, new_size as isize - layout.size() as isize);
         new
+    }
+}
+
+/// Counts an allocation (or reallocation) that returned `ptr` and changed
+/// the live bytes by `grew`, when counting is on and it succeeded. Safe: it
+/// only compares the pointer with null.
+fn count_allocation(ptr: *mut u8, grew: isize) {
+    if !ptr.is_null() && ENABLED.load(Ordering::Relaxed) {
+        LIVE.fetch_add(grew, Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
     }
 }
 

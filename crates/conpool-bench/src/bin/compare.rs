@@ -257,21 +257,18 @@ impl EchoSubject {
 /// Round trips per second.
 async fn echo_sample(subject: EchoSubject, target: &Target, goal: Duration) -> f64 {
     let ns = match subject {
-        EchoSubject::Dedicated => {
-            let d = Arc::new(Dedicated::connect(target, TASKS).await);
+        EchoSubject::Dedicated | EchoSubject::DedicatedFew => {
+            let tasks = if subject == EchoSubject::Dedicated {
+                TASKS
+            } else {
+                CONNS
+            };
+            let d = Arc::new(Dedicated::connect(target, tasks).await);
             let run = |n: u64| {
                 let d = d.clone();
                 async move { d.run(n).await }
             };
-            ns_per_op(run, TASKS as u64, goal).await
-        }
-        EchoSubject::DedicatedFew => {
-            let d = Arc::new(Dedicated::connect(target, CONNS).await);
-            let run = |n: u64| {
-                let d = d.clone();
-                async move { d.run(n).await }
-            };
-            ns_per_op(run, CONNS as u64, goal).await
+            ns_per_op(run, tasks as u64, goal).await
         }
         EchoSubject::PerRequest => {
             let run = |n: u64| {
