@@ -383,7 +383,11 @@ impl EndpointPool {
         start: Instant,
         caller: &'static Location<'static>,
     ) -> Result<PooledConnection, Error> {
-        let deadline = self.deadline_from(start);
+        // A queued caller's deadline was computed when it queued.
+        let deadline = match &step {
+            Step::Wait(ticket) => ticket.deadline,
+            _ => self.deadline_from(start),
+        };
         let step = match step {
             Step::Wait(mut ticket) if deadline.is_some() => {
                 match self.after_grant(ticket.wait().await)? {

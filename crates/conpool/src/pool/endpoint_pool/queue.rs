@@ -65,6 +65,7 @@ impl EndpointPool {
             pool: self.clone(),
             id,
             rx: Some(rx),
+            deadline,
         }
     }
 
@@ -130,6 +131,8 @@ pub(crate) struct WaitTicket {
     pool: Arc<EndpointPool>,
     id: u64,
     rx: Option<GrantReceiver>,
+    /// When the caller gives up, as the sweeper keeps it.
+    pub(super) deadline: Option<Instant>,
 }
 
 impl WaitTicket {
