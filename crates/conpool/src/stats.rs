@@ -201,11 +201,13 @@ pub struct PoolState {
 pub(crate) struct Counters {
     created: u64,
     reused: u64,
-    failures: Option<Box<Failures>>,
+    endings: Option<Box<Endings>>,
 }
 
 #[derive(Debug, Default)]
-struct Failures {
+/// How connections and dials ended: closes by reason (an idle timeout as much
+/// as an error), and dials that failed.
+struct Endings {
     closed_by: [u64; CloseReason::ALL.len()],
     dials_failed: u64,
 }
@@ -226,16 +228,16 @@ impl Counters {
     }
 
     pub(crate) fn closed(&mut self, reason: CloseReason) {
-        self.failures.get_or_insert_default().closed_by[reason.index()] += 1;
+        self.endings.get_or_insert_default().closed_by[reason.index()] += 1;
     }
 
     pub(crate) fn dial_failed(&mut self) {
-        self.failures.get_or_insert_default().dials_failed += 1;
+        self.endings.get_or_insert_default().dials_failed += 1;
     }
 
     pub(crate) fn snapshot(&self, state: PoolState) -> Stats {
         let (closed_by, dials_failed) = self
-            .failures
+            .endings
             .as_deref()
             .map_or(Default::default(), |f| (f.closed_by, f.dials_failed));
         let errors = CloseReason::ALL
