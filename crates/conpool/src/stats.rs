@@ -204,9 +204,9 @@ pub(crate) struct Counters {
     endings: Option<Box<Endings>>,
 }
 
-#[derive(Debug, Default)]
 /// How connections and dials ended: closes by reason (an idle timeout as much
 /// as an error), and dials that failed.
+#[derive(Debug, Default)]
 struct Endings {
     closed_by: [u64; CloseReason::ALL.len()],
     dials_failed: u64,
