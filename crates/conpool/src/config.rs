@@ -89,7 +89,7 @@ pub enum ThreadSlots {
 /// | `max_idle_total` | unbounded |
 /// | `min_idle_per_endpoint` | 0 |
 /// | `liveness_check` | on |
-/// | `liveness_check_bypass` | 500 ms |
+/// | `liveness_peek_after` | 1 ms |
 /// | `max_connection_lifetime_jitter` | 0.025 (up to 2.5 % shorter) |
 /// | `maintenance_interval` | 1 s |
 /// | `leak_threshold` | off |
@@ -130,7 +130,7 @@ pub struct Config {
     max_idle_total: Option<usize>,
     min_idle_per_endpoint: usize,
     liveness_check: bool,
-    liveness_check_bypass: Duration,
+    liveness_peek_after: Duration,
     max_connection_lifetime_jitter: f64,
     maintenance_interval: Option<Duration>,
     leak_threshold: Option<Duration>,
@@ -163,7 +163,7 @@ impl Default for Config {
             max_idle_total: None,
             min_idle_per_endpoint: 0,
             liveness_check: true,
-            liveness_check_bypass: Duration::from_millis(500),
+            liveness_peek_after: Duration::from_millis(1),
             max_connection_lifetime_jitter: 0.025,
             maintenance_interval: Some(Duration::from_secs(1)),
             leak_threshold: None,
@@ -272,15 +272,16 @@ impl Config {
     pub fn min_idle_per_endpoint(&self) -> usize {
         self.min_idle_per_endpoint
     }
-    /// Whether an idle connection is probed (without blocking) for a peer
-    /// close, a reset or stray bytes before it is handed out.
+    /// Whether every checkout first looks (without blocking) for a peer
+    /// close, a reset or stray bytes on the connection.
     pub fn liveness_check(&self) -> bool {
         self.liveness_check
     }
-    /// Connections idle for less than this, back from a lease that lasted
-    /// less than this, skip the liveness probe.
-    pub fn liveness_check_bypass(&self) -> Duration {
-        self.liveness_check_bypass
+    /// From how long idle (or how long a lease) the liveness check asks the
+    /// kernel, not only the runtime's readiness; see
+    /// [`ConfigBuilder::liveness_peek_after`].
+    pub fn liveness_peek_after(&self) -> Duration {
+        self.liveness_peek_after
     }
     /// Each connection's lifetime is shortened by a random fraction up to
     /// this, so that connections made together do not expire together.
@@ -360,7 +361,7 @@ impl fmt::Debug for Config {
             .field("max_idle_total", &self.max_idle_total)
             .field("min_idle_per_endpoint", &self.min_idle_per_endpoint)
             .field("liveness_check", &self.liveness_check)
-            .field("liveness_check_bypass", &self.liveness_check_bypass)
+            .field("liveness_peek_after", &self.liveness_peek_after)
             .field(
                 "max_connection_lifetime_jitter",
                 &self.max_connection_lifetime_jitter,
@@ -454,17 +455,42 @@ impl ConfigBuilder {
         self.config.min_idle_per_endpoint = min;
         self
     }
-    /// Probe idle connections before reuse (on by default).
+    /// Look at every connection before it is handed out, from idle, from a
+    /// per-thread slot or straight from a returning lease (on by default):
+    /// one the peer closed, reset or wrote to unasked is closed and
+    /// replaced before anyone sees it.
     pub fn liveness_check(mut self, on: bool) -> Self {
         self.config.liveness_check = on;
         self
     }
-    /// Connections idle for less than this, back from a lease that lasted
-    /// less than this, skip the probe (a longer lease may have sat silent
-    /// while the server closed the connection); `Duration::ZERO` probes
-    /// every checkout.
-    pub fn liveness_check_bypass(mut self, window: Duration) -> Self {
-        self.config.liveness_check_bypass = window;
+    /// When the liveness check asks the kernel (a non-blocking peek, one
+    /// system call) rather than only the runtime's readiness flag (no
+    /// system call while it is clear): for a connection idle at least this
+    /// long, back from a lease that lasted at least this long (it may have
+    /// sat silent), or handed straight from a returning lease to a caller
+    /// that queued (callers queue when the endpoint, and so often the
+    /// runtime, is busy). 1 ms by default; `Duration::ZERO` asks the kernel
+    /// at every checkout.
+    ///
+    /// The readiness flag is set only once the runtime's I/O driver has
+    /// collected the socket's event, which a busy runtime does only every
+    /// so many task polls; a close that reached this host less than this
+    /// long before a checkout of a connection idle for less than this, on a
+    /// runtime whose driver has not run since, can pass the readiness look.
+    /// The kernel sees it. See BENCHMARKS.md for what each look costs.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // Ask the kernel at every checkout: no close that has reached this
+    /// // host is missed, for a system call per checkout.
+    /// let config = conpool::Config::builder()
+    ///     .liveness_peek_after(Duration::ZERO)
+    ///     .build()?;
+    /// assert_eq!(config.liveness_peek_after(), Duration::ZERO);
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn liveness_peek_after(mut self, after: Duration) -> Self {
+        self.config.liveness_peek_after = after;
         self
     }
     /// Largest random fraction cut from each connection's lifetime, from

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -97,38 +97,139 @@ pub(crate) enum Liveness {
     Failed,
 }
 
+/// How far a liveness check looks ([`Stream::liveness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Look {
+    /// The runtime's readiness flag: no system call while it is clear.
+    /// It is set only once the runtime's I/O driver has collected the
+    /// socket's event, which a busy runtime does only every so many task
+    /// polls, so a close that has reached the kernel may not show yet.
+    Readiness,
+    /// The kernel itself, with a non-blocking `recv` (`MSG_PEEK` for TCP):
+    /// one system call, which sees whatever has reached this host.
+    Kernel,
+}
+
 impl Stream {
-    /// Looks, without blocking, at whether the peer closed the connection
-    /// or sent something while it sat idle.
+    /// Looks, without blocking and without waiting on the runtime, at
+    /// whether the peer closed the connection or sent something while it
+    /// sat idle.
     ///
-    /// It is one `poll_read` of a single byte. For TCP, tokio answers
-    /// `Pending` from its readiness flags without a system call while
-    /// nothing has arrived; for TLS, the read goes through rustls, so a
-    /// post-handshake session ticket is consumed as the protocol message it
-    /// is and a close_notify reads as end of stream. A byte read here is
-    /// lost, which does not matter: a connection with stray bytes is closed.
-    ///
-    /// The caller runs this outside tokio's cooperative budget (see
-    /// `tokio::task::unconstrained`): with the budget spent, a ready socket
-    /// would look quiet.
-    pub(crate) fn poll_liveness(&mut self, cx: &mut Context<'_>) -> Liveness {
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        match Pin::new(self).poll_read(cx, &mut buf) {
-            Poll::Pending => Liveness::Quiet,
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => Liveness::Closed,
-            Poll::Ready(Ok(())) => Liveness::UnexpectedData,
-            Poll::Ready(Err(_)) => Liveness::Failed,
+    /// TCP is peeked, so nothing is consumed. For TLS the bytes go through
+    /// rustls, so that a post-handshake session ticket is consumed as the
+    /// protocol message it is and a close_notify reads as end of stream;
+    /// plaintext rustls already holds (the unread rest of a reply) counts
+    /// as stray. A custom stream is polled once for a byte, outside tokio's
+    /// cooperative budget (with the budget spent, a ready stream would
+    /// look quiet); a byte read there is lost, which does not matter, as a
+    /// connection with stray bytes is closed. `look` does not apply to
+    /// custom streams: their own `poll_read` is all there is to ask.
+    pub(crate) fn liveness(&mut self, look: Look) -> Liveness {
+        match &mut self.inner {
+            Inner::Tcp(tcp) => tcp_liveness(tcp, look),
+            Inner::Tls(tls) => tls_liveness(tls, look),
+            Inner::Custom(_) => self.poll_once(),
         }
     }
 
-    /// [`poll_liveness`](Self::poll_liveness) from async code: one poll,
-    /// outside the cooperative budget.
-    pub(crate) async fn liveness(&mut self) -> Liveness {
-        tokio::task::unconstrained(std::future::poll_fn(|cx| {
-            Poll::Ready(self.poll_liveness(cx))
-        }))
-        .await
+    fn poll_once(&mut self) -> Liveness {
+        let mut look = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut byte);
+            Poll::Ready(match Pin::new(&mut *self).poll_read(cx, &mut buf) {
+                Poll::Pending => Liveness::Quiet,
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Liveness::Closed,
+                Poll::Ready(Ok(())) => Liveness::UnexpectedData,
+                Poll::Ready(Err(_)) => Liveness::Failed,
+            })
+        })));
+        match look
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(liveness) => liveness,
+            Poll::Pending => unreachable!("the look is ready at its first poll"),
+        }
+    }
+}
+
+/// Runs `read` on the socket: through tokio's readiness (which skips the
+/// call while the flag is clear, and clears a flag the call finds stale),
+/// and, for [`Look::Kernel`], straight on the socket when readiness skipped
+/// it. `read` answers `Err(WouldBlock)` for a quiet socket.
+fn look_at(
+    tcp: &TcpStream,
+    look: Look,
+    mut read: impl FnMut() -> io::Result<Liveness>,
+) -> Liveness {
+    let mut asked = false;
+    let seen = tcp.try_io(Interest::READABLE, || {
+        asked = true;
+        read()
+    });
+    let seen = match seen {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock && !asked && look == Look::Kernel => {
+            read()
+        }
+        seen => seen,
+    };
+    match seen {
+        Ok(liveness) => liveness,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Liveness::Quiet,
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => Liveness::Quiet,
+        Err(_) => Liveness::Failed,
+    }
+}
+
+fn tcp_liveness(tcp: &TcpStream, look: Look) -> Liveness {
+    look_at(tcp, look, || {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        match socket2::SockRef::from(tcp).peek(&mut byte)? {
+            0 => Ok(Liveness::Closed),
+            _ => Ok(Liveness::UnexpectedData),
+        }
+    })
+}
+
+fn tls_liveness(tls: &mut TlsStream<TcpStream>, look: Look) -> Liveness {
+    let (tcp, session) = tls.get_mut();
+    // What an earlier read left decrypted: the rest of a reply, a close.
+    match tls_verdict(session) {
+        Liveness::Quiet => {}
+        other => return other,
+    }
+    look_at(tcp, look, || {
+        let socket = socket2::SockRef::from(&*tcp);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = io::Read::read(&mut &*socket, &mut chunk)?;
+            if n == 0 {
+                return Ok(Liveness::Closed);
+            }
+            let mut fed = &chunk[..n];
+            while !fed.is_empty() {
+                // rustls refuses more once its buffer is full, which only
+                // a peer sending a lot unasked makes happen.
+                if !matches!(session.read_tls(&mut fed), Ok(taken) if taken > 0) {
+                    return Ok(Liveness::UnexpectedData);
+                }
+            }
+            match tls_verdict(session) {
+                Liveness::Quiet => {}
+                other => return Ok(other),
+            }
+        }
+    })
+}
+
+/// What rustls makes of the records it holds: a session ticket is quiet,
+/// plaintext is stray, a close_notify is a close.
+fn tls_verdict(session: &mut rustls::ClientConnection) -> Liveness {
+    match session.process_new_packets() {
+        Err(_) => Liveness::Failed,
+        Ok(state) if state.plaintext_bytes_to_read() > 0 => Liveness::UnexpectedData,
+        Ok(state) if state.peer_has_closed() => Liveness::Closed,
+        Ok(_) => Liveness::Quiet,
     }
 }
 

@@ -6,7 +6,7 @@
 //! server-side resets, half-closes and stray bytes, time advance,
 //! `clear_endpoint` and `close`, over two to four endpoints. Each seed
 //! picks small limits (per endpoint, total, idle total, waiters, dial cap,
-//! idle time, lifetime, uses), a liveness bypass (often zero), maybe a
+//! idle time, lifetime, uses), a kernel-peek window (often zero), maybe a
 //! background task and `min_idle_per_endpoint`, maybe a health check that
 //! fails or is slow, and a dialer that fails or is slow on a schedule.
 //!
@@ -19,8 +19,10 @@
 //!   (nothing leaked, nothing dropped behind the pool's back);
 //! - leases: no connection held twice, the fuzzer's leases (plus those in
 //!   a health check) are exactly the active ones, every clean connection
-//!   echoes at once, and none handed out from idle was expired, spent, or
-//!   dead (server closed, stray bytes) past the liveness bypass; leases
+//!   echoes at once, none handed out from idle was expired or spent, and
+//!   none handed out on any path (idle, slot, straight from a returning
+//!   lease) was dead (server closed, stray bytes) with the liveness check
+//!   on; leases
 //!   that must close on return (spent, expired, cleared, I/O failed,
 //!   cancelled mid-I/O, panicked, pool closed) do;
 //! - no stuck waiter: a caller waits only while its endpoint is at its
@@ -262,7 +264,7 @@ struct Plan {
     retry_delay: Duration,
     acquire_timeout: Option<Duration>,
     liveness_check: bool,
-    bypass: Duration,
+    peek_after: Duration,
     maintenance: Option<Duration>,
     min_idle: usize,
     leak_threshold: Option<Duration>,
@@ -309,7 +311,7 @@ impl Plan {
         let retry_delay = r.millis(1, 200);
         let acquire_timeout = r.chance(60).then(|| r.millis(100, 4_000));
         let liveness_check = r.chance(85);
-        let bypass = if r.chance(50) {
+        let peek_after = if r.chance(50) {
             Duration::ZERO
         } else {
             r.millis(1, 1_500)
@@ -354,7 +356,7 @@ impl Plan {
             retry_delay,
             acquire_timeout,
             liveness_check,
-            bypass,
+            peek_after,
             maintenance,
             min_idle,
             leak_threshold,
@@ -395,7 +397,7 @@ impl Plan {
             .connect_retry_delay(self.retry_delay)
             .acquire_timeout(self.acquire_timeout)
             .liveness_check(self.liveness_check)
-            .liveness_check_bypass(self.bypass)
+            .liveness_peek_after(self.peek_after)
             .maintenance_interval(self.maintenance)
             .min_idle_per_endpoint(self.min_idle)
             .leak_threshold(self.leak_threshold)
@@ -1235,7 +1237,7 @@ impl Fuzz {
             }
         }
         // Unless it came straight from a release (or a dial) in this very
-        // operation, it sat idle: the reuse checks and the probe apply.
+        // operation, it sat idle: the reuse checks apply.
         let last_op = s.released_op.unwrap_or(s.created_op);
         if last_op != op {
             let since = s.released_at.unwrap_or(s.created_at);
@@ -1253,15 +1255,17 @@ impl Fuzz {
                     plan.max_idle_time
                 ));
             }
-            let dirty = s.dirty_at.is_some_and(|at| at <= now);
-            if plan.liveness_check && dirty && now.duration_since(since) >= plan.bypass {
-                fail(format!(
-                    "c{id} (s{sid}) handed out dead ({}) after {:?} idle, although the liveness probe runs past {:?}",
-                    s.state(),
-                    now.duration_since(since),
-                    plan.bypass
-                ));
-            }
+        }
+        // The liveness check runs on every path, a connection handed
+        // straight from a returning lease to a waiter included, and sees
+        // an in-memory stream's state at once.
+        let dirty = s.dirty_at.is_some_and(|at| at <= now);
+        if plan.liveness_check && dirty {
+            fail(format!(
+                "c{id} (s{sid}) handed out dead ({}) {:?} after it last came back, although the liveness check is on",
+                s.state(),
+                now.duration_since(s.released_at.unwrap_or(s.created_at)),
+            ));
         }
         let clean = s.clean();
         let s = &mut self.servers[sid];

@@ -85,17 +85,14 @@ enum Kill {
 }
 
 const WARM: usize = 4;
-const BYPASS: Duration = Duration::from_millis(100);
 
-/// The server ends every idle connection; once they have been idle past
-/// `liveness_check_bypass`, each of the next gets is served a live
-/// connection at once: its first round trip succeeds.
+/// The server ends every idle connection; each of the next gets is served
+/// a live connection at once: its first round trip succeeds.
 async fn idle_connections_killed_by_the_server(tls: bool, kill: Kill) {
     let p = proxied(tls).await;
     let pool = Pool::new(
         p.config
-            .liveness_check_bypass(BYPASS)
-            // The checkout's probe is under test, not the background one.
+            // The checkout's check is under test, not the background one.
             .maintenance_interval(None)
             .build()
             .unwrap(),
@@ -111,7 +108,6 @@ async fn idle_connections_killed_by_the_server(tls: bool, kill: Kill) {
         Kill::Reset => p.proxy.reset_all(),
     }
     p.proxy.wait_open(0).await;
-    tokio::time::sleep(BYPASS + Duration::from_millis(50)).await;
 
     let mut fresh = Vec::new();
     for i in 0..WARM {
@@ -176,7 +172,6 @@ async fn server_dies_and_comes_back(tls: bool) {
     let p = proxied(tls).await;
     let pool = Pool::new(
         p.config
-            .liveness_check_bypass(Duration::ZERO)
             .connect_retry_count(ATTEMPTS)
             .connect_retry_delay(Duration::from_millis(10))
             .maintenance_interval(None)
@@ -485,17 +480,16 @@ async fn a_half_close_mid_exchange_closes_the_connection_and_the_next_get_is_fre
     );
 }
 
-/// With `liveness_check_bypass` zero every checkout probes, a connection
-/// handed straight from a returning lease to a queued caller included:
-/// the server reset it while its holder sat on it without I/O, and the
-/// queued caller gets a live connection, not the dead one.
+/// At the default config every checkout is checked, a connection handed
+/// straight from a returning lease to a queued caller included: the server
+/// reset it while its holder sat on it without I/O, and the queued caller
+/// gets a live connection, not the dead one.
 #[tokio::test]
-async fn with_bypass_zero_a_connection_handed_straight_to_a_waiter_is_probed_too() {
+async fn a_connection_handed_straight_to_a_waiter_is_checked_at_the_default_config() {
     let p = proxied(false).await;
     let pool = Pool::new(
         p.config
             .max_connections_per_endpoint(1)
-            .liveness_check_bypass(Duration::ZERO)
             .maintenance_interval(None)
             .build()
             .unwrap(),

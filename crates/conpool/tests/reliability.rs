@@ -1,4 +1,4 @@
-//! Reuse you can trust: the liveness probe, background maintenance, bounded
+//! Reuse you can trust: the liveness check, background maintenance, bounded
 //! waiting, the dial cap, dials that outlive their caller, leak warnings.
 
 mod support;
@@ -13,9 +13,9 @@ use support::{EchoServer, TlsCert, assert_books_balance, eventually, round_trip}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-/// Probes every checkout, however short the idle time.
+/// The default config: every checkout is checked for liveness.
 fn probing() -> ConfigBuilder {
-    Config::builder().liveness_check_bypass(Duration::ZERO)
+    Config::builder()
 }
 
 #[tokio::test]
@@ -67,19 +67,14 @@ async fn stray_bytes_on_an_idle_connection_get_it_closed() {
 }
 
 #[tokio::test]
-async fn within_the_bypass_window_the_probe_is_skipped() {
+async fn with_the_liveness_check_off_a_closed_connection_is_handed_out() {
     let server = EchoServer::start().await;
     let ep = server.endpoint();
-    let pool = Pool::new(
-        Config::builder()
-            .liveness_check_bypass(Duration::from_secs(3600))
-            .build()
-            .unwrap(),
-    );
+    let pool = Pool::new(Config::builder().liveness_check(false).build().unwrap());
     let first = pool.get(&ep).await.unwrap().id();
     server.close_all();
     eventually("the server to close", || server.open() == 0).await;
-    // Not probed: the caller gets the dead connection and sees the close.
+    // Not checked: the caller gets the dead connection and sees the close.
     let mut conn = pool.get(&ep).await.unwrap();
     assert_eq!(conn.id(), first);
     let mut buf = [0u8; 1];
@@ -87,7 +82,7 @@ async fn within_the_bypass_window_the_probe_is_skipped() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_lease_held_silent_past_the_bypass_window_is_probed_at_its_next_checkout() {
+async fn a_lease_held_silent_past_the_peek_window_is_checked_at_its_next_checkout() {
     let server = EchoServer::start().await;
     let ep = server.endpoint();
     let pool = Pool::new(
@@ -95,7 +90,7 @@ async fn a_lease_held_silent_past_the_bypass_window_is_probed_at_its_next_checko
             .connect_timeout(None)
             .acquire_timeout(None)
             .maintenance_interval(None)
-            .liveness_check_bypass(Duration::from_millis(500))
+            .liveness_peek_after(Duration::from_millis(500))
             .build()
             .unwrap(),
     );
@@ -117,43 +112,6 @@ async fn a_lease_held_silent_past_the_bypass_window_is_probed_at_its_next_checko
     drop(next);
     let s = assert_books_balance(&pool, &ep, server.port());
     assert_eq!(s.closed_for(CloseReason::PeerClosed), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn after_a_long_idle_the_window_trusts_short_leases_again() {
-    let server = EchoServer::start().await;
-    let ep = server.endpoint();
-    let hour = Duration::from_secs(3600);
-    let pool = Pool::new(
-        Config::builder()
-            .connect_timeout(None)
-            .acquire_timeout(None)
-            .maintenance_interval(None)
-            .max_idle_time(hour * 3)
-            .max_connection_lifetime(hour * 5)
-            .max_connection_lifetime_jitter(0.0)
-            .liveness_check_bypass(hour)
-            .build()
-            .unwrap(),
-    );
-    let mut conn = pool.get(&ep).await.unwrap();
-    round_trip(&mut conn, b"first").await.unwrap();
-    let id = conn.id();
-    drop(conn);
-    // Idle past the window: the next two checkouts probe (the second
-    // because the first lease began past the window), then short leases
-    // are trusted again.
-    tokio::time::advance(hour * 2).await;
-    for _ in 0..2 {
-        let mut conn = pool.get(&ep).await.unwrap();
-        round_trip(&mut conn, b"probed").await.unwrap();
-    }
-    server.close_all();
-    eventually("the server to close", || server.open() == 0).await;
-    let mut conn = pool.get(&ep).await.unwrap();
-    assert_eq!(conn.id(), id, "not probed: within the window again");
-    let mut buf = [0u8; 1];
-    assert_eq!(conn.read(&mut buf).await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -4,21 +4,21 @@
 //! few hundred milliseconds.
 //!
 //! A reset can fail a request in two legitimate ways: it lands while the
-//! lease is held, or it races the checkout (it reaches the client just as
-//! the pool probes or hands over the connection). What must never happen is
-//! a *stale* failure: a caller handed a connection whose reset the pool
-//! could already see when the caller asked for a connection.
+//! lease is held, or it races the checkout (it goes out just as the pool
+//! checks or hands over the connection). What must never happen is a
+//! *stale* failure: a caller handed a connection whose reset had reached
+//! this host when the caller asked for a connection.
 //!
 //! # How a failure is classified, exactly
 //!
-//! The pool's liveness probe (every checkout probes: the bypass window is
-//! zero) asks the runtime's I/O driver whether the socket is readable, so a
-//! reset is visible to the pool once the driver has picked its event up.
-//! The reset driver therefore:
+//! The pool runs at its default config: every checkout is checked, through
+//! the runtime's readiness flag, and through the kernel for connections
+//! idle (or last leased) past `liveness_peek_after` and for connections
+//! handed straight to a queued caller. The reset driver:
 //!
 //! 1. has each proxy reset a seeded random pick of its connections and
 //!    waits until every RST is out ([`FaultProxy::reset_random_confirmed`],
-//!    which names the client port of each);
+//!    which names the client port of each, and stamps when it went out);
 //! 2. writes one byte on a sentinel socket pair of the *pool's* runtime
 //!    and waits until that runtime's I/O driver reports it readable: the
 //!    driver has then collected every event that happened before the write,
@@ -26,9 +26,11 @@
 //! 3. stamps those resets `visible` at that moment.
 //!
 //! Every failed round trip is matched, by the client port, to the reset of
-//! its connection. It is *stale* if that reset was visible before the
-//! caller called `get`; a failure with no matching reset is *unexplained*.
-//! Both must be zero.
+//! its connection. It is *stale* if that reset was visible to the runtime
+//! before the caller called `get`, *kernel-only* if it had gone out (and so
+//! reached this host, over loopback) before the `get` but the runtime had
+//! not seen it yet; a failure with no matching reset is *unexplained*. All
+//! three must be zero.
 //!
 //! At the end, with the load and the resets stopped, a last sweep checks
 //! out every idle connection of each endpoint at once (each must make a
@@ -169,9 +171,13 @@ struct Tally {
 struct Kinds {
     /// The reset went out while the lease was held.
     during_lease: u64,
-    /// The reset became visible after the caller asked, before the lease
-    /// began: it raced the checkout.
+    /// The reset went out after the caller asked, before the lease began:
+    /// it raced the checkout.
     raced_checkout: u64,
+    /// The reset had reached this host before the caller asked, but the
+    /// pool's runtime had not collected its event yet: only asking the
+    /// kernel could have seen it (see `liveness_peek_after`).
+    kernel_only: Vec<String>,
     stale: Vec<String>,
     unexplained: Vec<String>,
 }
@@ -187,8 +193,7 @@ async fn soak(
         Config::builder()
             .tls_config(cert.client_config())
             .max_connections_per_endpoint(16)
-            // Every checkout probes.
-            .liveness_check_bypass(Duration::ZERO)
+            // Otherwise the default config: every checkout is checked.
             .build()
             .unwrap(),
     );
@@ -247,11 +252,13 @@ async fn soak(
         summary,
         "soak: {TASKS} tasks on {} endpoints for {ran_for:.1?} (seed {seed}): \
          {requests} round trips ok, {} failed ({} during the lease, {} racing the checkout, \
-         {} stale, {} unexplained), {} gets failed; {} connections reset by the proxies",
+         {} reset before the get but seen only by the kernel then, {} stale, {} unexplained), \
+         {} gets failed; {} connections reset by the proxies",
         endpoints.len(),
         failures.len(),
         kinds.during_lease,
         kinds.raced_checkout,
+        kinds.kernel_only.len(),
         kinds.stale.len(),
         kinds.unexplained.len(),
         get_errors.len(),
@@ -284,6 +291,13 @@ async fn soak(
         "{} failures on connections whose reset the pool could see before the get:\n{}",
         kinds.stale.len(),
         kinds.stale.join("\n")
+    );
+    assert!(
+        kinds.kernel_only.is_empty(),
+        "{} failures on connections reset before the get, which the runtime had not seen \
+         yet and the kernel had:\n{}",
+        kinds.kernel_only.len(),
+        kinds.kernel_only.join("\n")
     );
     assert!(
         kinds.unexplained.is_empty(),
@@ -521,6 +535,7 @@ fn classify(failures: &[Failure], resets: &[Reset], born: &HashMap<u64, Instant>
             None => kinds.unexplained.push(describe()),
             Some(r) if r.visible < f.asked => kinds.stale.push(describe()),
             Some(r) if r.record.reset_at >= f.got => kinds.during_lease += 1,
+            Some(r) if r.record.reset_at < f.asked => kinds.kernel_only.push(describe()),
             Some(_) => kinds.raced_checkout += 1,
         }
     }

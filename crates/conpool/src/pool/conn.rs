@@ -13,7 +13,7 @@
 //! time arithmetic. Nothing else is kept: the record is allocated per
 //! connection, and a pool with 100,000 endpoints holds one for each idle
 //! connection, so what can be derived is derived (the last return from
-//! the probe window's end, the creation from the expiry).
+//! the kernel-look window's end, the creation from the expiry).
 
 use std::hash::{BuildHasher, RandomState};
 use std::ops::{Deref, DerefMut};
@@ -56,15 +56,18 @@ pub(crate) struct Record {
     /// `expires_at` and `max_idle_time` after it last came back to the pool
     /// (or was created).
     reuse_by: Instant,
-    /// From this instant on, a checkout probes it first:
-    /// `liveness_check_bypass` after it last came back (or was created).
+    /// From this instant on, a checkout asks the kernel, not only the
+    /// runtime's readiness, whether the peer closed it or wrote to it:
+    /// `liveness_peek_after` after it last came back (or was created).
     /// Being that return plus one length for every connection of a pool,
     /// it also orders connections by when they last came back (see
-    /// [`Conn::return_order`]), so the return itself is not stored.
-    probe_from: Instant,
-    /// Its last lease outlasted the bypass window: probe at the next
-    /// checkout, however soon.
-    probe_next: bool,
+    /// [`Conn::return_order`]): storing the return too would cost 16 bytes
+    /// in every idle connection's record, which the memory target (256 B
+    /// per idle connection, 252 B used) does not have room for.
+    peek_from: Instant,
+    /// Its last lease outlasted `liveness_peek_after`: ask the kernel at
+    /// the next checkout, however soon.
+    peek_next: bool,
     /// How many times it has been handed out.
     pub(crate) uses: u64,
     /// The endpoint's generation when it was created; a connection of an
@@ -82,8 +85,8 @@ impl Conn {
             id,
             expires_at,
             reuse_by: expires_at,
-            probe_from: expires_at,
-            probe_next: false,
+            peek_from: expires_at,
+            peek_next: false,
             uses: 0,
             generation,
         }));
@@ -94,24 +97,23 @@ impl Conn {
     /// Records that the connection came back at `now`, and computes the
     /// deadlines the checkout path compares against.
     ///
-    /// The bypass window trusts a connection that was in use a moment ago.
-    /// A lease that outlasted the window may have sat silent all the while,
-    /// long enough for the server to close it, so a connection that comes
-    /// back past its previous `probe_from` is probed at its next checkout,
-    /// however soon that is. (Its time idle before that lease counts too,
-    /// which only errs towards probing.)
+    /// A lease that outlasted `liveness_peek_after` may have sat silent all
+    /// the while, long enough for the server to close it, so a connection
+    /// that comes back past its previous `peek_from` has the kernel asked
+    /// at its next checkout, however soon that is. (Its time idle before
+    /// that lease counts too, which only errs towards asking.)
     #[inline]
     pub(crate) fn mark_idle(&mut self, now: Instant, config: &Config) {
-        // `probe_from` is still the previous return (or the creation) plus
+        // `peek_from` is still the previous return (or the creation) plus
         // the window.
-        self.probe_next = now >= self.probe_from;
+        self.peek_next = now >= self.peek_from;
         self.set_deadlines(now, config);
     }
 
-    /// Whether a checkout at `now` must probe it first (with the liveness
-    /// check on): idle past the window, or back from a lease that was.
-    pub(crate) fn due_for_probe(&self, now: Instant) -> bool {
-        self.probe_next || now >= self.probe_from
+    /// Whether a checkout at `now` asks the kernel: idle for at least
+    /// `liveness_peek_after`, or back from a lease that lasted that long.
+    pub(crate) fn due_for_peek(&self, now: Instant) -> bool {
+        self.peek_next || now >= self.peek_from
     }
 
     #[inline]
@@ -122,8 +124,8 @@ impl Conn {
         // A window too long to add means "never" too; a century on (the
         // same for every connection) keeps the order of returns that
         // `return_order` reads.
-        self.probe_from = now
-            .checked_add(config.liveness_check_bypass())
+        self.peek_from = now
+            .checked_add(config.liveness_peek_after())
             .unwrap_or_else(|| far_future(now));
     }
 
@@ -138,7 +140,7 @@ impl Conn {
     /// Orders connections of one pool as their last returns to it (or
     /// creations) do, earliest first: for least-recently-used eviction.
     pub(crate) fn return_order(&self) -> Instant {
-        self.probe_from
+        self.peek_from
     }
 
     /// `None` if the connection may be handed out at `now`, else why not.

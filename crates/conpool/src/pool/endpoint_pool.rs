@@ -58,6 +58,7 @@ use super::map::EndpointMap;
 use super::slots::Slots;
 use crate::dial::Dial;
 use crate::stats::{Counters, PoolState};
+use crate::stream::Look;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats, ThreadSlots};
 use queue::{WaitTicket, Waiter};
 
@@ -261,8 +262,8 @@ pub(crate) enum Step {
     Ready(Conn),
     /// An idle connection to probe or health-check first.
     Reuse(Conn),
-    /// A connection handed over by a returning lease, to probe first (a
-    /// zero `liveness_check_bypass`); its reuse is counted already.
+    /// A connection handed over by a returning lease, to check first (the
+    /// liveness check is on); its reuse is counted already.
     Handoff(Conn),
     Dial,
     Wait(WaitTicket),
@@ -287,6 +288,16 @@ enum Origin {
     /// A returning lease (see [`Step::Handoff`]): probe only; reuse counted
     /// already.
     Handoff,
+}
+
+/// Why the connection parked in a caller's slot is not handed out as it
+/// is ([`EndpointPool::judge_parked`]).
+enum Parked {
+    /// It is fit, but the health check must run first (the slow path).
+    Check,
+    /// It must be closed: for this reason, or (`None`) for the one
+    /// `take_back` finds (a clear, or the pool closed).
+    Close(Option<CloseReason>),
 }
 
 /// The outcome of a health check.
@@ -342,29 +353,85 @@ impl EndpointPool {
         if let Some(slots) = self.slots.get() {
             // A connection parked before a clear is not handed out after it.
             let epoch = slots.epoch.load(Ordering::Acquire);
-            let fit = |c: &Conn| u64::from(c.generation) * 2 == epoch && self.ready_as_is(c, now);
+            let mut refused = Parked::Close(None);
+            let fit = |c: &mut Conn| match self.judge_parked(c, epoch, now) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused = why;
+                    false
+                }
+            };
             match slots.take_mine(fit) {
                 Ok(Some(conn)) => return Started::Leased(self.lease_reused(conn, caller)),
                 Ok(None) => {}
-                Err(conn) => match conn.reuse_verdict(now, self.config()) {
-                    // Fit, but due for its probe: the slow path checks it.
-                    None if u64::from(conn.generation) * 2 == epoch => {
+                Err(conn) => match refused {
+                    Parked::Check => {
                         return Started::Pending(Pending::new(self, Step::Reuse(conn), now));
                     }
-                    reason => self.take_back(conn, reason),
+                    Parked::Close(reason) => self.take_back(conn, reason),
                 },
             }
         }
-        let begun = match self.take_ready_idle(now) {
-            Ok(conn) => Ok(Some(Step::Ready(conn))),
-            Err(held) => self.begin_acquire(now, held),
-        };
-        match begun {
-            Ok(Some(Step::Ready(conn))) => Started::Leased(self.lease_reused(conn, caller)),
-            Ok(Some(step)) => Started::Pending(Pending::new(self, step, now)),
-            Ok(None) => Started::Retired,
-            Err(error) => Started::Refused(Box::new(error)),
+        loop {
+            let begun = match self.take_ready_idle(now) {
+                Ok(conn) => Ok(Some(Step::Ready(conn))),
+                Err(held) => self.begin_acquire(now, held),
+            };
+            return match begun {
+                Ok(Some(Step::Ready(mut conn))) => match self.look(&mut conn, now, false) {
+                    None => Started::Leased(self.lease_reused(conn, caller)),
+                    Some(reason) => {
+                        // Counted as reused when taken; nobody used it.
+                        self.state.lock().counters.unreused();
+                        self.take_back(conn, Some(reason));
+                        continue;
+                    }
+                },
+                Ok(Some(step)) => Started::Pending(Pending::new(self, step, now)),
+                Ok(None) => Started::Retired,
+                Err(error) => Started::Refused(Box::new(error)),
+            };
         }
+    }
+
+    /// Whether the connection parked in this thread's slot may be handed
+    /// out as it is, judged under the slot's own lock: of the current
+    /// generation (`epoch`), fit by the reuse rule, needing no health
+    /// check, and alive by the liveness check.
+    fn judge_parked(&self, conn: &mut Conn, epoch: u64, now: Instant) -> Result<(), Parked> {
+        if u64::from(conn.generation) * 2 != epoch {
+            // `take_back` names the reason: cleared, or the pool closed.
+            return Err(Parked::Close(None));
+        }
+        if let Some(reason) = conn.reuse_verdict(now, self.config()) {
+            return Err(Parked::Close(Some(reason)));
+        }
+        if self.config().health_check().is_some() {
+            return Err(Parked::Check);
+        }
+        match self.look(conn, now, false) {
+            None => Ok(()),
+            reason => Err(Parked::Close(reason)),
+        }
+    }
+
+    /// The liveness check, when it is on: `None` if the connection looks
+    /// alive, else why it is not. It asks the kernel when the connection
+    /// is due for that (see [`Conn::due_for_peek`]) or `handoff` says it
+    /// comes straight from a returning lease to a caller that queued;
+    /// otherwise the runtime's readiness alone answers. Never run under the
+    /// endpoint's lock: asking the kernel is a system call.
+    #[inline]
+    fn look(&self, conn: &mut Conn, now: Instant, handoff: bool) -> Option<CloseReason> {
+        if !self.config().liveness_check() {
+            return None;
+        }
+        let look = if handoff || conn.due_for_peek(now) {
+            Look::Kernel
+        } else {
+            Look::Readiness
+        };
+        conn.stream.liveness(look).close_reason()
     }
 
     /// Probes, dials or waits, within `acquire_timeout` of `start`.
@@ -436,14 +503,14 @@ impl EndpointPool {
     /// for a probe or health check.
     #[inline]
     fn ready_as_is(&self, conn: &Conn, now: Instant) -> bool {
-        conn.reuse_verdict(now, self.config()).is_none() && !self.needs_check(conn, now)
+        conn.reuse_verdict(now, self.config()).is_none() && !self.needs_check()
     }
 
-    /// Whether an idle connection must be probed or health-checked before
-    /// it is handed out.
-    fn needs_check(&self, conn: &Conn, now: Instant) -> bool {
-        let config = self.config();
-        config.health_check().is_some() || (config.liveness_check() && conn.due_for_probe(now))
+    /// Whether an idle connection must be health-checked, which is async,
+    /// before it is handed out. (The liveness check is synchronous: every
+    /// path runs it, see [`look`](Self::look).)
+    fn needs_check(&self) -> bool {
+        self.config().health_check().is_some()
     }
 
     /// Runs the slow part of an acquire until `deadline`, if any.
@@ -497,7 +564,7 @@ impl EndpointPool {
             }
             st.in_use();
             let room = if let Some(conn) = self.pop_fit_idle(&mut st, now, &mut closing) {
-                let step = if self.needs_check(&conn, now) {
+                let step = if self.needs_check() {
                     Step::Reuse(conn)
                 } else {
                     st.counters.reused();
@@ -800,16 +867,9 @@ impl EndpointPool {
     /// What a waiter does next with the grant it was woken with.
     fn after_grant(&self, grant: Grant) -> Result<Step, Error> {
         match grant {
-            // A zero bypass window probes every checkout, this one too: the
-            // peer may have closed the connection while its last holder sat
-            // on it. Otherwise it comes straight from another lease and was
-            // never idle.
-            Grant::Conn(conn)
-                if self.config().liveness_check()
-                    && self.config().liveness_check_bypass().is_zero() =>
-            {
-                Ok(Step::Handoff(conn))
-            }
+            // Checked like any other checkout: the peer may have closed the
+            // connection while its last holder sat on it.
+            Grant::Conn(conn) if self.config().liveness_check() => Ok(Step::Handoff(conn)),
             Grant::Conn(conn) => Ok(Step::Ready(conn)),
             Grant::Dial => Ok(Step::Dial),
             Grant::Closed => Err(Error::PoolClosed),
@@ -817,9 +877,9 @@ impl EndpointPool {
         }
     }
 
-    /// Checks a connection before it is handed out: the liveness probe
-    /// (unless it was idle for less than the bypass window), then, for one
-    /// taken from idle, the configured health check. On failure the
+    /// Checks a connection before it is handed out: the liveness check
+    /// ([`look`](Self::look)), then, for one taken from idle, the
+    /// configured health check. On failure the
     /// connection is closed and this caller keeps its slot: the next step is
     /// another idle connection or a dial.
     async fn check_idle(
@@ -829,15 +889,12 @@ impl EndpointPool {
         origin: Origin,
     ) -> Result<Checked, Error> {
         let config = self.config();
-        let probe = config.liveness_check() && conn.due_for_probe(Instant::now());
-        // Held as a lease during the checks, so that a caller cancelled
-        // mid-check closes the connection rather than returning it with a
-        // half-done exchange on it.
+        let mut conn = conn;
+        let mut failure = self.look(&mut conn, Instant::now(), origin == Origin::Handoff);
+        // Held as a lease during the health check, so that a caller
+        // cancelled mid-check closes the connection rather than returning
+        // it with a half-done exchange on it.
         let mut lease = self.clone().lease(conn, caller);
-        let mut failure = None;
-        if probe {
-            failure = lease.stream_mut().liveness().await.close_reason();
-        }
         let health = config.health_check().filter(|_| origin == Origin::Idle);
         if let (None, Some(check)) = (failure, health) {
             lease.set_busy(true);
@@ -1186,9 +1243,12 @@ impl EndpointPool {
     fn give_back(self: &Arc<Self>, grant: Grant) {
         match grant {
             Grant::Conn(conn) => {
-                // Counted as reused when granted; nobody used it.
+                // Counted as reused when granted; nobody used it. It was
+                // marked idle when its lease ended: `take_back`, not
+                // `release`, so that a second mark does not clear what the
+                // first noted (a lease that outlasted the peek window).
                 self.state.lock().counters.unreused();
-                self.release(conn, None);
+                self.take_back(conn, None);
             }
             Grant::Dial => self.return_unused_dial(false),
             Grant::Closed | Grant::TimedOut => {}

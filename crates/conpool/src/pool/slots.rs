@@ -82,16 +82,22 @@ impl Slots {
     }
 
     /// Takes this thread's parked connection if `fit` accepts it (counting
-    /// the reuse); returns it in `Err` if `fit` refuses it.
-    pub(crate) fn take_mine(&self, fit: impl FnOnce(&Conn) -> bool) -> Result<Option<Conn>, Conn> {
+    /// the reuse); returns it in `Err` if `fit` refuses it. `fit` runs under
+    /// the slot's lock, which only this thread takes in the common case, and
+    /// may look at the stream.
+    pub(crate) fn take_mine(
+        &self,
+        fit: impl FnOnce(&mut Conn) -> bool,
+    ) -> Result<Option<Conn>, Conn> {
         let mut slot = self.mine().lock();
-        match slot.conn.take() {
-            None => Ok(None),
-            Some(conn) if fit(&conn) => {
-                slot.reused += 1;
-                Ok(Some(conn))
-            }
-            Some(conn) => Err(conn),
+        let Some(mut conn) = slot.conn.take() else {
+            return Ok(None);
+        };
+        if fit(&mut conn) {
+            slot.reused += 1;
+            Ok(Some(conn))
+        } else {
+            Err(conn)
         }
     }
 

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 pub mod proxy;
 pub mod redis;
 pub mod servers;
+pub mod thread_server;
 
 /// A TCP echo server on 127.0.0.1. It counts the connections it has
 /// accepted and those still open on its side, and can close every open one

@@ -55,6 +55,9 @@ impl EndpointPool {
         warm: bool,
     ) {
         let slot = DialSlot(Some(self.clone()));
+        // A clear while the dial runs must reach its connection too: the
+        // dial belongs to the generation it started in.
+        let generation = self.state.lock().generation;
         tokio::spawn(async move {
             let pool = slot
                 .0
@@ -62,13 +65,14 @@ impl EndpointPool {
                 .expect("the slot is held until the dial ends");
             let ctx = &pool.ctx;
             let result = dial_with_retry(&*ctx.dialer, &pool.endpoint, &ctx.config).await;
-            slot.finish(result, tx, warm);
+            slot.finish(result, generation, tx, warm);
         });
     }
 
     fn finish_dial(
         self: &Arc<Self>,
         result: Result<crate::Stream, Error>,
+        generation: u32,
         tx: oneshot::Sender<Result<Conn, Error>>,
         warm: bool,
     ) {
@@ -88,7 +92,20 @@ impl EndpointPool {
                             cold.warm_retry_at = None;
                         }
                     }
-                    let conn = Conn::new(stream, now, st.generation, self.config());
+                    let conn = Conn::new(stream, now, generation, self.config());
+                    if generation != st.generation && !st.closed {
+                        // Cleared while it was being dialed: it may go to
+                        // the address the clear was about (a failover).
+                        // Closed, and dialed again into the same slot for
+                        // whoever waits for it.
+                        st.counters.closed(CloseReason::Cleared);
+                        // The redial keeps the slot this dial held.
+                        st.dialing += 1;
+                        drop(st);
+                        self.close_conns(vec![(conn, CloseReason::Cleared)]);
+                        self.spawn_dial(tx, warm);
+                        return;
+                    }
                     if st.closed {
                         st.counters.closed(CloseReason::PoolClosed);
                         drop(st);
@@ -162,11 +179,12 @@ impl DialSlot {
     fn finish(
         mut self,
         result: Result<crate::Stream, Error>,
+        generation: u32,
         tx: oneshot::Sender<Result<Conn, Error>>,
         warm: bool,
     ) {
         if let Some(pool) = self.0.take() {
-            pool.finish_dial(result, tx, warm);
+            pool.finish_dial(result, generation, tx, warm);
         }
     }
 }

@@ -8,13 +8,12 @@
 //! pool then retires such entries under its map's write lock.
 
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Waker};
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Closing, DialRoom, EndpointPool};
-use crate::stream::Liveness;
+use crate::stream::{Liveness, Look};
 
 /// What [`EndpointPool::maintain`] did, for the maintenance log.
 #[derive(Debug, Default)]
@@ -44,15 +43,16 @@ impl EndpointPool {
             if st.closed || st.retired {
                 return upkeep;
             }
-            // A noop waker: the task polls again next tick, and a later
-            // checkout registers its own waker.
-            let mut cx = TaskContext::from_waker(Waker::noop());
             st.idle.drop_where(
                 |conn| {
                     conn.reuse_verdict(now, config).or_else(|| {
+                        // The runtime's readiness only: a system call per
+                        // idle connection per pass would cost a pool of
+                        // 100,000 endpoints more than the pass itself, and
+                        // every checkout looks again.
                         config
                             .liveness_check()
-                            .then(|| conn.stream.poll_liveness(&mut cx))
+                            .then(|| conn.stream.liveness(Look::Readiness))
                             .and_then(Liveness::close_reason)
                     })
                 },
