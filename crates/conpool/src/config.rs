@@ -232,6 +232,13 @@ impl Config {
     }
     /// The bound on one connect attempt (resolve, TCP connect and TLS
     /// handshake); `None` waits as long as the OS does.
+    ///
+    /// Inside the attempt, the dialer [`Pool::new`](crate::Pool::new) makes
+    /// shares it between the host's addresses, tried in turn: each gets the
+    /// time left divided by the addresses left, but at least 500 ms (or all
+    /// that is left), and the TLS handshake gets what remains. So with the
+    /// default 10 s, a first address that drops SYNs takes 5 s and the
+    /// second has the other 5 s.
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.connect_timeout
     }
@@ -408,7 +415,8 @@ impl ConfigBuilder {
         self.config.max_connection_uses = max.into();
         self
     }
-    /// Bound on one connect attempt (`None`: the OS's own); above 0.
+    /// Bound on one connect attempt, shared between the host's addresses
+    /// (see [`Config::connect_timeout`]; `None`: the OS's own); above 0.
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.connect_timeout = timeout.into();
         self

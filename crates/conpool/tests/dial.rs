@@ -1,6 +1,12 @@
 //! Dialing as a user sees it: retries with exponential backoff, the connect
-//! timeout per attempt, failures that are not retried, and a dead endpoint
-//! that must not hold up a healthy one.
+//! timeout per attempt and its share per address, failures that are not
+//! retried, and a dead endpoint that must not hold up a healthy one.
+//!
+//! A host name that resolves to a black-holed address and a live one cannot
+//! be made without editing `/etc/hosts`, so the fallback from one address to
+//! the next under the attempt's deadline is tested where the addresses go
+//! in: [`connect_any`], which the default dialer calls with every resolved
+//! address and the deadline `connect_timeout` sets.
 
 mod support;
 
@@ -9,14 +15,19 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use conpool::config::default_tls_config;
-use conpool::dial::{Dial, DialError, TcpTlsDialer};
+use conpool::dial::tcp::connect_any;
+use conpool::dial::{Dial, DialError, DialErrorKind, TcpTlsDialer};
 use conpool::{BoxFuture, Config, Endpoint, Error, Pool, Stats, Stream};
+use support::proxy::{Fault, FaultProxy};
 use support::{EchoServer, FullBacklog, assert_books_balance, refused_port, round_trip};
 use tokio::time::Instant;
 
-/// The default dialer, wrapped to record when (on tokio's clock) each
-/// attempt starts.
+/// Long enough for any dial here to end by itself; a dial still running
+/// then is stuck, and the test fails instead of hanging.
+const STUCK: Duration = Duration::from_secs(10);
+
+/// The dialer `Pool::new` makes, wrapped to record when (on tokio's clock)
+/// each attempt starts.
 #[derive(Clone)]
 struct Recording {
     inner: TcpTlsDialer,
@@ -24,9 +35,9 @@ struct Recording {
 }
 
 impl Recording {
-    fn new() -> Recording {
+    fn new(config: &Config) -> Recording {
         Recording {
-            inner: TcpTlsDialer::new(default_tls_config()),
+            inner: TcpTlsDialer::from_config(config),
             attempts: Arc::default(),
         }
     }
@@ -60,7 +71,6 @@ fn assert_all_gauges_zero(s: &Stats) {
 async fn a_refused_connect_is_retried_with_doubling_backoff() {
     let port = refused_port();
     let ep = Endpoint::new("127.0.0.1", port).unwrap();
-    let dialer = Recording::new();
     // No timers but the backoff sleeps: the paused clock then moves only
     // when the pool sleeps between attempts.
     let config = Config::builder()
@@ -70,6 +80,7 @@ async fn a_refused_connect_is_retried_with_doubling_backoff() {
         .connect_retry_delay(Duration::from_millis(100))
         .build()
         .unwrap();
+    let dialer = Recording::new(&config);
     let pool = Pool::with_dialer(config, dialer.clone());
 
     let err = pool.get(&ep).await.unwrap_err();
@@ -115,9 +126,10 @@ async fn a_connect_that_hangs_times_out_per_attempt() {
     let black_hole = FullBacklog::start();
     let ep = black_hole.endpoint();
     let port = ep.port();
-    let dialer = Recording::new();
     // The paused clock jumps to the connect timeout as soon as the runtime
-    // is idle, which it is while the dropped SYN goes unanswered.
+    // is idle, which it is while the dropped SYN goes unanswered. The
+    // dialer's own share of the timeout for the one address ends at the
+    // same moment as the pool's: either way the attempt timed out.
     let config = Config::builder()
         .connect_timeout(Duration::from_secs(1))
         .connect_retry_count(2)
@@ -125,6 +137,7 @@ async fn a_connect_that_hangs_times_out_per_attempt() {
         .acquire_timeout(None)
         .build()
         .unwrap();
+    let dialer = Recording::new(&config);
     let pool = Pool::with_dialer(config, dialer.clone());
 
     let started = Instant::now();
@@ -248,4 +261,80 @@ async fn a_black_holed_endpoint_does_not_delay_a_healthy_one() {
     stuck.abort();
     let s = assert_books_balance(&pool, &healthy, server.port());
     assert_eq!((s.total_created, s.total_reused, s.errors), (1, 19, 0));
+}
+
+#[tokio::test]
+async fn connect_any_moves_on_from_a_black_holed_address_to_the_next() {
+    let black_hole = FullBacklog::start();
+    black_hole.assert_connects_hang().await;
+    let server = EchoServer::start().await;
+
+    // Two addresses in 1 s: the black hole gets 500 ms, the server the rest.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let connected = tokio::time::timeout(
+        STUCK,
+        connect_any(&[black_hole.addr, server.addr], Some(deadline)),
+    )
+    .await
+    .expect("connect_any keeps to its deadline");
+
+    let mut stream = connected.expect("the second address is reached within the deadline");
+    assert_eq!(stream.peer_addr().unwrap(), server.addr);
+    round_trip(&mut stream, b"ping").await.unwrap();
+    assert_eq!(server.accepted(), 1);
+}
+
+#[tokio::test]
+async fn connect_any_times_out_at_its_deadline_when_every_address_hangs() {
+    let first = FullBacklog::start();
+    let second = FullBacklog::start();
+    first.assert_connects_hang().await;
+    second.assert_connects_hang().await;
+
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let outcome = tokio::time::timeout(
+        STUCK,
+        connect_any(&[first.addr, second.addr], Some(deadline)),
+    )
+    .await
+    .expect("connect_any keeps to its deadline");
+
+    let err = outcome.expect_err("no address accepts");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("connect to {} timed out after", second.addr)),
+        "the error is the last address's, which had its share too: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_default_dialer_gives_the_tls_handshake_what_is_left_of_its_connect_timeout() {
+    let upstream = EchoServer::start().await;
+    let silent = FaultProxy::start(upstream.addr).await;
+    silent.set_mode(Fault::BlackHole);
+    let ep = Endpoint::tls("127.0.0.1", silent.port()).unwrap();
+    let config = Config::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let dialer = TcpTlsDialer::from_config(&config);
+
+    // Straight to the dialer: no pool timeout around it.
+    let outcome = tokio::time::timeout(STUCK, dialer.dial(&ep))
+        .await
+        .expect("the dialer keeps to its connect timeout by itself");
+
+    let Err(err) = outcome else {
+        panic!("a server that never answers the handshake gave a stream")
+    };
+    assert_eq!(err.kind(), DialErrorKind::Connect);
+    assert!(err.is_retryable(), "running out of time is worth a retry");
+    let err = err.into_io();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(
+        err.to_string(),
+        format!("the TLS handshake with {ep} ran out of the connect timeout")
+    );
+    assert_eq!(silent.accepted(), 1, "the TCP connect itself went through");
 }

@@ -12,6 +12,16 @@
 //!   retries what can succeed on retry (a refused or timed-out connect), with
 //!   the delay from [`backoff_delay`]. What retrying cannot fix (a host that
 //!   does not resolve, a certificate that does not verify) fails at once.
+//!
+//! The default dialer as [`Pool::new`](crate::Pool::new) makes it
+//! ([`TcpTlsDialer::from_config`]) keeps `connect_timeout` too, to share it
+//! out inside the attempt: the attempt's deadline is `connect_timeout` from
+//! its start, resolving counts against it, each address gets the time left
+//! divided by the addresses left (at least 500 ms, or all that is left; see
+//! [`tcp`]) and the TLS handshake gets whatever is left. A first address
+//! that drops SYNs (a broken IPv6 route) thus leaves the next one time to
+//! connect. The pool's own timeout still bounds every attempt, whatever the
+//! dialer.
 
 mod backoff;
 pub mod resolve;
@@ -21,6 +31,8 @@ pub mod tls;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub use backoff::backoff_delay;
 
@@ -67,7 +79,7 @@ pub struct DialError {
 pub enum DialErrorKind {
     /// Name resolution: not retried.
     Resolve,
-    /// The transport connect: retried.
+    /// The transport connect, or the attempt running out of time: retried.
     Connect,
     /// The TLS handshake's verdict: not retried.
     Tls,
@@ -81,7 +93,7 @@ impl DialError {
             source,
         }
     }
-    /// The connect failed; worth retrying.
+    /// The connect failed or the attempt ran out of time; worth retrying.
     pub fn connect(source: io::Error) -> Self {
         DialError {
             kind: DialErrorKind::Connect,
@@ -110,30 +122,85 @@ impl DialError {
 }
 
 /// The default dialer: system resolver, TCP with `TCP_NODELAY`, and rustls
-/// for TLS endpoints.
+/// for TLS endpoints, optionally under a connect timeout of its own.
+///
+/// With a connect timeout, an attempt's deadline is that timeout from the
+/// attempt's start: resolving counts against it, each resolved address gets
+/// a share of the time left (see [`tcp`]), and the TLS handshake gets what
+/// is left; an attempt out of time fails with a retryable error whose
+/// source is [`io::ErrorKind::TimedOut`].
+///
+/// ```
+/// use std::time::Duration;
+/// use conpool::dial::TcpTlsDialer;
+/// use conpool::{Config, Pool};
+///
+/// let config = Config::builder().connect_timeout(Duration::from_secs(2)).build()?;
+/// // The dialer Pool::new would make, here to be wrapped or passed on.
+/// let dialer = TcpTlsDialer::from_config(&config);
+/// let pool = Pool::with_dialer(config, dialer);
+/// # Ok::<(), conpool::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct TcpTlsDialer {
     tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Option<Duration>,
 }
 
 impl TcpTlsDialer {
-    /// A dialer that uses `tls` for TLS endpoints.
+    /// A dialer that uses `tls` for TLS endpoints and keeps no timeout of its
+    /// own: each address waits as long as the OS does, and only a pool's
+    /// `connect_timeout` cuts the attempt, whatever address it is on. Use
+    /// [`TcpTlsDialer::from_config`] for a dialer that shares the timeout
+    /// between a host's addresses.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
-        TcpTlsDialer { tls }
+        TcpTlsDialer {
+            tls,
+            connect_timeout: None,
+        }
+    }
+
+    /// The dialer [`Pool::new`](crate::Pool::new) makes: TLS with the
+    /// config's `tls_config`, and the config's `connect_timeout` shared
+    /// between a host's addresses.
+    pub fn from_config(config: &Config) -> Self {
+        TcpTlsDialer {
+            tls: config.tls_config().clone(),
+            connect_timeout: config.connect_timeout(),
+        }
     }
 }
 
 impl Dial for TcpTlsDialer {
     fn dial<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
         Box::pin(async move {
-            let addrs = resolve::resolve(endpoint)
+            // A timeout too long to add to the clock is no timeout.
+            let deadline = self
+                .connect_timeout
+                .and_then(|limit| Instant::now().checked_add(limit));
+            let addrs = within(deadline, resolve::resolve(endpoint))
                 .await
+                .ok_or_else(|| {
+                    out_of_time(format!(
+                        "resolving {} took the whole connect timeout",
+                        endpoint.host()
+                    ))
+                })?
                 .map_err(DialError::resolve)?;
-            let tcp = tcp::connect_any(&addrs).await.map_err(DialError::connect)?;
+            let tcp = tcp::connect_any(&addrs, deadline)
+                .await
+                .map_err(DialError::connect)?;
             if !endpoint.is_tls() {
                 return Ok(Stream::tcp(tcp));
             }
-            match tls::handshake(&self.tls, endpoint, tcp).await {
+            let handshake = within(deadline, tls::handshake(&self.tls, endpoint, tcp))
+                .await
+                .ok_or_else(|| {
+                    out_of_time(format!(
+                        "the TLS handshake with {endpoint} ran out of the connect timeout"
+                    ))
+                })?;
+            match handshake {
                 Ok(tls) => Ok(Stream::tls(tls)),
                 Err(err) if tls::is_tls_failure(&err).is_some() => Err(DialError::tls(err)),
                 Err(err) if err.kind() == io::ErrorKind::InvalidInput => Err(DialError::tls(err)),
@@ -142,6 +209,19 @@ impl Dial for TcpTlsDialer {
             }
         })
     }
+}
+
+/// Runs `step` to its end, or to `deadline` if that comes first (`None`).
+async fn within<F: Future>(deadline: Option<Instant>, step: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, step).await.ok(),
+        None => Some(step.await),
+    }
+}
+
+/// An attempt that ran out of time: worth another.
+fn out_of_time(what: String) -> DialError {
+    DialError::connect(io::Error::new(io::ErrorKind::TimedOut, what))
 }
 
 /// Dials with the config's timeout per attempt and its retry policy.
@@ -154,10 +234,16 @@ pub(crate) async fn dial_with_retry(
     let mut attempt = 1;
     loop {
         tracing::debug!(%endpoint, attempt, attempts, "connecting");
+        let started = Instant::now();
         let outcome = match config.connect_timeout() {
-            Some(limit) => tokio::time::timeout(limit, dialer.dial(endpoint))
-                .await
-                .map_err(|_| limit),
+            Some(limit) => match tokio::time::timeout(limit, dialer.dial(endpoint)).await {
+                // The default dialer keeps the same timeout itself, to share
+                // it between addresses, and its timer may fire first: an
+                // attempt that fails once its time is up timed out,
+                // whichever timer noticed.
+                Ok(Err(err)) if err.is_retryable() && started.elapsed() >= limit => Err(limit),
+                outcome => outcome.map_err(|_| limit),
+            },
             None => Ok(dialer.dial(endpoint).await),
         };
         let failure = match outcome {

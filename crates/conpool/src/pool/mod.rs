@@ -74,9 +74,10 @@ pub(crate) struct Shared {
 }
 
 impl Pool {
-    /// A pool that dials TCP, and TLS with the config's `tls_config`.
+    /// A pool that dials TCP, and TLS with the config's `tls_config`, with
+    /// [`TcpTlsDialer::from_config`].
     pub fn new(config: Config) -> Self {
-        let dialer = TcpTlsDialer::new(config.tls_config().clone());
+        let dialer = TcpTlsDialer::from_config(&config);
         Pool::with_dialer(config, dialer)
     }
 

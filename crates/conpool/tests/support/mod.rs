@@ -225,6 +225,18 @@ impl FullBacklog {
     pub fn endpoint(&self) -> Endpoint {
         Endpoint::new("127.0.0.1", self.addr.port()).unwrap()
     }
+
+    /// Fails unless a new connect to the listener hangs, so that a test that
+    /// relies on the black hole cannot pass on a kernel that answers instead.
+    pub async fn assert_connects_hang(&self) {
+        let attempt =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(self.addr)).await;
+        assert!(
+            attempt.is_err(),
+            "a connect to the full backlog at {} must hang, but it ended: {attempt:?}",
+            self.addr
+        );
+    }
 }
 
 /// The sockets of this process connected to `remote_port` on loopback:
