@@ -124,6 +124,7 @@ impl Stream {
     /// look quiet); a byte read there is lost, which does not matter, as a
     /// connection with stray bytes is closed. `look` does not apply to
     /// custom streams: their own `poll_read` is all there is to ask.
+    #[inline]
     pub(crate) fn liveness(&mut self, look: Look) -> Liveness {
         match &mut self.inner {
             Inner::Tcp(tcp) => tcp_liveness(tcp, look),
@@ -157,6 +158,7 @@ impl Stream {
 /// call while the flag is clear, and clears a flag the call finds stale),
 /// and, for [`Look::Kernel`], straight on the socket when readiness skipped
 /// it. `read` answers `Err(WouldBlock)` for a quiet socket.
+#[inline]
 fn look_at(
     tcp: &TcpStream,
     look: Look,
@@ -167,20 +169,31 @@ fn look_at(
         asked = true;
         read()
     });
-    let seen = match seen {
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock && !asked && look == Look::Kernel => {
+    // Unasked, tokio found the flag clear (and answered `WouldBlock`): the
+    // common case, decided without looking at the error.
+    let seen = match (asked, look) {
+        (true, _) => seen,
+        // An error made from a kind owns nothing: forgetting it spares the
+        // hot path a call to its destructor.
+        (false, Look::Readiness) => {
+            std::mem::forget(seen);
+            return Liveness::Quiet;
+        }
+        (false, Look::Kernel) => {
+            std::mem::forget(seen);
             read()
         }
-        seen => seen,
     };
     match seen {
         Ok(liveness) => liveness,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Liveness::Quiet,
-        Err(err) if err.kind() == io::ErrorKind::Interrupted => Liveness::Quiet,
-        Err(_) => Liveness::Failed,
+        Err(err) => match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Liveness::Quiet,
+            _ => Liveness::Failed,
+        },
     }
 }
 
+#[inline]
 fn tcp_liveness(tcp: &TcpStream, look: Look) -> Liveness {
     look_at(tcp, look, || {
         let mut byte = [std::mem::MaybeUninit::uninit(); 1];
