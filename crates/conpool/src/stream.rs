@@ -7,10 +7,11 @@
 //! no virtual call per read or write.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -122,13 +123,17 @@ impl Stream {
         }
     }
 
-    /// [`poll_liveness`](Self::poll_liveness) from async code: one poll,
+    /// [`poll_liveness`](Self::poll_liveness) from any code, async or not:
+    /// one poll with a noop waker (a quiet stream wakes nobody later),
     /// outside the cooperative budget.
-    pub(crate) async fn liveness(&mut self) -> Liveness {
-        tokio::task::unconstrained(std::future::poll_fn(|cx| {
+    pub(crate) fn liveness(&mut self) -> Liveness {
+        let probe = tokio::task::unconstrained(std::future::poll_fn(|cx| {
             Poll::Ready(self.poll_liveness(cx))
-        }))
-        .await
+        }));
+        match pin!(probe).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(liveness) => liveness,
+            Poll::Pending => unreachable!("the probe is ready at its first poll"),
+        }
     }
 }
 

@@ -836,7 +836,7 @@ impl EndpointPool {
         let mut lease = self.clone().lease(conn, caller);
         let mut failure = None;
         if probe {
-            failure = lease.stream_mut().liveness().await.close_reason();
+            failure = lease.stream_mut().liveness().close_reason();
         }
         let health = config.health_check().filter(|_| origin == Origin::Idle);
         if let (None, Some(check)) = (failure, health) {
