@@ -2,19 +2,37 @@
 //!
 //! A [`PooledConnection`] is an RAII guard. It is itself the stream
 //! (`AsyncRead + AsyncWrite`), and it watches every I/O result that passes
-//! through it, so that when it is dropped it knows whether the connection is
-//! still clean:
+//! through it, so that when it is given back it knows whether the
+//! connection is still clean:
 //!
 //! - an I/O error, an end of stream, or a shutdown means the connection is
 //!   spent;
-//! - a read or write that returned `Pending` and was never completed means
-//!   the caller was cancelled mid-request: the stream may carry half a
-//!   request or an unread reply, which must never reach the next caller;
+//! - a read, write or flush that returned `Pending` and was never completed
+//!   means the caller was cancelled mid-request: the stream may carry half a
+//!   request or an unread reply, which must never reach the next caller.
+//!   Each kind of operation has its own mark, cleared only by a completed
+//!   operation of the same kind, so that a flush or a read after a cut-off
+//!   write does not make the half-written connection look clean;
 //! - a drop while the thread is panicking means the caller's state is
 //!   unknown.
 //!
 //! In each of these cases the connection is closed; otherwise it goes back
-//! to the pool. [`PooledConnection::discard`] closes it explicitly.
+//! to the pool.
+//!
+//! # Giving a connection back
+//!
+//! - **Drop** it: the careful default. Any operation left pending closes
+//!   the connection, since a lease dropped by a cancelled task looks just
+//!   like one whose owner finished. Right for code that reads exactly its
+//!   reply and stops, as hand-written protocol code does.
+//! - [`release`](PooledConnection::release) it: the caller vouches that the
+//!   last exchange is complete, so a read left pending since then (a
+//!   protocol client such as hyper's HTTP/1.1 client keeps one while the
+//!   connection is idle, to notice the server's close) does not count as a
+//!   cancelled exchange. Everything else still closes it, and bytes
+//!   waiting unread are looked for at once.
+//! - [`discard`](PooledConnection::discard) it: the caller knows the
+//!   connection is unusable (a protocol error, leftover bytes).
 
 use std::fmt;
 use std::io;
@@ -26,10 +44,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::pool::{Conn, EndpointPool};
+use crate::stream::Look;
 use crate::{CloseReason, Endpoint, Stream};
 
 /// A connection leased from a [`Pool`](crate::Pool). Use it as a stream;
-/// drop it to give it back.
+/// drop it (or [`release`](Self::release) it) to give it back.
 ///
 /// It derefs to the [`Stream`] for inspection (`peer_addr`, the TLS
 /// session), but I/O goes through the lease itself so that it can tell a
@@ -51,9 +70,44 @@ pub struct PooledConnection {
     conn: Option<Conn>,
     pool: Arc<EndpointPool>,
     reused: bool,
-    read_pending: bool,
-    write_pending: bool,
+    unfinished: Unfinished,
     spent: Option<CloseReason>,
+}
+
+/// The kinds of operation whose cut-off leaves the stream mid-exchange.
+#[derive(Clone, Copy)]
+enum Op {
+    Read = 1,
+    Write = 2,
+    Flush = 4,
+    /// A health check the pool runs on the stream before handing it out.
+    HealthCheck = 8,
+}
+
+/// The operations begun (a poll returned `Pending`) and not completed
+/// since, one mark per kind.
+#[derive(Clone, Copy, Default)]
+struct Unfinished(u8);
+
+impl Unfinished {
+    fn set(&mut self, op: Op, pending: bool) {
+        if pending {
+            self.0 |= op as u8;
+        } else {
+            self.0 &= !(op as u8);
+        }
+    }
+
+    fn any_except(self, op: Option<Op>) -> bool {
+        self.0 & !op.map_or(0, |op| op as u8) != 0
+    }
+}
+
+/// How the caller gives the connection back.
+#[derive(Clone, Copy)]
+enum Return {
+    Dropped,
+    Released,
 }
 
 impl PooledConnection {
@@ -63,8 +117,7 @@ impl PooledConnection {
             conn: Some(conn),
             pool,
             reused: false,
-            read_pending: false,
-            write_pending: false,
+            unfinished: Unfinished::default(),
             spent: None,
         }
     }
@@ -95,6 +148,27 @@ impl PooledConnection {
         self.spent.get_or_insert(CloseReason::Discarded);
     }
 
+    /// Gives the connection back, vouching that the last exchange on it is
+    /// complete (the whole reply read), so that a read left pending since
+    /// does not count as a cancelled exchange.
+    ///
+    /// Call it from protocol clients that keep a read pending on an idle
+    /// connection, such as hyper's HTTP/1.1 client (see the
+    /// [crate docs](crate#giving-connections-back) and
+    /// `examples/hyper_http1.rs`), once the exchange is over: a plain drop
+    /// would close the connection as [`Cancelled`](CloseReason::Cancelled).
+    ///
+    /// The connection is still closed if its lease saw an I/O error or the
+    /// end of the stream, if a write or flush was left pending (half a
+    /// request), while panicking, and if a look at the stream, taken here
+    /// without blocking, finds it closed, broken, or holding bytes nobody
+    /// read (for TLS, buffered plaintext counts). Bytes still in flight
+    /// cannot be seen yet: the caller's word that the exchange is complete
+    /// is what makes this safe.
+    pub fn release(mut self) {
+        self.end(Return::Released);
+    }
+
     fn conn(&self) -> &Conn {
         self.conn
             .as_ref()
@@ -114,7 +188,7 @@ impl PooledConnection {
     /// Marks I/O the pool itself runs on the lease (a health check) as in
     /// progress, so that a cancellation in the middle closes the connection.
     pub(crate) fn set_busy(&mut self, busy: bool) {
-        self.write_pending = busy;
+        self.unfinished.set(Op::HealthCheck, busy);
     }
 
     /// Flags the lease as reused and runs the pool's reused hook; the
@@ -130,25 +204,53 @@ impl PooledConnection {
         self.conn.take()
     }
 
-    /// Why the connection must not be reused, as its I/O showed.
-    fn close_reason(&self) -> Option<CloseReason> {
+    /// Returns the connection to the pool, or closes it for the reason
+    /// [`close_reason`](Self::close_reason) finds; once, as the lease ends.
+    fn end(&mut self, how: Return) {
+        if self.conn.is_some() {
+            let reason = self.close_reason(how);
+            let conn = self.take_conn().expect("checked just above");
+            self.pool.release(conn, reason);
+        }
+    }
+
+    /// Why the connection must not be reused, as its I/O showed and, for a
+    /// release, as a look at the stream shows now.
+    fn close_reason(&mut self, how: Return) -> Option<CloseReason> {
+        // A release vouches for the exchange, so a read left pending since
+        // is the caller's idle read; unread bytes are looked for instead.
+        let excused = match how {
+            Return::Dropped => None,
+            Return::Released => Some(Op::Read),
+        };
         if std::thread::panicking() {
             Some(CloseReason::Panicked)
         } else if self.spent.is_some() {
             self.spent
-        } else if self.read_pending || self.write_pending {
+        } else if self.unfinished.any_except(excused) {
             Some(CloseReason::Cancelled)
+        } else if excused.is_some() {
+            // The kernel, not only the runtime's readiness: the reply's
+            // unread rest may have arrived a moment ago, and the runtime
+            // the caller's client ran on may be gone.
+            self.stream_mut().liveness(Look::Kernel).close_reason()
         } else {
             None
         }
     }
 
-    /// Notes an I/O error; returns whether the operation is still pending.
-    fn track<T>(&mut self, result: &Poll<io::Result<T>>) -> bool {
+    /// Notes an I/O result: an error spends the connection; for operation
+    /// `op`, `Pending` marks it unfinished and only its completion clears
+    /// the mark. `op` is `None` where no mark applies: a read into a full
+    /// buffer or a write of nothing moves no bytes, so it neither begins
+    /// nor ends an exchange, and a shutdown spends the connection anyway.
+    fn track<T>(&mut self, op: Option<Op>, result: &Poll<io::Result<T>>) {
         if let Poll::Ready(Err(_)) = result {
             self.spent.get_or_insert(CloseReason::IoError);
         }
-        result.is_pending()
+        if let Some(op) = op {
+            self.unfinished.set(op, result.is_pending());
+        }
     }
 }
 
@@ -162,10 +264,7 @@ impl Deref for PooledConnection {
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let reason = self.close_reason();
-            self.pool.release(conn, reason);
-        }
+        self.end(Return::Dropped);
     }
 }
 
@@ -190,7 +289,7 @@ impl AsyncRead for PooledConnection {
         let before = buf.filled().len();
         let wanted = buf.remaining() > 0;
         let result = Pin::new(this.stream_mut()).poll_read(cx, buf);
-        this.read_pending = this.track(&result);
+        this.track(wanted.then_some(Op::Read), &result);
         if matches!(result, Poll::Ready(Ok(()))) && wanted && buf.filled().len() == before {
             this.spent.get_or_insert(CloseReason::PeerClosed);
         }
@@ -206,7 +305,7 @@ impl AsyncWrite for PooledConnection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(this.stream_mut()).poll_write(cx, buf);
-        this.write_pending = this.track(&result);
+        this.track((!buf.is_empty()).then_some(Op::Write), &result);
         result
     }
 
@@ -217,7 +316,8 @@ impl AsyncWrite for PooledConnection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(this.stream_mut()).poll_write_vectored(cx, bufs);
-        this.write_pending = this.track(&result);
+        let carries_bytes = bufs.iter().any(|b| !b.is_empty());
+        this.track(carries_bytes.then_some(Op::Write), &result);
         result
     }
 
@@ -228,17 +328,17 @@ impl AsyncWrite for PooledConnection {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let result = Pin::new(this.stream_mut()).poll_flush(cx);
-        this.write_pending = this.track(&result);
+        this.track(Some(Op::Flush), &result);
         result
     }
 
     /// Shutting down the write side ends the connection's usefulness to
-    /// the pool: it is closed when the lease is dropped.
+    /// the pool: it is closed when the lease is given back.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.spent.get_or_insert(CloseReason::Discarded);
         let result = Pin::new(this.stream_mut()).poll_shutdown(cx);
-        this.write_pending = this.track(&result);
+        this.track(None, &result);
         result
     }
 }

@@ -45,6 +45,54 @@
 //! # }
 //! ```
 //!
+//! # Giving connections back
+//!
+//! Dropping a lease returns its connection, unless the lease saw the
+//! exchange on it break off: an I/O error, an end of stream, a panic, or a
+//! read, write or flush left pending, as a caller cancelled mid-request
+//! leaves it. That suits code that reads exactly its reply and stops, and it
+//! is the only safe default: a drop cannot tell a caller that finished from
+//! one that was cancelled.
+//!
+//! Some protocol clients keep a read pending while the connection is idle,
+//! to notice the server closing it; hyper's HTTP/1.1 client does. Dropped,
+//! each of their connections is closed as
+//! [`Cancelled`](CloseReason::Cancelled). Once the exchange is complete,
+//! give such a connection back with [`PooledConnection::release`] instead:
+//! the pending read is excused, and everything else still closes it, bytes
+//! left unread included. [`PooledConnection::discard`] closes a connection
+//! known to be unusable. The [`lease`] module has the rules;
+//! `examples/hyper_http1.rs` is a whole program.
+//!
+//! ```no_run
+//! use http_body_util::{BodyExt, Empty};
+//! use hyper::body::Bytes;
+//! use hyper_util::rt::TokioIo;
+//!
+//! # async fn demo(pool: conpool::Pool, endpoint: conpool::Endpoint) -> Result<(), Box<dyn std::error::Error>> {
+//! let conn = pool.get(&endpoint).await?;
+//! let (mut sender, connection) =
+//!     hyper::client::conn::http1::handshake(TokioIo::new(conn)).await?;
+//! let request = hyper::Request::get("/")
+//!     .header(hyper::header::HOST, endpoint.host())
+//!     .body(Empty::<Bytes>::new())?;
+//! let exchange = async move {
+//!     let response = sender.send_request(request).await?;
+//!     // The sender is dropped here: the connection future can end once idle.
+//!     Ok::<_, hyper::Error>(response.into_body().collect().await?.to_bytes())
+//! };
+//! let (parts, body) = tokio::join!(connection.without_shutdown(), exchange);
+//! let (parts, body) = (parts?, body?);
+//! println!("{} bytes", body.len());
+//! let conn = parts.io.into_inner();
+//! if parts.read_buf.is_empty() {
+//!     conn.release(); // the exchange is complete: back to the pool
+//! } else {
+//!     conn.discard(); // hyper read bytes past the response
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # What is where
 //!
 //! | module | owns |
@@ -65,8 +113,10 @@
 //!   at once, counting those leased, idle and being dialed. Callers past the
 //!   limit wait first come, first served, for at most `acquire_timeout`.
 //! - A connection whose lease saw an I/O error, an end of stream, a panic,
-//!   or a read or write left pending by a cancelled caller is closed, never
-//!   handed out again.
+//!   or a read, write or flush left pending by a cancelled caller is
+//!   closed, never handed out again; what the caller did after (a flush, a
+//!   read) does not undo a cut-off write. [`PooledConnection::release`]
+//!   excuses only a pending read, and looks for unread bytes instead.
 //! - No lock is held across an `.await`, a dial, a handshake or a close.
 //! - Dropping a `get` future at any point leaks no slot.
 

@@ -33,20 +33,27 @@ pub enum CloseReason {
     Discarded,
     /// A read or write on the lease returned an error.
     IoError,
-    /// The peer closed the connection: a read on the lease, or the liveness
-    /// probe of an idle connection, saw end of stream (or a TLS close_notify).
+    /// The peer closed the connection: a read on the lease, the look at
+    /// the stream [`release`](crate::PooledConnection::release) takes, or
+    /// the liveness probe of an idle connection saw end of stream (or a TLS
+    /// close_notify).
     PeerClosed,
     /// The liveness probe found bytes on an idle connection that nobody
-    /// asked for (a late reply, or a server's goodbye message).
+    /// asked for (a late reply, or a server's goodbye message), or
+    /// [`release`](crate::PooledConnection::release) found bytes the caller
+    /// left unread.
     UnexpectedData,
-    /// The liveness probe of an idle connection saw an error, such as a
-    /// reset.
+    /// The liveness probe of an idle connection, or the look at the stream
+    /// [`release`](crate::PooledConnection::release) takes, saw an error,
+    /// such as a reset.
     ProbeFailed,
     /// Closed to keep the pool within `max_idle_total` or
     /// `max_connections_total`: it was the least recently used idle one.
     PoolLimit,
-    /// The lease was dropped while a read or write was still pending, so
-    /// the stream may hold half a request or an unread reply.
+    /// The lease was given back with an operation it began still pending:
+    /// dropped with a read, write or flush pending, or
+    /// [released](crate::PooledConnection::release) with a write or flush
+    /// pending. The stream may hold half a request or an unread reply.
     Cancelled,
     /// The lease was dropped while its task was panicking.
     Panicked,

@@ -164,6 +164,9 @@ fn look_at(
     look: Look,
     mut read: impl FnMut() -> io::Result<Liveness>,
 ) -> Liveness {
+    if look == Look::Kernel && driver_gone(tcp) {
+        return Liveness::Failed;
+    }
     let mut asked = false;
     let seen = tcp.try_io(Interest::READABLE, || {
         asked = true;
@@ -191,6 +194,22 @@ fn look_at(
             _ => Liveness::Failed,
         },
     }
+}
+
+/// Whether the runtime the socket is registered with has shut down: its
+/// readiness flag then never changes again, and every read fails. Only a
+/// poll tells (the flag looks merely clear); it runs outside the
+/// cooperative budget, which would otherwise make it look pending, and
+/// leaves a no-op waker behind, which the next read replaces.
+fn driver_gone(tcp: &TcpStream) -> bool {
+    let mut poll = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+        Poll::Ready(tcp.poll_read_ready(cx))
+    })));
+    matches!(
+        poll.as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop())),
+        Poll::Ready(Poll::Ready(Err(_)))
+    )
 }
 
 #[inline]

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conpool::{CloseReason, Config, ConfigBuilder, Endpoint, Error, Pool, Stream};
-use support::{EchoServer, assert_books_balance, eventually, round_trip};
-use tokio::io::AsyncReadExt;
+use support::{
+    DeafServer, EchoServer, STALLING_WRITE, assert_books_balance, eventually, round_trip,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Records every close reason the pool reports through its hook.
 #[derive(Clone, Default)]
@@ -435,6 +437,35 @@ async fn a_lease_dropped_mid_read_is_closed_not_reused() {
     eventually("the server to see the close", || server.open() == 1).await;
     let s = assert_books_balance(&pool, &ep, server.port());
     assert_eq!((s.total_closed, s.errors), (1, 1));
+}
+
+/// A write cut off by a timeout, half sent, then a flush (ready at once on
+/// TCP, where nothing is buffered above the socket) and a completed read:
+/// the connection still carries half a request and must not be reused.
+#[tokio::test]
+async fn a_flush_or_read_after_a_cut_off_write_does_not_make_the_connection_reusable() {
+    let server = DeafServer::start().await;
+    let ep = server.endpoint();
+    let closes = Closes::default();
+    let pool = Pool::new(closes.hook(Config::builder()).build().unwrap());
+    let mut conn = pool.get(&ep).await.unwrap();
+    let id = conn.id();
+    let request = vec![b'x'; STALLING_WRITE];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), conn.write_all(&request))
+            .await
+            .is_err(),
+        "the server reads nothing, so the write cannot finish"
+    );
+    conn.flush().await.unwrap();
+    let mut greeting = [0u8; DeafServer::GREETING.len()];
+    conn.read_exact(&mut greeting).await.unwrap();
+    drop(conn);
+    assert_eq!(closes.take(), vec![CloseReason::Cancelled]);
+    let next = pool.get(&ep).await.unwrap();
+    assert_ne!(next.id(), id, "a new connection, not the half-written one");
+    let s = pool.stats(&ep);
+    assert_eq!((s.total_created, s.total_reused), (2, 0), "{s:?}");
 }
 
 #[tokio::test]

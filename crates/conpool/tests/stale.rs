@@ -333,3 +333,36 @@ async fn a_dial_in_flight_during_clear_endpoint_does_not_survive_the_clear() {
         "{s:?}"
     );
 }
+
+/// A connection registered with a runtime that has since shut down can
+/// never be read again; a checkout on another runtime closes it and dials
+/// a new one.
+#[test]
+fn a_connection_left_by_a_runtime_that_shut_down_is_not_handed_out() {
+    let server = ThreadServer::start();
+    let ep = server.endpoint();
+    let pool = Pool::new(Config::default());
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime().block_on(async {
+        let mut conn = pool.get(&ep).await.unwrap();
+        exchange(&mut conn, b"on the first runtime").await;
+        conn.id()
+    });
+    std::thread::sleep(Config::default().liveness_peek_after() * 2);
+    runtime().block_on(async {
+        let mut conn = pool.get(&ep).await.unwrap();
+        assert_ne!(conn.id(), first, "handed a connection of the dead runtime");
+        exchange(&mut conn, b"on the second").await;
+    });
+    let s = pool.stats(&ep);
+    assert_eq!(
+        (s.total_created, s.closed_for(CloseReason::ProbeFailed)),
+        (2, 1),
+        "{s:?}"
+    );
+}

@@ -132,6 +132,49 @@ async fn echo_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mu
     }
 }
 
+/// A TCP server on 127.0.0.1 that greets each connection with
+/// [`DeafServer::GREETING`] and never reads from it, so that a large enough
+/// write stalls part-way: once the socket buffers on both sides are full,
+/// `poll_write` returns `Pending`.
+pub struct DeafServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeafServer {
+    pub const GREETING: &'static [u8] = b"hello\n";
+
+    pub async fn start() -> DeafServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            // Held, never read: closing them would end the stall.
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if socket.write_all(Self::GREETING).await.is_ok() {
+                    held.push(socket);
+                }
+            }
+        });
+        DeafServer { addr, task }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new("127.0.0.1", self.addr.port()).unwrap()
+    }
+}
+
+impl Drop for DeafServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// More bytes than the socket buffers of a loopback connection hold on
+/// both sides together (a few MiB each at most), so that writing it to a
+/// [`DeafServer`] never completes.
+pub const STALLING_WRITE: usize = 64 << 20;
+
 /// A self-signed certificate for `localhost`, made with rcgen.
 pub struct TlsCert {
     cert: rustls::pki_types::CertificateDer<'static>,
