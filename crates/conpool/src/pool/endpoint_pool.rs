@@ -77,12 +77,15 @@ impl Context {
     /// Closes the least recently used idle connection of any endpoint, to
     /// make room under a total limit. Returns whether one was closed.
     pub(crate) fn evict_lru_idle(&self) -> bool {
-        let pools = self.endpoints.pools();
-        let oldest = pools
-            .iter()
-            .filter_map(|pool| pool.oldest_idle().map(|at| (at, pool)))
-            .min_by_key(|(at, _)| *at);
-        oldest.is_some_and(|(_, pool)| pool.evict_oldest_idle())
+        while let Some((at, endpoint)) = self.global.pop_oldest_idle() {
+            if endpoint
+                .upgrade()
+                .is_some_and(|endpoint| endpoint.evict_idle_returned_at(at))
+            {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -785,16 +788,23 @@ impl EndpointPool {
         st.dialing > before
     }
 
-    /// When this endpoint's least recently used idle connection went idle,
-    /// as [`Conn::return_order`] tells it.
-    fn oldest_idle(&self) -> Option<Instant> {
-        self.state.lock().idle.oldest().map(|c| c.return_order())
+    /// Whether the connection that came back at `at` (as
+    /// [`Conn::return_order`] tells it) is still idle here.
+    pub(crate) fn holds_idle(&self, at: Instant) -> bool {
+        self.state.lock().idle.holds_returned_at(at)
     }
 
-    /// Closes this endpoint's least recently used idle connection.
-    fn evict_oldest_idle(&self) -> bool {
+    /// Closes this endpoint's least recently used idle connection if it is
+    /// the one that came back at `at`: the pool's oldest idle connection,
+    /// as the order across endpoints names it. Every return has its entry
+    /// in that order, so an older idle connection here would have come
+    /// first; a mismatch means the entry is stale.
+    fn evict_idle_returned_at(&self, at: Instant) -> bool {
         let conn = {
             let mut st = self.state.lock();
+            if st.idle.oldest().map(|c| c.return_order()) != Some(at) {
+                return false;
+            }
             let Some(conn) = st.idle.remove_oldest() else {
                 return false;
             };
@@ -1086,9 +1096,14 @@ impl EndpointPool {
             self.close_all(vec![(conn, CloseReason::PoolLimit)]);
             return;
         }
+        let returned = conn.return_order();
         st.idle.push(conn);
         self.ctx.global.idle_changed(1, 0);
+        let stale = self.ctx.global.went_idle(returned, self);
         drop(st);
+        if stale {
+            self.ctx.global.forget_stale_idle();
+        }
         if self.ctx.global.over_idle_limit() {
             self.ctx.evict_lru_idle();
         }

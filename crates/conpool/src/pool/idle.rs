@@ -61,6 +61,19 @@ impl IdleStack {
         }
     }
 
+    /// Whether a connection that came back at `at` (as
+    /// [`Conn::return_order`] tells it) is still idle here. The stack is in
+    /// return order, so this is a binary search.
+    pub(crate) fn holds_returned_at(&self, at: tokio::time::Instant) -> bool {
+        self.top
+            .as_ref()
+            .is_some_and(|top| top.return_order() == at)
+            || self
+                .rest
+                .as_ref()
+                .is_some_and(|rest| rest.binary_search_by_key(&at, |c| c.return_order()).is_ok())
+    }
+
     /// Moves the connections that `verdict` gives a reason to drop into
     /// `dropped`, oldest first, with that reason; the rest keep their order.
     /// Allocates nothing for an endpoint with one idle connection (most of
@@ -159,5 +172,23 @@ mod tests {
         stack.drop_where(|_| Some(()), &mut dropped);
         assert_eq!((stack.len(), dropped.len()), (0, 1));
         assert!(stack.rest.is_none() && stack.top.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_found_by_its_return_until_it_leaves() {
+        let config = Config::default();
+        let mut stack = IdleStack::default();
+        let mut returns = Vec::new();
+        for mut conn in conns(5) {
+            tokio::time::advance(std::time::Duration::from_millis(1)).await;
+            conn.mark_idle(Instant::now(), &config);
+            returns.push(conn.return_order());
+            stack.push(conn);
+        }
+        assert!(returns.iter().all(|&at| stack.holds_returned_at(at)));
+        let top = stack.pop().unwrap().return_order();
+        let oldest = stack.remove_oldest().unwrap().return_order();
+        assert!(!stack.holds_returned_at(top) && !stack.holds_returned_at(oldest));
+        assert!(returns[1..4].iter().all(|&at| stack.holds_returned_at(at)));
     }
 }
