@@ -5,7 +5,8 @@
 //! [`ConfigBuilder`] has one setter per field, named after the field, and
 //! [`ConfigBuilder::build`] refuses a value that breaks a rule with
 //! [`Error::InvalidConfig`] naming the field, the value and the rule. Values
-//! are never clamped silently.
+//! are never clamped silently. Any duration may be as long as
+//! `Duration::MAX`, which means "never".
 
 use std::fmt;
 use std::future::Future;
@@ -554,6 +555,8 @@ impl ConfigBuilder {
     }
 
     /// Called with the endpoint after each new connection is established.
+    /// A hook that needs the pool holds a [`WeakPool`](crate::WeakPool)
+    /// (see [`on_connection_closed`](Self::on_connection_closed)).
     pub fn on_connection_created(
         mut self,
         hook: impl Fn(&Endpoint) + Send + Sync + 'static,
@@ -561,7 +564,10 @@ impl ConfigBuilder {
         self.config.on_connection_created = Some(Arc::new(hook));
         self
     }
-    /// Called with the endpoint each time an existing connection is handed out again.
+    /// Called with the endpoint each time an existing connection is handed
+    /// out again. A hook that needs the pool holds a
+    /// [`WeakPool`](crate::WeakPool) (see
+    /// [`on_connection_closed`](Self::on_connection_closed)).
     pub fn on_connection_reused(
         mut self,
         hook: impl Fn(&Endpoint) + Send + Sync + 'static,
@@ -569,7 +575,38 @@ impl ConfigBuilder {
         self.config.on_connection_reused = Some(Arc::new(hook));
         self
     }
-    /// Called with the endpoint and the reason each time a connection is closed.
+    /// Called with the endpoint and the reason each time a connection is
+    /// closed.
+    ///
+    /// The pool keeps its hooks, so a hook that holds a
+    /// [`Pool`](crate::Pool) keeps the pool alive: it is then never
+    /// dropped, and its idle connections stay open until
+    /// [`Pool::close`](crate::Pool::close). A hook that needs the pool (to
+    /// read its stats, say) holds a [`WeakPool`](crate::WeakPool) instead,
+    /// which does not keep it alive:
+    ///
+    /// ```
+    /// use std::sync::{Arc, OnceLock};
+    /// use conpool::{Config, Pool, WeakPool};
+    ///
+    /// let this_pool: Arc<OnceLock<WeakPool>> = Arc::default();
+    /// let config = Config::builder()
+    ///     .on_connection_closed({
+    ///         let this_pool = this_pool.clone();
+    ///         move |endpoint, reason| {
+    ///             // `None` while the last `Pool` is dropped (its idle
+    ///             // connections close as it goes).
+    ///             if let Some(pool) = this_pool.get().and_then(WeakPool::upgrade) {
+    ///                 let idle = pool.stats(endpoint).idle;
+    ///                 println!("{endpoint}: closed ({reason}), {idle} idle left");
+    ///             }
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let pool = Pool::new(config);
+    /// this_pool.set(pool.downgrade()).expect("set once");
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
     pub fn on_connection_closed(
         mut self,
         hook: impl Fn(&Endpoint, CloseReason) + Send + Sync + 'static,

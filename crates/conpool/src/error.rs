@@ -114,6 +114,17 @@ pub enum Error {
     /// The pool was closed with [`Pool::close`](crate::Pool::close).
     #[error("the connection pool is closed")]
     PoolClosed,
+
+    /// A get had to dial, wait in the queue or check a connection under a
+    /// timer, which needs a tokio runtime, and was polled outside one (on
+    /// another executor). A get that finds an idle connection needs none.
+    #[error(
+        "a get for {endpoint} had to dial, wait or time a check, which needs a tokio runtime, but was polled outside one"
+    )]
+    NoRuntime {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+    },
 }
 
 fn plural(n: u32) -> &'static str {
@@ -128,7 +139,8 @@ impl Error {
             | Error::ConnectionTimeout { endpoint, .. }
             | Error::Tls { endpoint, .. }
             | Error::AcquireTimeout { endpoint, .. }
-            | Error::TooManyWaiters { endpoint, .. } => Some(endpoint),
+            | Error::TooManyWaiters { endpoint, .. }
+            | Error::NoRuntime { endpoint } => Some(endpoint),
             _ => None,
         }
     }
@@ -158,6 +170,7 @@ impl From<Error> for io::Error {
             Error::DnsResolutionFailed { .. } => io::ErrorKind::NotFound,
             Error::PoolClosed => io::ErrorKind::NotConnected,
             Error::TooManyWaiters { .. } => io::ErrorKind::WouldBlock,
+            Error::NoRuntime { .. } => io::ErrorKind::Unsupported,
         };
         io::Error::new(kind, err)
     }

@@ -104,7 +104,8 @@
 //! | [`dial`] | resolve, TCP connect, TLS handshake, retry with backoff |
 //! | `pool` | the map of endpoints and each endpoint's slots and queue |
 //! | [`lease`] | the RAII guard that returns or closes a connection |
-//! | `maintenance` | the background task: eviction, warm-up, leak warnings |
+//! | `maintenance` | the background task: eviction, warm-up, leak warnings, and which runtime runs it |
+//! | `deadline` | instants that cannot overflow, for durations up to `Duration::MAX` |
 //! | [`stream`] | the byte stream: TCP, TLS or custom |
 //!
 //! # Guarantees
@@ -119,10 +120,16 @@
 //!   excuses only a pending read, and looks for unread bytes instead.
 //! - No lock is held across an `.await`, a dial, a handshake or a close.
 //! - Dropping a `get` future at any point leaks no slot.
+//! - The background task runs for as long as the pool lives, on whichever
+//!   runtime is alive, and queued callers fail at their `acquire_timeout`
+//!   whatever runtime they or the deadline keeper ran on. Nothing panics
+//!   outside a runtime: a get that needs one there fails with
+//!   [`Error::NoRuntime`].
 
 #![warn(missing_docs)]
 
 pub mod config;
+mod deadline;
 pub mod dial;
 pub mod endpoint;
 pub mod error;
@@ -136,6 +143,6 @@ pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck, ThreadSlots};
 pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
 pub use lease::PooledConnection;
-pub use pool::{EndpointHandle, Pool};
+pub use pool::{EndpointHandle, Pool, WeakPool};
 pub use stats::{CloseReason, PoolState, Stats};
 pub use stream::Stream;

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::deadline::{CENTURY, later};
 use crate::{CloseReason, Config, Stream};
 
 /// A live connection and what the pool knows about it, boxed: a connection
@@ -79,7 +80,7 @@ impl Conn {
     pub(crate) fn new(stream: Stream, now: Instant, generation: u32, config: &Config) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let expires_at = later(now, lifetime(id, config), far_future(now));
+        let expires_at = later(now, lifetime(id, config));
         let mut conn = Conn(Box::new(Record {
             stream,
             id,
@@ -118,15 +119,12 @@ impl Conn {
 
     #[inline]
     fn set_deadlines(&mut self, now: Instant, config: &Config) {
-        // A sum past what an `Instant` holds means "never"; past
-        // `expires_at` nothing matters any more.
-        self.reuse_by = later(now, config.max_idle_time(), self.expires_at).min(self.expires_at);
-        // A window too long to add means "never" too; a century on (the
+        // Past `expires_at` nothing matters any more.
+        self.reuse_by = later(now, config.max_idle_time()).min(self.expires_at);
+        // A window too long to add means "never"; `later`'s century on (the
         // same for every connection) keeps the order of returns that
         // `return_order` reads.
-        self.peek_from = now
-            .checked_add(config.liveness_peek_after())
-            .unwrap_or_else(|| far_future(now));
+        self.peek_from = later(now, config.liveness_peek_after());
     }
 
     /// When it was created: its expiry less the lifetime that expiry was
@@ -162,14 +160,6 @@ impl Conn {
     }
 }
 
-/// `now + by`, or `otherwise` if that is past what an `Instant` can hold
-/// (a duration configured as "practically forever").
-fn later(now: Instant, by: Duration, otherwise: Instant) -> Instant {
-    now.checked_add(by).unwrap_or(otherwise)
-}
-
-const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
 /// Connection `id`'s lifetime: the configured one less its jitter, at least
 /// a millisecond. A lifetime past a century means "never" as much as one
 /// too long to add to an instant; capped there, adding it never overflows,
@@ -181,11 +171,6 @@ fn lifetime(id: u64, config: &Config) -> Duration {
         .saturating_sub(cut)
         .max(Duration::from_millis(1))
         .min(CENTURY)
-}
-
-/// An instant a century on, or as far as the platform's clock reaches.
-fn far_future(now: Instant) -> Instant {
-    now.checked_add(CENTURY).unwrap_or(now)
 }
 
 /// A number in [0, 1) that differs from connection to connection and from

@@ -41,10 +41,10 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
+use std::task::Poll;
 
 use once_cell::race::OnceBox;
 use parking_lot::{Mutex, MutexGuard};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 mod dialing;
@@ -57,13 +57,15 @@ use super::idle::IdleStack;
 use super::map::EndpointMap;
 use super::slots::Slots;
 use crate::dial::Dial;
+use crate::maintenance::Maintenance;
 use crate::stats::{Counters, PoolState};
 use crate::stream::Look;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats, ThreadSlots};
-use queue::{WaitTicket, Waiter};
+use queue::{Sweeper, WaitTicket, Waiter};
 
 /// What every endpoint of a pool shares: the config, the dialer, the map
-/// of endpoints and the limits across them.
+/// of endpoints, the limits across them and the background task's state
+/// (here, not in `Pool`, because `EndpointHandle::get` starts the task too).
 pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) dialer: Arc<dyn Dial>,
@@ -71,6 +73,7 @@ pub(crate) struct Context {
     /// broken when the last `Pool` handle is dropped, which empties it.
     pub(crate) endpoints: EndpointMap,
     pub(crate) global: Global,
+    pub(crate) maintenance: Maintenance,
 }
 
 impl Context {
@@ -134,9 +137,10 @@ struct State {
 #[derive(Default)]
 struct Cold {
     waiters: VecDeque<Waiter>,
-    next_waiter_id: u64,
-    /// The sweeper task keeping the waiters' deadlines, while it runs.
-    sweeper: Option<AbortHandle>,
+    /// Numbers waiters and sweepers.
+    next_id: u64,
+    /// The sweeper keeping the waiters' deadlines, while one runs.
+    sweeper: Option<Sweeper>,
     last_dial_error: Option<String>,
     /// Leases out now, tracked only when `leak_threshold` is set.
     leases: HashMap<u64, LeaseRecord>,
@@ -350,8 +354,13 @@ impl EndpointPool {
     /// [`acquire_slow`](Self::acquire_slow), so that the caller's future is
     /// only entered on the slow path and the fast one moves nothing larger
     /// than a lease; a refusal or a retired entry comes back as such.
+    ///
+    /// Every get first makes sure the pool's background task runs (one
+    /// relaxed load while it does): on the fast path alone a pool could
+    /// serve forever with its task gone (see `crate::maintenance`).
     #[inline]
     pub(crate) fn start_acquire(self: Arc<Self>, caller: &'static Location<'static>) -> Started {
+        crate::maintenance::ensure_task(&self.ctx);
         let now = Instant::now();
         if let Some(slots) = self.slots.get() {
             // A connection parked before a clear is not handed out after it.
@@ -460,7 +469,7 @@ impl EndpointPool {
         };
         let step = match step {
             Step::Wait(mut ticket) if deadline.is_some() => {
-                match self.after_grant(ticket.wait().await)? {
+                match self.after_grant(ticket.wait().await?)? {
                     Step::Ready(conn) => return Ok(self.lease_reused(conn, caller)),
                     next => next,
                 }
@@ -517,6 +526,11 @@ impl EndpointPool {
     }
 
     /// Runs the slow part of an acquire until `deadline`, if any.
+    ///
+    /// The timer is set only if the first poll leaves the acquire pending:
+    /// a probe usually answers at once and needs none. A timer needs a
+    /// runtime; polled outside one, a pending acquire is dropped (which,
+    /// once it has been polled, leaks nothing) and the get fails.
     async fn bounded(
         self: &Arc<Self>,
         deadline: Option<Instant>,
@@ -525,6 +539,14 @@ impl EndpointPool {
         let Some(deadline) = deadline else {
             return acquire.await;
         };
+        let mut acquire = std::pin::pin!(acquire);
+        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+        if let Poll::Ready(outcome) = first {
+            return outcome;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(self.no_runtime_error());
+        }
         let outcome = tokio::time::timeout_at(deadline, acquire).await;
         // The acquire future is dropped by now, so the state in the error
         // no longer counts this caller as waiting.
@@ -546,6 +568,14 @@ impl EndpointPool {
             timeout,
             state,
             last_dial_error,
+        }
+    }
+
+    /// The error of a get that needs a runtime and was polled outside one.
+    fn no_runtime_error(&self) -> Error {
+        tracing::warn!(endpoint = %self.endpoint, "a get was polled outside a tokio runtime");
+        Error::NoRuntime {
+            endpoint: self.endpoint.clone(),
         }
     }
 
@@ -869,7 +899,7 @@ impl EndpointPool {
                     }
                 }
                 Step::Dial => return self.dial(caller).await,
-                Step::Wait(mut ticket) => self.after_grant(ticket.wait().await)?,
+                Step::Wait(mut ticket) => self.after_grant(ticket.wait().await?)?,
             };
         }
     }
@@ -1186,7 +1216,7 @@ impl EndpointPool {
         }
         // Nobody waits any more: the sweeper need not sleep on.
         if let Some(sweeper) = sweeper {
-            sweeper.abort();
+            sweeper.stop();
         }
         self.close_all(closing);
         self.take_back_parked();

@@ -9,6 +9,10 @@
 //!
 //! The cell's state sits behind a small lock; the endpoint's own lock is
 //! never taken while holding it, and waking happens after it is released.
+//!
+//! Besides its one grant, a cell can carry a nudge: a wake-up with nothing
+//! in it, which tells the waiter that nobody keeps the queue's deadlines
+//! (see `endpoint_pool::queue`), so that it sees to them on its next poll.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -31,6 +35,8 @@ struct State {
     sender_gone: bool,
     /// The receiver left; a send fails and hands the grant back.
     receiver_gone: bool,
+    /// Nudged since the receiver last looked.
+    nudged: bool,
 }
 
 thread_local! {
@@ -73,6 +79,18 @@ impl GrantSender {
         Ok(())
     }
 
+    /// Nudges the receiver (see the module docs), unless it left. Returns
+    /// its waker, for the caller to wake once it holds no lock.
+    pub(crate) fn nudge(&self) -> Option<Waker> {
+        let cell = self.0.as_ref()?;
+        let mut st = cell.state.lock();
+        if st.receiver_gone {
+            return None;
+        }
+        st.nudged = true;
+        st.waker.take()
+    }
+
     /// Whether the receiver left.
     pub(crate) fn is_closed(&self) -> bool {
         self.0
@@ -96,23 +114,35 @@ impl Drop for GrantSender {
     }
 }
 
+/// What a waiting receiver found.
+pub(crate) enum Received {
+    Grant(Grant),
+    /// The sender went away without sending.
+    Nothing,
+    /// A nudge: no grant yet, and the cell stays in use (poll again).
+    Nudged,
+}
+
 /// The waiting caller's side of a cell.
 pub(crate) struct GrantReceiver(Option<Arc<Cell>>);
 
 impl GrantReceiver {
-    /// The grant, once sent; `None` if the sender went away without one.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Grant>> {
+    /// The grant, once sent; a nudge, if one came first.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
         let cell = self.0.as_ref().expect("polled after completion");
         let mut st = cell.state.lock();
         if let Some(grant) = st.grant.take() {
             drop(st);
             self.finish();
-            return Poll::Ready(Some(grant));
+            return Poll::Ready(Received::Grant(grant));
         }
         if st.sender_gone {
             drop(st);
             self.finish();
-            return Poll::Ready(None);
+            return Poll::Ready(Received::Nothing);
+        }
+        if std::mem::take(&mut st.nudged) {
+            return Poll::Ready(Received::Nudged);
         }
         match &mut st.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -165,7 +195,7 @@ mod tests {
 
     use super::*;
 
-    fn poll(rx: &mut GrantReceiver) -> Poll<Option<Grant>> {
+    fn poll(rx: &mut GrantReceiver) -> Poll<Received> {
         rx.poll_recv(&mut Context::from_waker(Waker::noop()))
     }
 
@@ -175,7 +205,24 @@ mod tests {
         assert!(poll(&mut rx).is_pending());
         assert!(!tx.is_closed());
         assert!(tx.send(Grant::Dial).is_ok());
-        assert!(matches!(poll(&mut rx), Poll::Ready(Some(Grant::Dial))));
+        assert!(matches!(
+            poll(&mut rx),
+            Poll::Ready(Received::Grant(Grant::Dial))
+        ));
+    }
+
+    #[test]
+    fn a_nudge_wakes_the_receiver_once_and_leaves_the_cell_waiting() {
+        let (tx, mut rx) = channel();
+        assert!(poll(&mut rx).is_pending());
+        assert!(tx.nudge().is_some(), "the waker registered by the poll");
+        assert!(matches!(poll(&mut rx), Poll::Ready(Received::Nudged)));
+        assert!(poll(&mut rx).is_pending(), "one nudge, seen once");
+        assert!(tx.send(Grant::Dial).is_ok());
+        assert!(matches!(
+            poll(&mut rx),
+            Poll::Ready(Received::Grant(Grant::Dial))
+        ));
     }
 
     #[test]
@@ -197,7 +244,7 @@ mod tests {
     fn a_sender_gone_without_sending_ends_the_wait() {
         let (tx, mut rx) = channel();
         drop(tx);
-        assert!(matches!(poll(&mut rx), Poll::Ready(None)));
+        assert!(matches!(poll(&mut rx), Poll::Ready(Received::Nothing)));
     }
 
     #[test]
@@ -210,6 +257,6 @@ mod tests {
         assert_eq!(Arc::as_ptr(rx.0.as_ref().unwrap()), first, "recycled");
         assert!(poll(&mut rx).is_pending(), "nothing left over in it");
         drop(tx);
-        assert!(matches!(poll(&mut rx), Poll::Ready(None)));
+        assert!(matches!(poll(&mut rx), Poll::Ready(Received::Nothing)));
     }
 }

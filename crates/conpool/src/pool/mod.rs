@@ -1,6 +1,7 @@
 //! The pool: a map from endpoint to that endpoint's pool.
 //!
-//! [`Pool`] is a cheap handle (`Arc` inside) shared by every task. It owns
+//! [`Pool`] is a cheap handle (`Arc` inside) shared by every task, and
+//! [`WeakPool`] one that does not keep the pool alive (for hooks). It owns
 //! the map of per-endpoint pools ([`EndpointPool`]) and nothing else: all
 //! limits, queues and counters are per endpoint, so the map's lock is held
 //! only for a lookup (or an insert the first time an endpoint is seen) and a
@@ -39,6 +40,7 @@ pub(crate) use endpoint_pool::{Context, EndpointPool};
 pub use handle::EndpointHandle;
 
 use crate::dial::{Dial, TcpTlsDialer};
+use crate::maintenance::Maintenance;
 use crate::{Config, Endpoint, Error, PooledConnection, Stats};
 
 /// A connection pool keyed by [`Endpoint`]. Clone it freely: clones share
@@ -68,9 +70,42 @@ pub struct Pool {
 pub(crate) struct Shared {
     ctx: Arc<Context>,
     closed: AtomicBool,
-    /// Wakes the maintenance task when the pool closes.
-    closing: Arc<tokio::sync::Notify>,
-    maintenance_started: AtomicBool,
+}
+
+/// A handle on a [`Pool`] that does not keep it alive, made by
+/// [`Pool::downgrade`]: for a hook (or anything else the pool itself
+/// keeps) that needs the pool, where a `Pool` would keep the pool from ever
+/// being dropped. See
+/// [`ConfigBuilder::on_connection_closed`](crate::ConfigBuilder::on_connection_closed)
+/// for a hook that reads the pool's stats.
+///
+/// ```
+/// use conpool::{Config, Pool};
+///
+/// let pool = Pool::new(Config::default());
+/// let weak = pool.downgrade();
+/// assert!(weak.upgrade().is_some());
+/// drop(pool); // the last `Pool`: its idle connections close now
+/// assert!(weak.upgrade().is_none());
+/// ```
+#[derive(Clone)]
+pub struct WeakPool {
+    shared: Weak<Shared>,
+}
+
+impl WeakPool {
+    /// The pool, if a [`Pool`] handle on it still exists (closed or not).
+    pub fn upgrade(&self) -> Option<Pool> {
+        self.shared.upgrade().map(|shared| Pool { shared })
+    }
+}
+
+impl std::fmt::Debug for WeakPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakPool")
+            .field("alive", &(self.shared.strong_count() > 0))
+            .finish()
+    }
 }
 
 impl Pool {
@@ -90,18 +125,23 @@ impl Pool {
             max_lifetime = ?config.max_connection_lifetime(),
             "connection pool created"
         );
-        Pool {
-            shared: Arc::new(Shared {
-                ctx: Arc::new(Context {
-                    global: global::Global::new(&config),
-                    config,
-                    dialer: Arc::new(dialer),
-                    endpoints: map::EndpointMap::default(),
-                }),
-                closed: AtomicBool::new(false),
-                closing: Arc::new(tokio::sync::Notify::new()),
-                maintenance_started: AtomicBool::new(false),
+        let shared = Arc::new_cyclic(|pool| Shared {
+            ctx: Arc::new(Context {
+                global: global::Global::new(&config),
+                maintenance: Maintenance::new(pool.clone(), &config),
+                config,
+                dialer: Arc::new(dialer),
+                endpoints: map::EndpointMap::default(),
             }),
+            closed: AtomicBool::new(false),
+        });
+        Pool { shared }
+    }
+
+    /// A handle that does not keep the pool alive; see [`WeakPool`].
+    pub fn downgrade(&self) -> WeakPool {
+        WeakPool {
+            shared: Arc::downgrade(&self.shared),
         }
     }
 
@@ -145,7 +185,8 @@ impl Pool {
     /// A handle on `endpoint`'s share of this pool, for a caller that
     /// talks to one endpoint a lot: its [`get`](EndpointHandle::get) skips
     /// the lookup that every [`Pool::get`] makes. Fails only when the pool
-    /// is closed.
+    /// is closed. It may be called outside a runtime; the background task
+    /// then starts with the first get made on one.
     ///
     /// ```no_run
     /// # async fn demo(pool: conpool::Pool) -> Result<(), conpool::Error> {
@@ -157,7 +198,10 @@ impl Pool {
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
-        self.with_endpoint_pool(endpoint, |pool| EndpointHandle::new(pool.clone()))
+        let handle = self.with_endpoint_pool(endpoint, |pool| EndpointHandle::new(pool.clone()));
+        // A handle may be taken for the warm-up alone, before any get.
+        crate::maintenance::ensure_task(&self.shared.ctx);
+        handle
     }
 
     /// Runs `f` with a leased connection and returns its result. The
@@ -266,7 +310,7 @@ impl Pool {
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
-        let out = match map.get(endpoint) {
+        Ok(match map.get(endpoint) {
             Some(pool) => f(pool),
             None => {
                 tracing::info!(%endpoint, "endpoint pool created");
@@ -275,26 +319,7 @@ impl Pool {
                 map.insert(map::Entry(pool));
                 out
             }
-        };
-        drop(map);
-        self.start_maintenance();
-        Ok(out)
-    }
-
-    /// Starts the background task on the first endpoint, from inside the
-    /// runtime (`Pool::new` may run outside one).
-    fn start_maintenance(&self) {
-        let Some(every) = self.config().maintenance_interval() else {
-            return;
-        };
-        if self.shared.maintenance_started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        crate::maintenance::spawn(
-            Arc::downgrade(&self.shared),
-            self.shared.closing.clone(),
-            every,
-        );
+        })
     }
 }
 
@@ -346,7 +371,7 @@ impl Shared {
             map.iter().map(|entry| entry.0.clone()).collect()
         };
         tracing::info!(endpoints = pools.len(), "connection pool closing");
-        self.closing.notify_waiters();
+        self.ctx.maintenance.pool_closed();
         for pool in pools {
             pool.close();
         }

@@ -4,7 +4,9 @@
 //! A caller that starts a dial may give up before it finishes; the dial
 //! goes on, and its connection goes to the next waiter or to idle
 //! ([`DialReceiver`]). A dial task that dies without finishing (a custom
-//! dialer that panics) frees its slot when its [`DialSlot`] drops. Warm-up
+//! dialer that panics, a runtime that shuts down) frees its slot when its
+//! [`DialSlot`] drops. A dial needs a runtime to run on: a get polled
+//! outside one fails instead ([`Error::NoRuntime`]). Warm-up
 //! dials for `min_idle_per_endpoint` go the same way with nobody waiting,
 //! and a failed one backs off the next.
 
@@ -15,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Conn, EndpointPool};
+use crate::deadline::later;
 use crate::dial::{backoff_delay, dial_with_retry};
 use crate::{CloseReason, Error, PooledConnection};
 
@@ -27,7 +30,10 @@ impl EndpointPool {
         caller: &'static Location<'static>,
     ) -> Result<PooledConnection, Error> {
         let (tx, rx) = oneshot::channel();
-        self.spawn_dial(tx, false);
+        if !self.spawn_dial(tx, false) {
+            self.return_unused_dial(false);
+            return Err(self.no_runtime_error());
+        }
         let mut rx = DialReceiver {
             pool: self.clone(),
             rx,
@@ -35,30 +41,39 @@ impl EndpointPool {
         match (&mut rx.rx).await {
             Ok(Ok(conn)) => Ok(self.clone().lease(conn, caller)),
             Ok(Err(err)) => Err(err),
-            // The dial task panicked (a custom dialer's bug); the slot's
-            // guard gave the slot back.
+            // The dial task ended unfinished: a custom dialer panicked, or
+            // the runtime shut down under it. The slot's guard gave the
+            // slot back.
             Err(_) => Err(Error::ConnectionFailed {
                 endpoint: self.endpoint.clone(),
                 attempts: 1,
-                source: std::io::Error::other("the dialer panicked"),
+                source: std::io::Error::other(
+                    "the dial task ended unfinished (the dialer panicked, or its runtime shut down)",
+                ),
             }),
         }
     }
 
-    /// Starts a dial into a dialing slot this caller already holds. With
-    /// `warm`, nobody waits for it (the maintenance task keeping
-    /// `min_idle_per_endpoint`): the connection goes to a waiter or idle,
-    /// and a failure backs off the next warm-up.
+    /// Starts a dial into a dialing slot this caller already holds, on the
+    /// current runtime. With `warm`, nobody waits for it (the maintenance
+    /// task keeping `min_idle_per_endpoint`): the connection goes to a
+    /// waiter or idle, and a failure backs off the next warm-up. Returns
+    /// `false`, and leaves the slot to the caller, when there is no runtime
+    /// here to dial on.
+    #[must_use = "without a runtime the caller must give the slot back"]
     pub(super) fn spawn_dial(
         self: &Arc<Self>,
         tx: oneshot::Sender<Result<Conn, Error>>,
         warm: bool,
-    ) {
+    ) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
         let slot = DialSlot(Some(self.clone()));
         // A clear while the dial runs must reach its connection too: the
         // dial belongs to the generation it started in.
         let generation = self.state.lock().generation;
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let pool = slot
                 .0
                 .as_ref()
@@ -67,6 +82,7 @@ impl EndpointPool {
             let result = dial_with_retry(&*ctx.dialer, &pool.endpoint, &ctx.config).await;
             slot.finish(result, generation, tx, warm);
         });
+        true
     }
 
     fn finish_dial(
@@ -103,7 +119,12 @@ impl EndpointPool {
                         st.dialing += 1;
                         drop(st);
                         self.close_conns(vec![(conn, CloseReason::Cleared)]);
-                        self.spawn_dial(tx, warm);
+                        // This runs in the dial's task, so on a runtime;
+                        // should it not, the waiting caller sees its dial
+                        // end without a connection.
+                        if !self.spawn_dial(tx, warm) {
+                            self.return_unused_dial(false);
+                        }
                         return;
                     }
                     if st.closed {
@@ -139,8 +160,10 @@ impl EndpointPool {
                         cold.warm_failures += 1;
                         let wait =
                             backoff_delay(self.config().connect_retry_delay(), cold.warm_failures);
-                        cold.warm_retry_at =
-                            Some(Instant::now() + wait.min(self.config().max_idle_time()));
+                        cold.warm_retry_at = Some(later(
+                            Instant::now(),
+                            wait.min(self.config().max_idle_time()),
+                        ));
                     }
                     self.grant_free_slot(&mut st);
                     wake

@@ -30,8 +30,12 @@ impl EndpointPool {
     /// or whose probe fails, warns once about each lease held past
     /// `leak_threshold`, starts warm-up dials up to `min_idle_per_endpoint`,
     /// and says whether the endpoint has been empty since before
-    /// `empty_cutoff`.
-    pub(crate) fn maintain(self: &Arc<Self>, now: Instant, empty_cutoff: Instant) -> Upkeep {
+    /// `empty_cutoff` (`None`: no cut-off is that far back).
+    pub(crate) fn maintain(
+        self: &Arc<Self>,
+        now: Instant,
+        empty_cutoff: Option<Instant>,
+    ) -> Upkeep {
         // Parked connections join the idle stack, to be judged with it.
         self.take_back_parked();
         let config = self.config();
@@ -93,7 +97,7 @@ impl EndpointPool {
             }
             if st.is_empty() {
                 let since = *st.cold().empty_since.get_or_insert(now);
-                upkeep.removable = want == 0 && since <= empty_cutoff;
+                upkeep.removable = want == 0 && empty_cutoff.is_some_and(|cut| since <= cut);
             } else {
                 st.in_use();
             }
@@ -101,7 +105,9 @@ impl EndpointPool {
         for _ in 0..warm {
             // Nobody receives: the connection goes to a waiter or to idle.
             let (tx, _) = oneshot::channel();
-            self.spawn_dial(tx, true);
+            if !self.spawn_dial(tx, true) {
+                self.return_unused_dial(false);
+            }
         }
         upkeep.closed = closing.len();
         upkeep.warming = warm;
@@ -122,7 +128,7 @@ impl EndpointPool {
             // A sweeper left sleeping on a deadline of a caller that has
             // since gone would outlive the entry for no purpose.
             if let Some(sweeper) = st.cold.as_mut().and_then(|c| c.sweeper.take()) {
-                sweeper.abort();
+                sweeper.stop();
             }
         }
         st.retired
