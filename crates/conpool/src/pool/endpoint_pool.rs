@@ -37,11 +37,12 @@
 //! here. And the counters are plain integers under the lock, not atomics on
 //! a line of their own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::task::Poll;
+use std::task::Waker;
 
 use once_cell::race::OnceBox;
 use parking_lot::{Mutex, MutexGuard};
@@ -61,7 +62,7 @@ use crate::maintenance::Maintenance;
 use crate::stats::{Counters, PoolState};
 use crate::stream::Look;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats, ThreadSlots};
-use queue::{Sweeper, WaitTicket, Waiter};
+use queue::{Queue, Sweeper, WaitTicket, Wakes};
 
 /// What every endpoint of a pool shares: the config, the dialer, the map
 /// of endpoints, the limits across them and the background task's state
@@ -132,12 +133,11 @@ struct State {
 
 /// The part of an endpoint's books that only queuing, failed dials, leak
 /// tracking, warm-up, retirement and endpoint handles use. Once made it is
-/// kept: waiters' ids must stay unique for as long as a ticket may still
-/// withdraw.
+/// kept: sweepers' ids must stay unique for as long as one may still run.
 #[derive(Default)]
 struct Cold {
-    waiters: VecDeque<Waiter>,
-    /// Numbers waiters and sweepers.
+    queue: Queue,
+    /// Numbers sweepers.
     next_id: u64,
     /// The sweeper keeping the waiters' deadlines, while one runs.
     sweeper: Option<Sweeper>,
@@ -158,6 +158,66 @@ struct LeaseRecord {
     since: Instant,
     caller: &'static Location<'static>,
     warned: bool,
+}
+
+/// An endpoint's books, locked: the only way they are reached. Callers
+/// granted a connection or a slot meanwhile are woken when it is dropped,
+/// once the lock has been let go, so that a woken task (which may run at
+/// once, on another core) does not find the lock still held.
+struct Locked<'a> {
+    state: MutexGuard<'a, State>,
+    wakes: Wakes,
+}
+
+impl<'a> Locked<'a> {
+    #[inline]
+    fn new(state: MutexGuard<'a, State>) -> Self {
+        Locked {
+            state,
+            wakes: Wakes::new(),
+        }
+    }
+
+    /// Hands `grant` to the first caller still queued; gives it back if
+    /// nobody waits.
+    fn grant_first(&mut self, grant: Grant) -> Result<(), Grant> {
+        let Locked { state, wakes } = self;
+        match state.cold.as_mut() {
+            Some(cold) => cold.queue.grant(grant, wakes),
+            None => Err(grant),
+        }
+    }
+
+    /// The books and the wakers to wake after them, apart.
+    fn split(&mut self) -> (&mut State, &mut Wakes) {
+        (&mut self.state, &mut self.wakes)
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+
+    #[inline]
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.wakes.is_empty() {
+            let wakes = std::mem::take(&mut self.wakes);
+            MutexGuard::unlocked(&mut self.state, || wakes.into_iter().for_each(Waker::wake));
+        }
+    }
 }
 
 impl State {
@@ -185,11 +245,7 @@ impl State {
 
     /// Callers queued.
     fn waiting(&self) -> usize {
-        self.cold.as_ref().map_or(0, |cold| cold.waiters.len())
-    }
-
-    fn pop_waiter(&mut self) -> Option<Waiter> {
-        self.cold.as_mut()?.waiters.pop_front()
+        self.cold.as_ref().map_or(0, |cold| cold.queue.len())
     }
 
     /// The endpoint is in use: it has not been empty since any earlier
@@ -326,7 +382,7 @@ impl EndpointPool {
             slots: OnceBox::new(),
         };
         if pool.config().thread_slots() == ThreadSlots::Always {
-            pool.grow_slots(&pool.state.lock());
+            pool.grow_slots(&pool.lock());
         }
         pool
     }
@@ -336,7 +392,7 @@ impl EndpointPool {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let st = self.state.lock();
+        let st = self.lock();
         let mut stats = st.counters.snapshot(self.gauges(&st));
         if let Some(slots) = self.slots.get() {
             stats.total_reused += slots.tally().1;
@@ -394,7 +450,7 @@ impl EndpointPool {
                     None => Started::Leased(self.lease_reused(conn, caller)),
                     Some(reason) => {
                         // Counted as reused when taken; nobody used it.
-                        self.state.lock().counters.unreused();
+                        self.lock().counters.unreused();
                         self.take_back(conn, Some(reason));
                         continue;
                     }
@@ -493,8 +549,8 @@ impl EndpointPool {
     /// connections, dials and the queue; a lock found taken is left to it
     /// too, as contention is what turns the per-thread slots on.
     #[inline]
-    fn take_ready_idle(&self, now: Instant) -> Result<Conn, Option<MutexGuard<'_, State>>> {
-        let Some(mut st) = self.state.try_lock() else {
+    fn take_ready_idle(&self, now: Instant) -> Result<Conn, Option<Locked<'_>>> {
+        let Some(mut st) = self.state.try_lock().map(Locked::new) else {
             return Err(None);
         };
         if st.closed || st.retired || !st.idle.peek().is_some_and(|c| self.ready_as_is(c, now)) {
@@ -558,7 +614,7 @@ impl EndpointPool {
     fn timeout_error(&self) -> Error {
         let timeout = self.config().acquire_timeout().unwrap_or_default();
         let (state, last_dial_error) = {
-            let st = self.state.lock();
+            let st = self.lock();
             let last_dial_error = st.cold.as_ref().and_then(|c| c.last_dial_error.clone());
             (self.gauges(&st), last_dial_error)
         };
@@ -584,7 +640,7 @@ impl EndpointPool {
     fn begin_acquire(
         self: &Arc<Self>,
         now: Instant,
-        held: Option<MutexGuard<'_, State>>,
+        held: Option<Locked<'_>>,
     ) -> Result<Option<Step>, Error> {
         let mut closing = Closing::new();
         let step = {
@@ -664,19 +720,25 @@ impl EndpointPool {
         gauges
     }
 
+    /// Locks the books.
+    #[inline]
+    fn lock(&self) -> Locked<'_> {
+        Locked::new(self.state.lock())
+    }
+
     /// Locks the state; finding it taken by another thread is what turns
     /// per-thread slots on (with [`ThreadSlots::WhenContended`]).
     #[inline]
-    fn lock_state(&self) -> MutexGuard<'_, State> {
+    fn lock_state(&self) -> Locked<'_> {
         match self.state.try_lock() {
-            Some(st) => st,
+            Some(st) => Locked::new(st),
             None => self.lock_contended(),
         }
     }
 
     #[cold]
-    fn lock_contended(&self) -> MutexGuard<'_, State> {
-        let st = self.state.lock();
+    fn lock_contended(&self) -> Locked<'_> {
+        let st = self.lock();
         if self.slots.get().is_none() && self.config().thread_slots() == ThreadSlots::WhenContended
         {
             self.grow_slots(&st);
@@ -768,7 +830,7 @@ impl EndpointPool {
     #[inline]
     fn finish_begin(
         &self,
-        st: parking_lot::MutexGuard<'_, State>,
+        st: Locked<'_>,
         closing: Closing,
         step: Step,
     ) -> Result<Option<Step>, Error> {
@@ -810,7 +872,7 @@ impl EndpointPool {
     /// Called by [`Global::wake_starved`] with a freed total slot: serves
     /// the first waiter if it can. Returns whether a slot was taken.
     pub(crate) fn serve_starved(self: &Arc<Self>) -> bool {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         st.starved = false;
         let before = st.dialing;
         // Still held back, it is queued again.
@@ -821,7 +883,7 @@ impl EndpointPool {
     /// Whether the connection that came back at `at` (as
     /// [`Conn::return_order`] tells it) is still idle here.
     pub(crate) fn holds_idle(&self, at: Instant) -> bool {
-        self.state.lock().idle.holds_returned_at(at)
+        self.lock().idle.holds_returned_at(at)
     }
 
     /// Closes this endpoint's least recently used idle connection if it is
@@ -831,7 +893,7 @@ impl EndpointPool {
     /// first; a mismatch means the entry is stale.
     fn evict_idle_returned_at(&self, at: Instant) -> bool {
         let conn = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if st.idle.oldest().map(|c| c.return_order()) != Some(at) {
                 return false;
             }
@@ -943,7 +1005,7 @@ impl EndpointPool {
             failure = (!healthy).then_some(CloseReason::HealthCheckFailed);
         }
         let Some(reason) = failure else {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if st.closed {
                 // The pool closed while the check ran: no connection is
                 // handed out after `close`. Dropped, the lease takes it back
@@ -969,7 +1031,7 @@ impl EndpointPool {
             .expect("the lease still holds its connection");
         let mut closing = Closing::new();
         let (next, keeps_slot) = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             st.counters.closed(reason);
             if origin == Origin::Handoff {
                 // Counted when it was granted; it was never handed out.
@@ -1043,7 +1105,7 @@ impl EndpointPool {
                 caller,
                 warned: false,
             };
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             st.cold().leases.insert(conn.id, record);
         }
         PooledConnection::new(conn, self)
@@ -1106,16 +1168,14 @@ impl EndpointPool {
             self.close_all(vec![(conn, reason)]);
             return;
         }
-        while let Some(waiter) = st.pop_waiter() {
-            match waiter.tx.send(Grant::Conn(conn)) {
-                Ok(()) => {
-                    st.counters.reused();
-                    self.sync_queued(&mut st);
-                    return;
-                }
-                Err(Grant::Conn(back)) => conn = back,
-                Err(_) => unreachable!("a grant comes back as it was sent"),
+        match st.grant_first(Grant::Conn(conn)) {
+            Ok(()) => {
+                st.counters.reused();
+                self.sync_queued(&mut st);
+                return;
             }
+            Err(Grant::Conn(back)) => conn = back,
+            Err(_) => unreachable!("a grant comes back as it was sent"),
         }
         self.sync_queued(&mut st);
         st.active -= 1;
@@ -1146,19 +1206,13 @@ impl EndpointPool {
     /// starved, so that the next total slot given back (often the one of
     /// the connection whose close called this, given back only after the
     /// lock is released) is offered to it.
-    fn grant_free_slot(self: &Arc<Self>, st: &mut State) -> bool {
+    fn grant_free_slot(self: &Arc<Self>, st: &mut Locked<'_>) -> bool {
         if st.closed {
             return false;
         }
         loop {
             // Waiters that left are skipped before a slot is taken for them.
-            let Some(cold) = st.cold.as_mut() else {
-                return false;
-            };
-            while cold.waiters.front().is_some_and(|w| w.tx.is_closed()) {
-                cold.waiters.pop_front();
-            }
-            if cold.waiters.is_empty() {
+            if !st.cold.as_mut().is_some_and(|cold| cold.queue.has_live()) {
                 return false;
             }
             match self.take_dial_slot(st) {
@@ -1169,8 +1223,7 @@ impl EndpointPool {
                     return true;
                 }
             }
-            let granted = std::iter::from_fn(|| st.pop_waiter())
-                .any(|waiter| waiter.tx.send(Grant::Dial).is_ok());
+            let granted = st.grant_first(Grant::Dial).is_ok();
             self.sync_queued(st);
             if !granted {
                 // Nobody took it; the slot stays free for the next caller.
@@ -1184,7 +1237,7 @@ impl EndpointPool {
     /// back. Counters are kept.
     pub(crate) fn clear(self: &Arc<Self>) {
         let closing = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             st.generation = st.generation.wrapping_add(1);
             self.publish_epoch(&st);
             self.drain_idle(&mut st, CloseReason::Cleared)
@@ -1198,12 +1251,12 @@ impl EndpointPool {
     /// Closes idle connections, fails waiters, and refuses new acquires.
     pub(crate) fn close(self: &Arc<Self>) {
         let (closing, waiters, sweeper) = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             st.closed = true;
             self.publish_epoch(&st);
             self.sync_queued(&mut st);
             let (waiters, sweeper) = st.cold.as_mut().map_or_else(Default::default, |cold| {
-                (std::mem::take(&mut cold.waiters), cold.sweeper.take())
+                (cold.queue.take_all(), cold.sweeper.take())
             });
             (
                 self.drain_idle(&mut st, CloseReason::PoolClosed),
@@ -1211,8 +1264,10 @@ impl EndpointPool {
                 sweeper,
             )
         };
-        for waiter in waiters {
-            let _ = waiter.tx.send(Grant::Closed);
+        for mut waiter in waiters {
+            if let Ok(Some(waker)) = waiter.tx.send(Grant::Closed) {
+                waker.wake();
+            }
         }
         // Nobody waits any more: the sweeper need not sleep on.
         if let Some(sweeper) = sweeper {
@@ -1277,11 +1332,11 @@ impl EndpointPool {
     /// Counts a handle taken. Under the endpoint's lock, which the hot path
     /// also takes: handles are meant to be kept, not cloned per request.
     pub(crate) fn handle_taken(&self) {
-        self.state.lock().cold().handles += 1;
+        self.lock().cold().handles += 1;
     }
 
     pub(crate) fn handle_dropped(&self) {
-        self.state.lock().cold().handles -= 1;
+        self.lock().cold().handles -= 1;
     }
 
     /// Returns a grant whose waiter went away before using it.
@@ -1292,7 +1347,7 @@ impl EndpointPool {
                 // marked idle when its lease ended: `take_back`, not
                 // `release`, so that a second mark does not clear what the
                 // first noted (a lease that outlasted the peek window).
-                self.state.lock().counters.unreused();
+                self.lock().counters.unreused();
                 self.take_back(conn, None);
             }
             Grant::Dial => self.return_unused_dial(false),

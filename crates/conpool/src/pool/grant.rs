@@ -59,24 +59,27 @@ pub(crate) fn channel() -> (GrantSender, GrantReceiver) {
 pub(crate) struct GrantSender(Option<Arc<Cell>>);
 
 impl GrantSender {
-    /// Hands `grant` over, or gives it back if the receiver left.
-    pub(crate) fn send(mut self, grant: Grant) -> Result<(), Grant> {
-        let cell = self.0.take().expect("a sender sends once");
+    /// Hands `grant` over, or gives it back if the receiver left (or a
+    /// grant was handed over already). Returns the receiver's waker, for
+    /// the caller to wake once it holds no lock. Either way the sender is
+    /// spent: [`is_closed`](Self::is_closed) says so from then on.
+    pub(crate) fn send(&mut self, grant: Grant) -> Result<Option<Waker>, Grant> {
+        let Some(cell) = self.0.take() else {
+            return Err(grant);
+        };
         let waker = {
             let mut st = cell.state.lock();
-            if st.receiver_gone {
+            if st.receiver_gone || st.grant.is_some() {
                 return Err(grant);
             }
             st.grant = Some(grant);
             st.waker.take()
         };
-        // Let go of the cell before waking, so that the receiver usually
-        // finds itself its only owner and can keep it for its next wait.
+        // Let go of the cell before the receiver is woken, so that it
+        // usually finds itself its only owner and can keep it for its next
+        // wait.
         drop(cell);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        Ok(())
+        Ok(waker)
     }
 
     /// Nudges the receiver (see the module docs), unless it left. Returns
@@ -91,7 +94,7 @@ impl GrantSender {
         st.waker.take()
     }
 
-    /// Whether the receiver left.
+    /// Whether the receiver left, or this sender has sent.
     pub(crate) fn is_closed(&self) -> bool {
         self.0
             .as_ref()
@@ -201,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_sent_grant_is_received_once() {
-        let (tx, mut rx) = channel();
+        let (mut tx, mut rx) = channel();
         assert!(poll(&mut rx).is_pending());
         assert!(!tx.is_closed());
         assert!(tx.send(Grant::Dial).is_ok());
@@ -213,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_nudge_wakes_the_receiver_once_and_leaves_the_cell_waiting() {
-        let (tx, mut rx) = channel();
+        let (mut tx, mut rx) = channel();
         assert!(poll(&mut rx).is_pending());
         assert!(tx.nudge().is_some(), "the waker registered by the poll");
         assert!(matches!(poll(&mut rx), Poll::Ready(Received::Nudged)));
@@ -227,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_receiver_that_left_gets_nothing_and_the_grant_comes_back() {
-        let (tx, mut rx) = channel();
+        let (mut tx, mut rx) = channel();
         assert!(rx.close().is_none());
         assert!(tx.is_closed());
         assert!(matches!(tx.send(Grant::Dial), Err(Grant::Dial)));
@@ -235,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_grant_sent_just_before_the_receiver_left_is_handed_back() {
-        let (tx, mut rx) = channel();
+        let (mut tx, mut rx) = channel();
         assert!(tx.send(Grant::TimedOut).is_ok());
         assert!(matches!(rx.close(), Some(Grant::TimedOut)));
     }
@@ -249,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_finished_cell_is_reused_clean() {
-        let (tx, mut rx) = channel();
+        let (mut tx, mut rx) = channel();
         let first = Arc::as_ptr(rx.0.as_ref().unwrap());
         assert!(tx.send(Grant::Dial).is_ok());
         assert!(poll(&mut rx).is_ready());

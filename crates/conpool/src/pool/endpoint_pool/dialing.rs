@@ -72,7 +72,7 @@ impl EndpointPool {
         let slot = DialSlot(Some(self.clone()));
         // A clear while the dial runs must reach its connection too: the
         // dial belongs to the generation it started in.
-        let generation = self.state.lock().generation;
+        let generation = self.lock().generation;
         runtime.spawn(async move {
             let pool = slot
                 .0
@@ -98,7 +98,7 @@ impl EndpointPool {
                 tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
                 self.config().notify_created(&self.endpoint);
                 let (conn, starved) = {
-                    let mut st = self.state.lock();
+                    let mut st = self.lock();
                     st.counters.created();
                     st.dialing -= 1;
                     if let Some(cold) = st.cold.as_mut() {
@@ -142,7 +142,7 @@ impl EndpointPool {
                     // The caller gave up: the next waiter or idle gets it.
                     self.release(conn, None);
                 }
-                if starved && self.state.lock().waiting() > 0 {
+                if starved && self.lock().waiting() > 0 {
                     // The total holds back waiters the dial cap held back
                     // before: make room as `begin_acquire` does, which
                     // wakes this endpoint.
@@ -151,7 +151,7 @@ impl EndpointPool {
             }
             Err(err) => {
                 let wake = {
-                    let mut st = self.state.lock();
+                    let mut st = self.lock();
                     st.counters.dial_failed();
                     let wake = self.return_dial_slot(&mut st);
                     let cold = st.cold();
@@ -180,7 +180,7 @@ impl EndpointPool {
     /// task died without finishing (counted as a failed dial).
     pub(super) fn return_unused_dial(self: &Arc<Self>, failed: bool) {
         let wake = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if failed {
                 st.counters.dial_failed();
             }

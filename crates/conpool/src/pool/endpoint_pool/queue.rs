@@ -8,6 +8,22 @@
 //! (a timeout, a dropped future) either withdraws the place or, if a grant
 //! was already sent, gives the grant back, so nothing leaks.
 //!
+//! # Constant work per get, per cancel and per deadline
+//!
+//! An overloaded endpoint may hold thousands of waiters, and callers leave
+//! it all the time (their own timeouts, dropped futures). So [`Queue`] never
+//! searches: a caller that leaves closes its cell, which is then a dead
+//! entry, skipped and dropped when the front reaches it, or all at once
+//! when the dead come to outnumber the living. And the deadlines are kept
+//! in the queue's own order: every caller that queues with a deadline gets
+//! `acquire_timeout` from its start, so they fall in arrival order (to
+//! within the few nanoseconds between two threads reading the clock and
+//! taking the lock), and the sweeper expires callers from the front and
+//! stops at the first whose deadline is still ahead.
+//!
+//! Every grant's waker is woken only after the endpoint's lock is released
+//! (see `State::defer_wake`).
+//!
 //! # Who keeps the deadlines
 //!
 //! Queued callers have no timer of their own; the sweeper keeps their
@@ -23,6 +39,7 @@
 //! deadline, fails at once with `Error::NoRuntime` rather than wait
 //! without end.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 
@@ -38,32 +55,17 @@ impl EndpointPool {
     /// deadline falls. `None`: sweeper `id` stops, as nobody with a
     /// deadline waits, or as it is not the endpoint's sweeper any more.
     fn expire_waiters(&self, now: Instant, id: u64) -> Option<Instant> {
-        let mut st = self.state.lock();
-        let mut next: Option<Instant> = None;
+        let mut locked = self.lock_state();
+        let (st, wakes) = locked.split();
         let cold = st.cold();
         if cold.sweeper.as_ref().is_none_or(|sweeper| sweeper.id != id) {
             return None;
         }
-        let waiters = std::mem::take(&mut cold.waiters);
-        for waiter in waiters {
-            match waiter.deadline {
-                _ if waiter.tx.is_closed() => {}
-                Some(deadline) if deadline <= now => {
-                    let _ = waiter.tx.send(Grant::TimedOut);
-                }
-                deadline => {
-                    next = match (next, deadline) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    cold.waiters.push_back(waiter);
-                }
-            }
-        }
+        let next = cold.queue.expire(now, wakes);
         if next.is_none() {
             cold.sweeper = None;
         }
-        self.sync_queued(&mut st);
+        self.sync_queued(st);
         next
     }
 
@@ -74,17 +76,14 @@ impl EndpointPool {
     ) -> WaitTicket {
         let (tx, rx) = grant::channel();
         let cold = st.cold();
-        let id = cold.next_id;
-        cold.next_id += 1;
         if deadline.is_some() && cold.sweeper.is_none() {
             // Its first poll starts a sweeper (a fresh cell has no waker).
             let _ = tx.nudge();
         }
-        cold.waiters.push_back(Waiter { id, tx, deadline });
+        cold.queue.push(Waiter { tx, deadline });
         self.sync_queued(st);
         WaitTicket {
             pool: self.clone(),
-            id,
             rx: Some(rx),
             deadline,
         }
@@ -98,11 +97,11 @@ impl EndpointPool {
         // handle, and nudges are rare.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let (id, runtime) = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             let Some(cold) = st.cold.as_mut() else {
                 return true;
             };
-            if cold.sweeper.is_some() || cold.waiters.iter().all(|w| w.deadline.is_none()) {
+            if cold.sweeper.is_some() || !cold.queue.any_deadline() {
                 return true;
             }
             let Some(runtime) = runtime else {
@@ -121,7 +120,7 @@ impl EndpointPool {
             finished: false,
         };
         let task = runtime.spawn(sweep_waiters(guard)).abort_handle();
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         match st.cold.as_mut().and_then(|c| c.sweeper.as_mut()) {
             Some(sweeper) if sweeper.id == id => sweeper.task = Some(task),
             // Stopped before it was known (the pool closed, the entry
@@ -135,10 +134,10 @@ impl EndpointPool {
     /// (see the module docs).
     fn nudge_waiters(&self) {
         let wakers: Vec<_> = {
-            let st = self.state.lock();
+            let st = self.lock();
             st.cold
                 .iter()
-                .flat_map(|cold| cold.waiters.iter())
+                .flat_map(|cold| cold.queue.waiters.iter())
                 .filter(|waiter| waiter.deadline.is_some())
                 .filter_map(|waiter| waiter.tx.nudge())
                 .collect()
@@ -148,24 +147,136 @@ impl EndpointPool {
         }
     }
 
-    pub(super) fn withdraw(&self, id: u64) -> bool {
-        let mut st = self.state.lock();
-        let Some(cold) = st.cold.as_mut() else {
-            return false;
-        };
-        match cold.waiters.iter().position(|w| w.id == id) {
-            Some(pos) => {
-                cold.waiters.remove(pos);
-                self.sync_queued(&mut st);
-                true
+    /// Takes a caller that gives up out of the queue: its cell closes, and
+    /// a grant already in it comes back, for the caller to give back once
+    /// no lock is held. Closing under the lock that every grant is sent
+    /// under tells the two cases apart: no grant in the cell means the
+    /// caller's entry is still queued, and now dead.
+    fn withdraw(&self, rx: &mut GrantReceiver) -> Option<Grant> {
+        let mut st = self.lock_state();
+        let grant = rx.close();
+        if grant.is_none() {
+            if let Some(cold) = st.cold.as_mut() {
+                cold.queue.left();
             }
-            None => false,
+            self.sync_queued(&mut st);
         }
+        grant
     }
 }
 
+/// An endpoint's waiting callers, first come first served, and how many of
+/// them still wait (see the module docs).
+#[derive(Default)]
+pub(super) struct Queue {
+    /// In arrival order; entries whose caller left, or was served by the
+    /// sweeper, are dead (their sender is closed) until they are dropped.
+    waiters: VecDeque<Waiter>,
+    /// The live entries.
+    live: usize,
+}
+
+impl Queue {
+    /// Callers waiting.
+    pub(super) fn len(&self) -> usize {
+        self.live
+    }
+
+    fn push(&mut self, waiter: Waiter) {
+        self.waiters.push_back(waiter);
+        self.live += 1;
+    }
+
+    /// A live entry's caller left.
+    fn left(&mut self) {
+        debug_assert!(self.live > 0, "a caller left a queue with nobody in it");
+        self.live -= 1;
+        // Dead entries are dropped at the front as it reaches them; when
+        // the front does not move (nothing is granted while every slot is
+        // held), they are dropped all at once, once they outnumber the
+        // living: O(1) per caller that left, amortised.
+        if self.waiters.len() > 2 * self.live + 16 {
+            self.waiters.retain(|waiter| !waiter.tx.is_closed());
+            debug_assert_eq!(self.waiters.len(), self.live);
+        }
+    }
+
+    /// Hands `grant` to the first live caller, dropping the dead entries
+    /// before it; its waker goes to `wakes`. Gives the grant back if nobody
+    /// waits.
+    pub(super) fn grant(&mut self, mut grant: Grant, wakes: &mut Wakes) -> Result<(), Grant> {
+        while let Some(mut waiter) = self.waiters.pop_front() {
+            match waiter.tx.send(grant) {
+                Ok(waker) => {
+                    self.live -= 1;
+                    wakes.extend(waker);
+                    return Ok(());
+                }
+                Err(back) => grant = back,
+            }
+        }
+        debug_assert_eq!(self.live, 0, "live callers left unserved");
+        Err(grant)
+    }
+
+    /// Whether a live caller waits, dropping the dead entries before the
+    /// first one.
+    pub(super) fn has_live(&mut self) -> bool {
+        while self.waiters.front().is_some_and(|w| w.tx.is_closed()) {
+            self.waiters.pop_front();
+        }
+        debug_assert!(self.waiters.is_empty() == (self.live == 0));
+        self.live > 0
+    }
+
+    /// Fails the callers whose deadline is at or before `now`, from the
+    /// front, and returns the first deadline still ahead (`None`: none is).
+    /// Callers without a deadline (they keep their own timer) are passed
+    /// over; dead entries at the front are dropped.
+    fn expire(&mut self, now: Instant, wakes: &mut Wakes) -> Option<Instant> {
+        let mut i = 0;
+        while let Some(waiter) = self.waiters.get_mut(i) {
+            if !waiter.tx.is_closed() {
+                match waiter.deadline {
+                    Some(deadline) if deadline > now => return Some(deadline),
+                    Some(_) => {
+                        if let Ok(waker) = waiter.tx.send(Grant::TimedOut) {
+                            self.live -= 1;
+                            wakes.extend(waker);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            if i == 0 && self.waiters[0].tx.is_closed() {
+                self.waiters.pop_front();
+            } else {
+                i += 1;
+            }
+        }
+        None
+    }
+
+    /// Whether any live caller has a deadline (for a nudged waiter deciding
+    /// whether a sweeper is needed; rare).
+    fn any_deadline(&self) -> bool {
+        self.waiters
+            .iter()
+            .any(|w| w.deadline.is_some() && !w.tx.is_closed())
+    }
+
+    /// Every entry, for `close`, which tells each live one.
+    pub(super) fn take_all(&mut self) -> VecDeque<Waiter> {
+        self.live = 0;
+        std::mem::take(&mut self.waiters)
+    }
+}
+
+/// Wakers of callers granted under the endpoint's lock, woken once it is
+/// released.
+pub(super) type Wakes = Vec<std::task::Waker>;
+
 pub(super) struct Waiter {
-    pub(super) id: u64,
     pub(super) tx: GrantSender,
     /// When the caller's `acquire_timeout` runs out, if it has one.
     pub(super) deadline: Option<Instant>,
@@ -227,7 +338,7 @@ impl Drop for SweepGuard {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
-        if let Some(cold) = pool.state.lock().cold.as_mut() {
+        if let Some(cold) = pool.lock().cold.as_mut() {
             if cold.sweeper.as_ref().is_some_and(|s| s.id == self.id) {
                 cold.sweeper = None;
             }
@@ -241,7 +352,6 @@ impl Drop for SweepGuard {
 /// grant.
 pub(crate) struct WaitTicket {
     pool: Arc<EndpointPool>,
-    id: u64,
     rx: Option<GrantReceiver>,
     /// When the caller gives up, as the sweeper keeps it.
     pub(super) deadline: Option<Instant>,
@@ -279,13 +389,160 @@ impl WaitTicket {
 impl Drop for WaitTicket {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
-        if self.pool.withdraw(self.id) {
-            return;
-        }
-        // Grants are sent under the lock that `withdraw` took, so if one was
-        // sent it is in the cell now.
-        if let Some(grant) = rx.close() {
+        if let Some(grant) = self.pool.withdraw(&mut rx) {
             self.pool.give_back(grant);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::dial::{Dial, DialError};
+    use crate::pool::grant::channel;
+    use crate::{BoxFuture, Config, Endpoint, Pool, Stream};
+
+    fn waiter(deadline: Option<Instant>) -> (Waiter, GrantReceiver) {
+        let (tx, rx) = channel();
+        (Waiter { tx, deadline }, rx)
+    }
+
+    #[test]
+    fn callers_that_left_are_dropped_before_they_outnumber_the_living() {
+        let mut queue = Queue::default();
+        let mut receivers: Vec<_> = (0..10_000)
+            .map(|_| {
+                let (w, rx) = waiter(None);
+                queue.push(w);
+                rx
+            })
+            .collect();
+        let last = receivers.pop().unwrap();
+        for mut rx in receivers {
+            assert!(rx.close().is_none());
+            queue.left();
+            assert!(queue.waiters.len() <= 2 * queue.len() + 16);
+        }
+        assert_eq!(queue.len(), 1);
+        let mut wakes = Wakes::new();
+        assert!(queue.grant(Grant::Dial, &mut wakes).is_ok());
+        let mut last = last;
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            last.poll_recv(&mut cx),
+            Poll::Ready(crate::pool::grant::Received::Grant(Grant::Dial))
+        ));
+        assert_eq!(queue.len(), 0);
+        assert!(!queue.has_live());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_expires_from_the_front_and_stops_at_the_first_deadline_ahead() {
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        let at = |ms| Some(now + Duration::from_millis(ms));
+        let mut receivers = Vec::new();
+        for deadline in [at(1), None, at(2), at(3), at(10), at(11)] {
+            let (w, rx) = waiter(deadline);
+            queue.push(w);
+            receivers.push(rx);
+        }
+        let mut wakes = Wakes::new();
+        let next = queue.expire(now + Duration::from_millis(3), &mut wakes);
+        assert_eq!(next, at(10));
+        assert_eq!(
+            queue.len(),
+            3,
+            "the one without a deadline and the two ahead"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        let timed_out: Vec<bool> = receivers
+            .iter_mut()
+            .map(|rx| {
+                matches!(
+                    rx.poll_recv(&mut cx),
+                    Poll::Ready(crate::pool::grant::Received::Grant(Grant::TimedOut))
+                )
+            })
+            .collect();
+        assert_eq!(timed_out, [true, false, true, true, false, false]);
+        // The first grant goes to the caller without a deadline, next in line.
+        assert!(queue.grant(Grant::Dial, &mut wakes).is_ok());
+        assert!(matches!(
+            receivers[1].poll_recv(&mut cx),
+            Poll::Ready(crate::pool::grant::Received::Grant(Grant::Dial))
+        ));
+    }
+
+    /// Records, when woken, whether the endpoint's lock was free.
+    struct LockProbe {
+        pool: std::sync::Mutex<Option<Arc<EndpointPool>>>,
+        woken: AtomicUsize,
+        lock_was_free: AtomicBool,
+    }
+
+    impl Wake for LockProbe {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            if let Some(pool) = self.pool.lock().unwrap().as_ref() {
+                self.woken.fetch_add(1, Ordering::SeqCst);
+                self.lock_was_free
+                    .store(pool.state.try_lock().is_some(), Ordering::SeqCst);
+            }
+        }
+    }
+
+    struct Duplex;
+
+    impl Dial for Duplex {
+        fn dial<'a>(&'a self, _: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
+            Box::pin(async {
+                let (client, server) = tokio::io::duplex(64);
+                std::mem::forget(server);
+                Ok(Stream::custom(client))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_granted_a_connection_is_woken_after_the_lock_is_released() {
+        let pool = Pool::with_dialer(
+            Config::builder()
+                .max_connections_per_endpoint(1)
+                .build()
+                .unwrap(),
+            Duplex,
+        );
+        let ep = Endpoint::new("queue.test", 1).unwrap();
+        let held = pool.get(&ep).await.unwrap();
+        let endpoint_pool = pool.shared.ctx.endpoints.get(&ep).unwrap();
+        let probe = Arc::new(LockProbe {
+            pool: std::sync::Mutex::new(Some(endpoint_pool)),
+            woken: AtomicUsize::new(0),
+            lock_was_free: AtomicBool::new(false),
+        });
+        let waker = Waker::from(probe.clone());
+        let mut waiting = std::pin::pin!(pool.get(&ep));
+        assert!(
+            waiting
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        drop(held);
+        assert_eq!(probe.woken.load(Ordering::SeqCst), 1);
+        assert!(
+            probe.lock_was_free.load(Ordering::SeqCst),
+            "woken while the endpoint's lock was held"
+        );
+        assert!(waiting.await.is_ok());
+        probe.pool.lock().unwrap().take();
     }
 }

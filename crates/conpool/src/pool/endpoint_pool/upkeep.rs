@@ -43,7 +43,7 @@ impl EndpointPool {
         let mut closing = Closing::new();
         let mut warm = 0;
         {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if st.closed || st.retired {
                 return upkeep;
             }
@@ -118,7 +118,7 @@ impl EndpointPool {
     /// Marks the endpoint retired if it is still empty; called with the
     /// pool's map locked for writing, just before removing it.
     pub(crate) fn retire_if_empty(&self) -> bool {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         // A first handle is taken with the map locked, and this runs with
         // it locked for writing, so none can appear after this read (a
         // handle cloned from another finds the count above zero already).
