@@ -160,28 +160,36 @@ struct LeaseRecord {
     warned: bool,
 }
 
-/// An endpoint's books, locked: the only way they are reached. Callers
-/// granted a connection or a slot meanwhile are woken when it is dropped,
-/// once the lock has been let go, so that a woken task (which may run at
-/// once, on another core) does not find the lock still held.
+/// An endpoint's books, locked: the only way they are reached, so that
+/// every act on them ends here. When it is dropped, the books' invariants
+/// are checked (in debug builds, which the test suite and its fuzzer run
+/// as), and then, once the lock has been let go, the callers granted a
+/// connection or a slot meanwhile are woken, so that a woken task (which
+/// may run at once, on another core) does not find the lock still held.
 struct Locked<'a> {
     state: MutexGuard<'a, State>,
     wakes: Wakes,
+    #[cfg(debug_assertions)]
+    pool: &'a EndpointPool,
 }
 
 impl<'a> Locked<'a> {
     #[inline]
-    fn new(state: MutexGuard<'a, State>) -> Self {
+    fn new(pool: &'a EndpointPool, state: MutexGuard<'a, State>) -> Self {
+        #[cfg(not(debug_assertions))]
+        let _ = pool;
         Locked {
             state,
             wakes: Wakes::new(),
+            #[cfg(debug_assertions)]
+            pool,
         }
     }
 
     /// Hands `grant` to the first caller still queued; gives it back if
     /// nobody waits.
     fn grant_first(&mut self, grant: Grant) -> Result<(), Grant> {
-        let Locked { state, wakes } = self;
+        let Locked { state, wakes, .. } = self;
         match state.cold.as_mut() {
             Some(cold) => cold.queue.grant(grant, wakes),
             None => Err(grant),
@@ -213,6 +221,10 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     #[inline]
     fn drop(&mut self) {
+        #[cfg(debug_assertions)]
+        if !std::thread::panicking() {
+            self.pool.check_books(&self.state);
+        }
         if !self.wakes.is_empty() {
             let wakes = std::mem::take(&mut self.wakes);
             MutexGuard::unlocked(&mut self.state, || wakes.into_iter().for_each(Waker::wake));
@@ -550,7 +562,7 @@ impl EndpointPool {
     /// too, as contention is what turns the per-thread slots on.
     #[inline]
     fn take_ready_idle(&self, now: Instant) -> Result<Conn, Option<Locked<'_>>> {
-        let Some(mut st) = self.state.try_lock().map(Locked::new) else {
+        let Some(mut st) = self.state.try_lock().map(|st| Locked::new(self, st)) else {
             return Err(None);
         };
         if st.closed || st.retired || !st.idle.peek().is_some_and(|c| self.ready_as_is(c, now)) {
@@ -723,7 +735,50 @@ impl EndpointPool {
     /// Locks the books.
     #[inline]
     fn lock(&self) -> Locked<'_> {
-        Locked::new(self.state.lock())
+        Locked::new(self, self.state.lock())
+    }
+
+    /// The invariants of the books, true whenever the lock is let go:
+    /// the limit counts leased, idle and dialing connections together;
+    /// the dial cap holds; the queue's count of live callers is no more
+    /// than its entries; releasers' mirror of the queue's length is at
+    /// least that count (or they would park a connection with a caller
+    /// waiting); and nothing counts as queued on a closed endpoint.
+    #[cfg(debug_assertions)]
+    fn check_books(&self, st: &State) {
+        let config = self.config();
+        debug_assert!(
+            st.total() <= config.max_connections_per_endpoint(),
+            "{}: {} active + {} idle + {} dialing past the limit of {}",
+            self.endpoint,
+            st.active,
+            st.idle.len(),
+            st.dialing,
+            config.max_connections_per_endpoint()
+        );
+        debug_assert!(
+            st.dialing as usize <= config.max_concurrent_dials(),
+            "{}: {} dials past the cap of {}",
+            self.endpoint,
+            st.dialing,
+            config.max_concurrent_dials()
+        );
+        if let Some(cold) = st.cold.as_ref() {
+            cold.queue.check();
+        }
+        if let Some(slots) = self.slots.get() {
+            debug_assert!(
+                slots.queued.load(Ordering::SeqCst) >= st.waiting(),
+                "{}: releasers may park with {} callers queued",
+                self.endpoint,
+                st.waiting()
+            );
+        }
+        debug_assert!(
+            !st.closed || st.waiting() == 0,
+            "{}: callers queued on a closed endpoint",
+            self.endpoint
+        );
     }
 
     /// Locks the state; finding it taken by another thread is what turns
@@ -731,7 +786,7 @@ impl EndpointPool {
     #[inline]
     fn lock_state(&self) -> Locked<'_> {
         match self.state.try_lock() {
-            Some(st) => Locked::new(st),
+            Some(st) => Locked::new(self, st),
             None => self.lock_contended(),
         }
     }

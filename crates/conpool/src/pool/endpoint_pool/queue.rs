@@ -265,6 +265,17 @@ impl Queue {
             .any(|w| w.deadline.is_some() && !w.tx.is_closed())
     }
 
+    /// Its own invariant: the live entries are among the entries.
+    #[cfg(debug_assertions)]
+    pub(super) fn check(&self) {
+        debug_assert!(
+            self.live <= self.waiters.len(),
+            "{} live callers counted in {} entries",
+            self.live,
+            self.waiters.len()
+        );
+    }
+
     /// Every entry, for `close`, which tells each live one.
     pub(super) fn take_all(&mut self) -> VecDeque<Waiter> {
         self.live = 0;
