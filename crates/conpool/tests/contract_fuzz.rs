@@ -2,7 +2,9 @@
 //! `ConnPoolContractFuzzer`: random sequences of get, cancel (a `get`
 //! future dropped after a random number of polls, sometimes with its dial
 //! or its grant already delivered), use, partial use, drop, discard, I/O
-//! errors, cancelled reads and writes, a panic while holding a lease,
+//! errors, cancelled reads and writes (a cut-off write sometimes followed
+//! by a flush or a read), `release()` with an idle read left pending (as
+//! hyper's client leaves one), a panic while holding a lease,
 //! server-side resets, half-closes and stray bytes, time advance,
 //! `clear_endpoint` and `close`, over two to four endpoints. Each seed
 //! picks small limits (per endpoint, total, idle total, waiters, dial cap,
@@ -754,6 +756,9 @@ enum Op {
     Advance,
     Clear,
     Panic,
+    /// Give a lease back with `release()` after leaving an idle read
+    /// pending, as hyper's HTTP/1.1 client does.
+    Release,
 }
 
 struct Fuzz {
@@ -921,6 +926,7 @@ impl Fuzz {
                 (3, Op::UsePartial),
                 (3, Op::IoError),
                 (1, Op::Panic),
+                (5, Op::Release),
             ]);
         }
         if !self.gets.is_empty() {
@@ -997,6 +1003,10 @@ impl Fuzz {
                 };
                 self.drop_lease(h, "drop (then cancel at once)");
                 self.cancel(g);
+            }
+            Op::Release => {
+                let h = self.rng.below(self.held.len());
+                self.release_after_idle_read(h);
             }
             Op::ServerClose => self.server_close(),
             Op::ServerStray => self.server_stray(),
@@ -1422,6 +1432,65 @@ impl Fuzz {
         }
     }
 
+    /// Leaves a read pending on lease `h`, as an idle protocol client
+    /// does, and gives the lease back with `release()`: kept, unless the
+    /// read found the end, an error or stray bytes, or the lease must close
+    /// for another reason.
+    fn release_after_idle_read(&mut self, h: usize) {
+        let must_close = self.must_close(h);
+        let (id, sid) = (self.held[h].lease.id(), self.held[h].server);
+        let mut buf = [0u8; 64];
+        let read = now_or_never(self.held[h].lease.read(&mut buf));
+        match read {
+            None => {}
+            Some(Ok(n)) if n > 0 => {
+                self.log(format!("idle read on c{id} (s{sid}) found {n} stray bytes"));
+                self.discard(h);
+                return;
+            }
+            Some(result) => {
+                self.log(format!("idle read on c{id} (s{sid}): {result:?}"));
+                let held = self.held.remove(h);
+                held.lease.release();
+                self.released(sid);
+                if self.servers[sid].alive() {
+                    fail(format!(
+                        "c{id} (s{sid}) was released and kept although its read saw the end or an error"
+                    ));
+                }
+                return;
+            }
+        }
+        let held = self.held.remove(h);
+        let pool = self
+            .pool
+            .as_ref()
+            .expect("leases exist only while the pool does");
+        let cancelled = || {
+            pool.stats(&self.eps[held.ep])
+                .closed_for(CloseReason::Cancelled)
+        };
+        let before = cancelled();
+        held.lease.release();
+        let after = cancelled();
+        self.released(sid);
+        let kept = self.servers[sid].alive();
+        self.log(format!(
+            "release c{id} (s{sid}) with an idle read pending: {}",
+            if kept { "kept" } else { "closed" }
+        ));
+        if after != before {
+            fail(format!(
+                "c{id} (s{sid}) was released with only an idle read pending, and closed as cancelled"
+            ));
+        }
+        if let (Some(why), true) = (must_close, kept) {
+            fail(format!(
+                "c{id} (s{sid}) was released and kept although {why}"
+            ));
+        }
+    }
+
     fn released(&mut self, sid: usize) {
         let s = &mut self.servers[sid];
         s.released_at = Some(Instant::now());
@@ -1492,6 +1561,18 @@ impl Fuzz {
                     Some(r) => format!("{r:?}"),
                 }
             ));
+            // What a caller may do after its write was cut off: none of it
+            // makes the half-written connection reusable.
+            if self.rng.chance(50) {
+                let flushed = now_or_never(self.held[h].lease.flush());
+                self.log(format!("  then flush c{id}: {flushed:?}"));
+            }
+            if self.rng.chance(30) {
+                let mut buf = [0u8; 8];
+                let read =
+                    now_or_never(self.held[h].lease.read(&mut buf)).map(|r| r.map(|n| n > 0));
+                self.log(format!("  then read c{id}: {read:?}"));
+            }
             self.drop_lease_expecting_close(h, "a write was left pending or failed");
         }
     }
