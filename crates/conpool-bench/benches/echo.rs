@@ -10,14 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use conpool_bench::load::{self, Dedicated};
+use conpool_bench::load::{self, CONNS, Dedicated, TASKS};
 use conpool_bench::net::{Target, TlsCert, TlsClient, start_echo};
 use conpool_bench::subjects::Kind;
 use conpool_bench::with_subject;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-
-const TASKS: usize = 64;
-const CONNS: usize = 16;
 
 fn echo(c: &mut Criterion) {
     let rt = load::runtime(2);

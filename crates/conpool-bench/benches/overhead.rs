@@ -1,6 +1,7 @@
 //! Overhead: acquire + release of an idle connection, no I/O, for conpool
-//! and every peer: 1 task over 1 connection, and 64 tasks over 16
-//! connections on a 2-worker runtime.
+//! and every peer, and for conpool with its liveness check off and asking
+//! the kernel at every checkout: 1 task over 1 connection, and 64 tasks
+//! over 16 connections on a 2-worker runtime.
 //!
 //! ```text
 //! cargo bench -p conpool-bench --bench overhead
@@ -11,21 +12,21 @@
 
 use std::time::Duration;
 
-use conpool_bench::load;
+use conpool_bench::load::{self, CONNS, TASKS};
 use conpool_bench::net::{Target, start_echo};
 use conpool_bench::subjects::Kind;
 use conpool_bench::with_subject;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-
-const TASKS: usize = 64;
-const CONNS: usize = 16;
 
 fn overhead(c: &mut Criterion) {
     let rt = load::runtime(2);
     let target = rt.block_on(async { Target::tcp(start_echo(None).await) });
     let mut group = c.benchmark_group("overhead");
     group.measurement_time(Duration::from_secs(3));
-    for kind in Kind::ALL {
+    let liveness = Kind::LIVENESS
+        .into_iter()
+        .filter(|k| !Kind::ALL.contains(k));
+    for kind in Kind::ALL.into_iter().chain(liveness) {
         rt.block_on(async {
             with_subject!(kind, &target, 1, |s| {
                 // Criterion drives the runtime itself: step out of it.

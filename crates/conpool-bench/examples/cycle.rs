@@ -7,12 +7,19 @@
 //! ```
 //!
 //! The first argument names the pool (`conpool`, `conpool (handle)`, `bb8`,
-//! `deadpool`, `mobc`, `pingora-pool`, `pingora-pool+watcher`), or `floor`
-//! for the floor loop of `conpool_bench::floor` (one task only); the second
-//! the number of cycles. With a third, `64`, 64 tasks share 16 connections
-//! on a 2-worker runtime instead (the contended case); with `64held`, each
-//! also holds its connection across a yield (so that callers queue).
+//! `deadpool`, `mobc`, `pingora-pool`, `pingora-pool+watcher`, or conpool
+//! with another liveness setting: `conpool (no liveness check)`,
+//! `conpool (peek every checkout)`), or `floor` for the floor loop of
+//! `conpool_bench::floor` (one task only); the second the number of cycles.
+//! With a third, `64`, 64 tasks share 16 connections on a 2-worker runtime
+//! instead (the contended case); with `64held`, each also holds its
+//! connection across a yield (so that callers queue).
+//!
+//! The `compare` binary runs this under callgrind for the instruction
+//! counts of BENCHMARKS.md's liveness section, and counts the kernel looks
+//! it makes (see `conpool_bench::external`).
 
+use conpool_bench::load::{CONNS, TASKS};
 use conpool_bench::net::{Target, start_echo};
 use conpool_bench::with_subject;
 
@@ -28,9 +35,7 @@ fn main() {
         println!("floor: {ns:.0} ns per cycle");
         return;
     }
-    let kind = conpool_bench::subjects::Kind::ALL
-        .into_iter()
-        .find(|k| k.name() == name)
+    let kind = conpool_bench::subjects::Kind::named(&name)
         .unwrap_or_else(|| panic!("no pool named {name:?}"));
     let shape = args.next();
     if let Some(shape @ ("64" | "64held")) = shape.as_deref() {
@@ -38,15 +43,18 @@ fn main() {
         let rt = conpool_bench::load::runtime(2);
         rt.block_on(async {
             let target = Target::tcp(start_echo(None).await);
-            with_subject!(kind, &target, 16, |subject| {
+            with_subject!(kind, &target, CONNS, |subject| {
+                let per_task = cycles / TASKS as u64;
                 let took = if held {
-                    conpool_bench::load::held_cycles(&subject, 64, cycles / 64).await
+                    conpool_bench::load::held_cycles(&subject, TASKS, per_task).await
                 } else {
-                    conpool_bench::load::cycles(&subject, 64, cycles / 64).await
+                    conpool_bench::load::cycles(&subject, TASKS, per_task).await
                 };
                 let ns = took.as_nanos() as f64 / cycles as f64;
                 let how = if held { ", held across a yield" } else { "" };
-                println!("{name}, 64 tasks over 16 connections{how}: {ns:.0} ns per cycle");
+                println!(
+                    "{name}, {TASKS} tasks over {CONNS} connections{how}: {ns:.0} ns per cycle"
+                );
             })
         });
         return;

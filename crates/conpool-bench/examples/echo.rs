@@ -3,29 +3,31 @@
 //! path; the `compare` binary writes the report.
 //!
 //! ```text
-//! cargo run --release -p conpool-bench --example echo [-- tls] [POOL...]
+//! cargo run --release -p conpool-bench --example echo [-- tls] [PER_TASK] [POOL...]
 //! ```
 //!
-//! With pool names (`dedicated`, `conpool`, `bb8`, ...) only those run,
-//! once, which suits `valgrind --tool=callgrind`.
+//! Each task does `PER_TASK` round trips per run (2,000 unless given). With
+//! pool names (`dedicated`, `conpool`, `bb8`, ...,
+//! `conpool (peek every checkout)`) only those run, once (500 round trips
+//! per task unless given), which suits `valgrind --tool=callgrind` and
+//! counting system calls (the `compare` binary counts the liveness check's
+//! kernel looks this way).
 
 use std::time::Duration;
 
-use conpool_bench::load::{self, Dedicated};
+use conpool_bench::load::{self, CONNS, Dedicated, TASKS};
 use conpool_bench::net::{Target, TlsCert, TlsClient, start_echo};
 use conpool_bench::subjects::Kind;
 use conpool_bench::with_subject;
 
-const TASKS: usize = 64;
-const CONNS: usize = 16;
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tls = args.iter().any(|a| a == "tls");
+    let count: Option<u64> = args.iter().find_map(|a| a.parse().ok());
     let only: Vec<&str> = args
         .iter()
         .map(String::as_str)
-        .filter(|a| *a != "tls")
+        .filter(|a| *a != "tls" && a.parse::<u64>().is_err())
         .collect();
     let rt = load::runtime(2);
     rt.block_on(async {
@@ -37,15 +39,13 @@ fn main() {
             Target::tcp(start_echo(None).await)
         };
         if !only.is_empty() {
+            let per_task = count.unwrap_or(500);
             for name in only {
-                let per_task = 500;
                 let took = if name == "dedicated" {
                     Dedicated::connect(&target, TASKS).await.run(per_task).await
                 } else {
-                    let kind = Kind::ALL
-                        .into_iter()
-                        .find(|k| k.name() == name)
-                        .unwrap_or_else(|| panic!("no pool named {name:?}"));
+                    let kind =
+                        Kind::named(name).unwrap_or_else(|| panic!("no pool named {name:?}"));
                     with_subject!(kind, &target, CONNS, |s| {
                         load::exchanges(&s, TASKS, per_task).await
                     })
@@ -54,7 +54,7 @@ fn main() {
             }
             return;
         }
-        let per_task = 2_000;
+        let per_task = count.unwrap_or(2_000);
         let kinds = [
             Kind::Conpool,
             Kind::ConpoolHandle,

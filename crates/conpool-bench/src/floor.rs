@@ -1,9 +1,10 @@
 //! Where the limit lies: the work any acquire + release with conpool's
 //! guarantees cannot avoid, timed alone.
 //!
-//! A checkout that enforces idle time and the liveness bypass window must
-//! read the clock when the connection comes back and again when it is taken
-//! out; a pool shared between tasks must take a lock (or an atomic
+//! A checkout that enforces idle time, and decides by how long a
+//! connection sat idle (`liveness_peek_after`) whether its liveness check
+//! asks the kernel, must read the clock when the connection comes back and
+//! again when it is taken out; a pool shared between tasks must take a lock (or an atomic
 //! read-modify-write) at each end; a lease that can outlive the caller's
 //! borrow of the pool must hold a counted reference to it. The floor loop
 //! does exactly that and nothing else: two `tokio::time::Instant::now()`,

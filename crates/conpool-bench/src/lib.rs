@@ -9,6 +9,8 @@
 //! - [`scale`]: many endpoints over in-memory streams, memory and eviction;
 //! - [`alloc`]: the counting global allocator;
 //! - [`floor`]: the work no checkout with conpool's guarantees can avoid;
+//! - [`external`]: figures from tools run on the examples (callgrind, and
+//!   perf or strace counting the liveness check's kernel looks);
 //! - [`report`] and [`chart`]: what the `compare` binary writes.
 //!
 //! The criterion benches under `benches/` and the `compare` binary share
@@ -16,6 +18,7 @@
 
 pub mod alloc;
 pub mod chart;
+pub mod external;
 pub mod floor;
 pub mod load;
 pub mod net;

@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 use crate::net::{PAYLOAD, PeerStream, Target, request, round_trip};
 use crate::subjects::Subject;
 
+/// Tasks in the contended shapes: the overhead loops' "64 tasks" and the
+/// pooled echo's callers.
+pub const TASKS: usize = 64;
+
+/// Connections those tasks share.
+pub const CONNS: usize = 16;
+
 /// Spawns `op(i)` for each of `tasks` tasks and waits for them all;
 /// returns the wall time.
 pub async fn spawn_timed<F, Fut>(tasks: usize, op: F) -> Duration

@@ -32,6 +32,9 @@
 //! conpool runs with its defaults (idle time, lifetime, use count, liveness
 //! check, acquire timeout), only `max_connections_per_endpoint` set to the
 //! number of connections and the TLS config trusting the test certificate.
+//! Two more conpool subjects, outside [`Kind::ALL`], change only the
+//! liveness check ([`Kind::LIVENESS`]): off, and asking the kernel at every
+//! checkout; they are what the report's liveness section compares.
 
 use std::future::Future;
 use std::io;
@@ -126,10 +129,21 @@ pub enum Kind {
     /// pingora-pool with pingora-core's idle watcher task per idle
     /// connection.
     PingoraWatch,
+    /// This crate through `pool.get(&endpoint)`, with
+    /// `liveness_check(false)`: nothing looks at a connection at checkout.
+    ConpoolNoLiveness,
+    /// This crate through `pool.get(&endpoint)`, with
+    /// `liveness_peek_after(Duration::ZERO)`: every checkout asks the
+    /// kernel (a non-blocking `MSG_PEEK` for TCP, records fed to rustls for
+    /// TLS), where the default asks only the runtime's readiness flag unless
+    /// the connection sat idle (or leased) for 1 ms or goes straight to a
+    /// queued caller.
+    ConpoolPeekEvery,
 }
 
 impl Kind {
-    /// All pools, conpool first.
+    /// All pools, conpool first, each with the settings it is compared
+    /// with (conpool's defaults): the pools of the peer tables.
     pub const ALL: [Kind; 7] = [
         Kind::Conpool,
         Kind::ConpoolHandle,
@@ -149,9 +163,41 @@ impl Kind {
         Kind::PingoraWatch,
     ];
 
-    /// Whether this is conpool (either way of calling it), not a peer.
+    /// conpool's liveness check off, at its default, and asking the kernel
+    /// at every checkout: the subjects of the liveness section, cheapest
+    /// first.
+    pub const LIVENESS: [Kind; 3] = [
+        Kind::ConpoolNoLiveness,
+        Kind::Conpool,
+        Kind::ConpoolPeekEvery,
+    ];
+
+    /// Whether this is conpool (any way of calling or setting it), not a
+    /// peer.
     pub fn is_conpool(self) -> bool {
-        matches!(self, Kind::Conpool | Kind::ConpoolHandle)
+        matches!(
+            self,
+            Kind::Conpool | Kind::ConpoolHandle | Kind::ConpoolNoLiveness | Kind::ConpoolPeekEvery
+        )
+    }
+
+    /// The kind whose [`name`](Self::name) is `name`, among [`Kind::ALL`]
+    /// and [`Kind::LIVENESS`].
+    pub fn named(name: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::LIVENESS)
+            .find(|k| k.name() == name)
+    }
+
+    /// `builder` with this kind's liveness settings (conpool's defaults
+    /// unless the kind says otherwise).
+    pub fn liveness_settings(self, builder: conpool::ConfigBuilder) -> conpool::ConfigBuilder {
+        match self {
+            Kind::ConpoolNoLiveness => builder.liveness_check(false),
+            Kind::ConpoolPeekEvery => builder.liveness_peek_after(std::time::Duration::ZERO),
+            _ => builder,
+        }
     }
 
     /// A short name for tables, charts and benchmark ids.
@@ -164,6 +210,8 @@ impl Kind {
             Kind::Mobc => "mobc",
             Kind::PingoraBare => "pingora-pool",
             Kind::PingoraWatch => "pingora-pool+watcher",
+            Kind::ConpoolNoLiveness => "conpool (no liveness check)",
+            Kind::ConpoolPeekEvery => "conpool (peek every checkout)",
         }
     }
 }
@@ -177,8 +225,11 @@ macro_rules! with_subject {
     ($kind:expr, $target:expr, $size:expr, |$s:ident| $body:expr) => {{
         use $crate::subjects::*;
         match $kind {
-            Kind::Conpool => {
-                let $s = ::std::sync::Arc::new(ConpoolSubject::new($target, $size).await);
+            // One body for the three settings: they differ in data only.
+            kind @ (Kind::Conpool | Kind::ConpoolNoLiveness | Kind::ConpoolPeekEvery) => {
+                let $s = ::std::sync::Arc::new(
+                    ConpoolSubject::configured($target, $size, |c| kind.liveness_settings(c)).await,
+                );
                 $body
             }
             Kind::ConpoolHandle => {
@@ -211,7 +262,8 @@ macro_rules! with_subject {
 
 // ---------------------------------------------------------------- conpool
 
-/// conpool with its default checks, called through `pool.get(&endpoint)`
+/// conpool with its default checks (or another liveness setting, see
+/// [`ConpoolSubject::configured`]), called through `pool.get(&endpoint)`
 /// or, with a handle, through `handle.get()`.
 pub struct ConpoolSubject {
     /// The pool.
@@ -225,7 +277,17 @@ pub struct ConpoolSubject {
 impl ConpoolSubject {
     /// A pool of `size` connections to `target`, all idle.
     pub async fn new(target: &Target, size: usize) -> Self {
-        let mut config = conpool::Config::builder().max_connections_per_endpoint(size);
+        ConpoolSubject::configured(target, size, |c| c).await
+    }
+
+    /// The same, with `configure` applied to the config first (the limit
+    /// and the TLS roots are set after it).
+    pub async fn configured(
+        target: &Target,
+        size: usize,
+        configure: impl FnOnce(conpool::ConfigBuilder) -> conpool::ConfigBuilder,
+    ) -> Self {
+        let mut config = configure(conpool::Config::builder()).max_connections_per_endpoint(size);
         if let Some(tls) = &target.tls {
             config = config.tls_config(tls.config.clone());
         }

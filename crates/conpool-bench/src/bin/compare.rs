@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conpool_bench::chart::{self, Panel, Series, format_ns};
-use conpool_bench::load::{self, Dedicated};
+use conpool_bench::external::{self, PeekCounter};
+use conpool_bench::load::{self, CONNS, Dedicated, TASKS};
 use conpool_bench::net::{self, Target, TlsCert, TlsClient};
 use conpool_bench::report::{self, Figure, Machine, thousands, verdict};
 use conpool_bench::scale::{self, KEY_COUNTS, MapFloor, PingoraKeys};
@@ -59,9 +60,6 @@ const QUICK: Plan = Plan {
     scale_goal: Duration::from_millis(20),
     evict: (10_000, 10),
 };
-
-const TASKS: usize = 64;
-const CONNS: usize = 16;
 
 /// Runs `run(n)` (n units of `ops_per_unit` operations each, returning the
 /// wall time) with n growing until a run takes an eighth of `goal`, then
@@ -152,13 +150,29 @@ struct Overhead {
     floor: Figure,
     /// The floor's two clock reads alone.
     clock: Figure,
+    /// Per shape, every kind of [`overhead_kinds`].
     single: Vec<(Kind, Figure)>,
     many: Vec<(Kind, Figure)>,
     held: Vec<(Kind, Figure)>,
+    /// For the pools of `Kind::ALL`.
     allocs: Vec<(Kind, (f64, f64))>,
 }
 
+/// What the overhead loops time, interleaved in each round: the pools of
+/// the peer tables, then the liveness settings not among them.
+fn overhead_kinds() -> Vec<Kind> {
+    Kind::ALL
+        .into_iter()
+        .chain(
+            Kind::LIVENESS
+                .into_iter()
+                .filter(|k| !Kind::ALL.contains(k)),
+        )
+        .collect()
+}
+
 async fn overhead(plan: Plan, target: &Target) -> Overhead {
+    let kinds = overhead_kinds();
     let mut out = Vec::new();
     for (shape, label) in [
         (Shape::Single, "1 task / 1 connection"),
@@ -168,15 +182,15 @@ async fn overhead(plan: Plan, target: &Target) -> Overhead {
             "64 tasks / 16 connections, held across a yield",
         ),
     ] {
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Kind::ALL.len()];
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
         for round in 0..plan.overhead_rounds {
-            for k in 0..Kind::ALL.len() {
-                let i = (k + round) % Kind::ALL.len();
-                let v = overhead_sample(Kind::ALL[i], target, shape, plan.overhead_goal).await;
+            for k in 0..kinds.len() {
+                let i = (k + round) % kinds.len();
+                let v = overhead_sample(kinds[i], target, shape, plan.overhead_goal).await;
                 samples[i].push(v);
             }
         }
-        let figures: Vec<(Kind, Figure)> = Kind::ALL
+        let figures: Vec<(Kind, Figure)> = kinds
             .iter()
             .zip(samples)
             .map(|(k, s)| (*k, Figure::of(s)))
@@ -234,11 +248,28 @@ enum EchoSubject {
 }
 
 impl EchoSubject {
+    /// Everything the echo rounds measure: the rows of the echo tables,
+    /// then the liveness settings not among them.
     fn all() -> Vec<EchoSubject> {
         let mut v = vec![EchoSubject::Dedicated, EchoSubject::DedicatedFew];
         v.extend(Kind::ALL.iter().map(|&k| EchoSubject::Pool(k)));
         v.push(EchoSubject::PerRequest);
+        v.extend(
+            Kind::LIVENESS
+                .into_iter()
+                .filter(|k| !Kind::ALL.contains(k))
+                .map(EchoSubject::Pool),
+        );
         v
+    }
+
+    /// Whether this is a row of the echo tables (the rest are only in the
+    /// liveness section).
+    fn in_echo_table(self) -> bool {
+        match self {
+            EchoSubject::Pool(k) => Kind::ALL.contains(&k),
+            _ => true,
+        }
     }
 
     fn name(self, tls: bool) -> String {
@@ -294,12 +325,16 @@ struct Echo {
 }
 
 impl Echo {
-    fn get(&self, subject: EchoSubject) -> f64 {
+    fn figure(&self, subject: EchoSubject) -> &Figure {
         self.rows
             .iter()
             .find(|(s, _)| *s == subject)
-            .map(|(_, f)| f.median)
+            .map(|(_, f)| f)
             .expect("every subject was measured")
+    }
+
+    fn get(&self, subject: EchoSubject) -> f64 {
+        self.figure(subject).median
     }
 }
 
@@ -441,12 +476,148 @@ async fn scale(plan: Plan) -> Scale {
     }
 }
 
+// ------------------------------------------------------------ liveness
+
+/// The cycles of the two callgrind runs (short, long) of `examples/cycle`
+/// with one task, and with 64 tasks over 16 connections held across a
+/// yield (whole shares per task): their difference is what is counted.
+const CALLGRIND_SINGLE: (u64, u64) = (20_000, 220_000);
+const CALLGRIND_HELD: (u64, u64) = (TASKS as u64 * 100, TASKS as u64 * 1_100);
+
+/// A run of an example whose kernel looks are counted, over loopback TCP.
+struct LookWorkload {
+    label: String,
+    example: &'static str,
+    /// The arguments after the pool's name.
+    args: Vec<String>,
+    /// The checkouts the run makes.
+    checkouts: u64,
+}
+
+fn look_workloads() -> Vec<LookWorkload> {
+    const CYCLES: u64 = TASKS as u64 * 1_000;
+    const ECHO_PER_TASK: u64 = 500;
+    let cycle = |label: String, shape: Option<&str>| LookWorkload {
+        label,
+        example: "cycle",
+        args: std::iter::once(CYCLES.to_string())
+            .chain(shape.map(String::from))
+            .collect(),
+        checkouts: CYCLES,
+    };
+    vec![
+        cycle("acquire + release, 1 task / 1 connection".into(), None),
+        cycle(
+            format!("acquire + release, {TASKS} tasks / {CONNS} connections"),
+            Some("64"),
+        ),
+        cycle(
+            format!("acquire + release, {TASKS} / {CONNS}, held across a yield"),
+            Some("64held"),
+        ),
+        LookWorkload {
+            label: format!("pooled echo over TCP, {TASKS} tasks / {CONNS} connections"),
+            example: "echo",
+            args: vec![ECHO_PER_TASK.to_string()],
+            checkouts: TASKS as u64 * ECHO_PER_TASK,
+        },
+    ]
+}
+
+/// What the liveness section takes from tools run on the examples.
+struct LivenessTools {
+    /// Instructions per cycle, `[1 task, 64 / 16 held across a yield]`, for
+    /// each of `Kind::LIVENESS`; or why there are none.
+    instructions: Result<Vec<[f64; 2]>, String>,
+    /// The kernel looks counted; or why there are none.
+    kernel_looks: Result<KernelLooks, String>,
+}
+
+/// How often the liveness check asked the kernel.
+struct KernelLooks {
+    /// What counted them.
+    counter: PeekCounter,
+    /// Per workload, the kernel looks per checkout for each of
+    /// `Kind::LIVENESS`.
+    rows: Vec<(LookWorkload, Vec<f64>)>,
+}
+
+fn liveness_tools() -> LivenessTools {
+    let instructions = external::example("cycle").and_then(|cycle| {
+        Kind::LIVENESS
+            .iter()
+            .map(|kind| {
+                let single =
+                    external::instructions_per_cycle(&cycle, kind.name(), None, CALLGRIND_SINGLE)?;
+                let held = external::instructions_per_cycle(
+                    &cycle,
+                    kind.name(),
+                    Some("64held"),
+                    CALLGRIND_HELD,
+                )?;
+                eprintln!(
+                    "  callgrind, {}: {single:.0} instructions per cycle (1 task), {held:.0} (64 / 16 held)",
+                    kind.name()
+                );
+                Ok([single, held])
+            })
+            .collect()
+    });
+    if let Err(why) = &instructions {
+        eprintln!("  callgrind: none ({why})");
+    }
+    let kernel_looks = PeekCounter::detect().and_then(|counter| {
+        let rows = look_workloads()
+            .into_iter()
+            .map(|workload| {
+                let program = external::example(workload.example)?;
+                let per_checkout = Kind::LIVENESS
+                    .iter()
+                    .map(|kind| {
+                        let args: Vec<&str> = std::iter::once(kind.name())
+                            .chain(workload.args.iter().map(String::as_str))
+                            .collect();
+                        let peeks = counter.count(&program, &args)?;
+                        Ok(peeks as f64 / workload.checkouts as f64)
+                    })
+                    .collect::<Result<Vec<f64>, String>>()?;
+                eprintln!(
+                    "  kernel looks per checkout ({}), {}: {per_checkout:.3?}",
+                    counter.name(),
+                    workload.label
+                );
+                Ok((workload, per_checkout))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(KernelLooks { counter, rows })
+    });
+    if let Err(why) = &kernel_looks {
+        eprintln!("  kernel looks: none ({why})");
+    }
+    LivenessTools {
+        instructions,
+        kernel_looks,
+    }
+}
+
+/// How the liveness section names each of `Kind::LIVENESS`.
+fn liveness_setting(kind: Kind) -> &'static str {
+    match kind {
+        Kind::ConpoolNoLiveness => "off (`liveness_check(false)`)",
+        Kind::ConpoolPeekEvery => {
+            "the kernel at every checkout (`liveness_peek_after(Duration::ZERO)`)"
+        }
+        _ => "default (readiness; the kernel past 1 ms and at a hand-over)",
+    }
+}
+
 // ------------------------------------------------------------ report
 
 struct Results {
     overhead: Overhead,
     echo: Vec<Echo>,
     scale: Scale,
+    liveness: LivenessTools,
 }
 
 fn fastest_peer(figures: &[(Kind, Figure)]) -> (Kind, f64) {
@@ -458,16 +629,329 @@ fn fastest_peer(figures: &[(Kind, Figure)]) -> (Kind, f64) {
         .expect("peers were measured")
 }
 
-fn conpool_of(figures: &[(Kind, Figure)]) -> f64 {
+/// The figure of `kind` among `figures`.
+fn figure_of(figures: &[(Kind, Figure)], kind: Kind) -> &Figure {
     figures
         .iter()
-        .find(|(k, _)| *k == Kind::Conpool)
-        .map(|(_, f)| f.median)
-        .expect("conpool was measured")
+        .find(|(k, _)| *k == kind)
+        .map(|(_, f)| f)
+        .unwrap_or_else(|| panic!("{} was measured", kind.name()))
+}
+
+fn conpool_of(figures: &[(Kind, Figure)]) -> f64 {
+    figure_of(figures, Kind::Conpool).median
 }
 
 fn spread(f: &Figure, fmt: impl Fn(f64) -> String) -> String {
     format!("{} ({}–{})", fmt(f.median), fmt(f.min), fmt(f.max))
+}
+
+/// `+12 ns` or `−3 ns`: a difference of two times.
+fn signed_ns(ns: f64) -> String {
+    let sign = if ns < 0.0 { "−" } else { "+" };
+    format!("{sign}{}", format_ns(ns.abs()))
+}
+
+/// Section 3: the three liveness settings side by side, ending with a blank
+/// line.
+fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
+    let o = &r.overhead;
+    let tools = &r.liveness;
+    let [off, default, every] = Kind::LIVENESS;
+    let _ = writeln!(w, "## 3. What the liveness check costs\n");
+    let _ = writeln!(
+        w,
+        "Every checkout looks at the connection before handing it out, so that one the peer \
+         closed, reset or wrote to is not. By default the look asks tokio's readiness flag \
+         (`TcpStream::try_io`: no system call while the flag is clear), and asks the kernel \
+         (a non-blocking `recv` with `MSG_PEEK`; for TLS, the records read are fed to rustls) \
+         only when the connection sat idle for at least `liveness_peek_after` (1 ms), comes \
+         back from a lease that lasted that long, or goes straight from a returning lease to \
+         a caller that queued: the cases where the flag may not yet show what the kernel \
+         holds. Three settings side by side: the check **off** (no look at all, which is \
+         what the former 500 ms bypass window gave a connection used within it), the \
+         **default**, and the kernel at **every checkout**. Their timings come from the same \
+         interleaved rounds as sections 1 and 2, so the ratios to the peers are those of \
+         this run.\n"
+    );
+
+    // Wall time.
+    // (label, figures, whether the ≤ 0.5× target applies)
+    let shapes = [
+        ("1 task / 1 conn".to_string(), &o.single, true),
+        (format!("{TASKS} tasks / {CONNS} conns"), &o.many, true),
+        (
+            format!("{TASKS} / {CONNS}, held across a yield"),
+            &o.held,
+            false,
+        ),
+    ];
+    let _ = writeln!(
+        w,
+        "### Acquire + release, no I/O\n\nNanoseconds per cycle (median of {} rounds; min–max \
+         in brackets), the ratio to the fastest peer in the same shape (the target, in the \
+         first two shapes: ≤ 0.5×), and the time above the check off, which is what the look \
+         costs per checkout.\n",
+        plan.overhead_rounds
+    );
+    let mut header = String::from("| liveness check |");
+    let mut rule = String::from("| --- |");
+    for (label, figures, _) in &shapes {
+        let (peer, _) = fastest_peer(figures);
+        let _ = write!(header, " {label} | ÷ {} | above off |", peer.name());
+        rule.push_str(" --- | --- | --- |");
+    }
+    let _ = writeln!(w, "{header}\n{rule}");
+    for kind in Kind::LIVENESS {
+        let _ = write!(w, "| {} |", liveness_setting(kind));
+        for (_, figures, target) in &shapes {
+            let f = figure_of(figures, kind);
+            let (_, peer_ns) = fastest_peer(figures);
+            let ratio = f.median / peer_ns;
+            let verdict_cell = if *target {
+                format!(" ({})", verdict(ratio <= 0.5))
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                w,
+                " {} | {ratio:.3}×{verdict_cell} | {} |",
+                spread(f, format_ns),
+                signed_ns(f.median - figure_of(figures, off).median)
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    // Instructions.
+    let _ = writeln!(
+        w,
+        "\n### Instructions per cycle (callgrind)\n\n`examples/cycle.rs` under \
+         `valgrind --tool=callgrind`, run twice per setting ({} and {} cycles with one task; \
+         {} and {} with {TASKS} tasks over {CONNS} connections held across a yield); the \
+         difference in instructions over the difference in cycles, so that start-up does \
+         not count. Callgrind counts the instructions run in user space only: the kernel's \
+         work inside a system call (the peek) is not among them, and shows in the wall \
+         times above. Under callgrind the runtime's two workers take turns on one core, and \
+         the held loop's counts move from run to run with how they interleave (by up to a \
+         sixth with the check off, in the runs tried).\n",
+        thousands(CALLGRIND_SINGLE.0 as f64),
+        thousands(CALLGRIND_SINGLE.1 as f64),
+        thousands(CALLGRIND_HELD.0 as f64),
+        thousands(CALLGRIND_HELD.1 as f64),
+    );
+    match &tools.instructions {
+        Ok(counts) => {
+            let _ = writeln!(
+                w,
+                "| liveness check | 1 task / 1 conn | above off | {TASKS} / {CONNS}, held across a yield | above off |\n| --- | --- | --- | --- | --- |"
+            );
+            for (kind, [single, held]) in Kind::LIVENESS.iter().zip(counts) {
+                let _ = writeln!(
+                    w,
+                    "| {} | {single:.0} | {:+.0} | {held:.0} | {:+.0} |",
+                    liveness_setting(*kind),
+                    single - counts[0][0],
+                    held - counts[0][1],
+                );
+            }
+        }
+        Err(why) => {
+            let _ = writeln!(w, "Not measured in this run: {why}.");
+        }
+    }
+
+    // Kernel looks.
+    let _ = writeln!(
+        w,
+        "\n### How often the kernel is asked\n\nThe liveness check's kernel looks per checkout \
+         over loopback TCP: the `recvfrom` calls carrying `MSG_PEEK` that the whole process \
+         makes, divided by its checkouts. tokio's reads (and the echo server's) are \
+         `recvfrom` calls too, but none peeks; the column with the check off shows that \
+         nothing else is counted. For TLS the kernel look reads records with the same \
+         4,096-byte `recv` as tokio-rustls, so no system-call trace tells the two apart; the \
+         rule for when to ask the kernel is the same as for TCP.\n"
+    );
+    match &tools.kernel_looks {
+        Ok(KernelLooks { counter, rows }) => {
+            let _ = writeln!(
+                w,
+                "Counted with {}{}.\n",
+                counter.name(),
+                match counter {
+                    PeekCounter::Perf => {
+                        " (a tracepoint counted in the kernel: the examples run at full speed)"
+                    }
+                    PeekCounter::Strace => {
+                        " (perf was not usable; strace stops every `recvfrom`, which slows \
+                         the examples and may change how often the default's time-based \
+                         rule fires)"
+                    }
+                }
+            );
+            let _ = write!(w, "| run | checkouts |");
+            for kind in Kind::LIVENESS {
+                let _ = write!(w, " {} |", liveness_setting(kind));
+            }
+            let _ = writeln!(w, "\n| --- | --- | --- | --- | --- |");
+            for (workload, per_checkout) in rows {
+                let _ = write!(
+                    w,
+                    "| {} | {} |",
+                    workload.label,
+                    thousands(workload.checkouts as f64)
+                );
+                for v in per_checkout {
+                    let _ = write!(w, " {v:.3} |");
+                }
+                let _ = writeln!(w);
+            }
+        }
+        Err(why) => {
+            let _ = writeln!(w, "Not counted in this run: {why}.");
+        }
+    }
+
+    // Echo.
+    let _ = writeln!(
+        w,
+        "\n### In context: pooled echo, {TASKS} tasks over {CONNS} connections\n\nRound trips \
+         per second as in section 2 (same rounds), for each setting.\n"
+    );
+    let mut header = String::from("| liveness check |");
+    let mut rule = String::from("| --- |");
+    for e in &r.echo {
+        let t = if e.tls { "TLS" } else { "TCP" };
+        let _ = write!(header, " {t} round trips/s | ÷ off | ÷ dedicated |");
+        rule.push_str(" --- | --- | --- |");
+    }
+    let _ = writeln!(w, "{header}\n{rule}");
+    for kind in Kind::LIVENESS {
+        let _ = write!(w, "| {} |", liveness_setting(kind));
+        for e in &r.echo {
+            let f = e.figure(EchoSubject::Pool(kind));
+            let v = f.median;
+            let _ = write!(
+                w,
+                " {} | {:.3} | {:.3} |",
+                spread(f, thousands),
+                v / e.get(EchoSubject::Pool(off)),
+                v / e.get(EchoSubject::Dedicated)
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    // What it comes to.
+    let above_off = |figures: &[(Kind, Figure)], kind: Kind| {
+        signed_ns(figure_of(figures, kind).median - figure_of(figures, off).median)
+    };
+    let to_peer = |figures: &[(Kind, Figure)], kind: Kind| {
+        let (peer, peer_ns) = fastest_peer(figures);
+        let ratio = figure_of(figures, kind).median / peer_ns;
+        format!(
+            "{ratio:.3}× {} (≤ 0.5×: {})",
+            peer.name(),
+            verdict(ratio <= 0.5)
+        )
+    };
+    // Instructions above the check off, in `shape` (0: one task, 1: held).
+    let instructions = |kind: Kind, shape: usize| -> Option<f64> {
+        let counts = tools.instructions.as_ref().ok()?;
+        let i = Kind::LIVENESS.iter().position(|&k| k == kind)?;
+        Some(counts[i][shape] - counts[0][shape])
+    };
+    let in_instructions = |kind, shape| {
+        instructions(kind, shape).map_or(String::new(), |n| format!(", {n:+.0} instructions"))
+    };
+    // The default's kernel looks per checkout in the workload run by
+    // `example` with `shape` among its arguments.
+    let looks = |example: &str, shape: Option<&str>| -> String {
+        let Ok(KernelLooks { rows, .. }) = &tools.kernel_looks else {
+            return String::new();
+        };
+        rows.iter()
+            .find(|(wl, _)| {
+                wl.example == example && shape.is_none_or(|s| wl.args.iter().any(|a| a == s))
+            })
+            .map_or(String::new(), |(_, per)| {
+                format!(" (the default asks the kernel at {:.3} of them)", per[1])
+            })
+    };
+    let _ = writeln!(w, "\nWhat it comes to, against the check off:\n");
+    let _ = writeln!(
+        w,
+        "- One task: the default's look costs {} per checkout{}, and its cycle is {}. The \
+         kernel at every checkout costs {}{} (callgrind does not count the system call's own \
+         work) and makes it {}.",
+        above_off(&o.single, default),
+        in_instructions(default, 0),
+        to_peer(&o.single, default),
+        above_off(&o.single, every),
+        in_instructions(every, 0),
+        to_peer(&o.single, every),
+    );
+    let _ = writeln!(
+        w,
+        "- {TASKS} tasks over {CONNS} connections: the default costs {} and is {}; the kernel \
+         at every checkout costs {} and is {}.",
+        above_off(&o.many, default),
+        to_peer(&o.many, default),
+        above_off(&o.many, every),
+        to_peer(&o.many, every),
+    );
+    let beyond_look = match (instructions(default, 1), instructions(every, 0)) {
+        (Some(held), Some(look)) => format!(
+            " ({:.0} more than a kernel look costs at one task: the checked hand-over around \
+             the look)",
+            held - look
+        ),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        w,
+        "- Held across a yield, where checkouts are hand-overs to queued callers{}: the default \
+         costs {}{}{beyond_look}; the kernel at every checkout {}.",
+        looks("cycle", Some("64held")),
+        above_off(&o.held, default),
+        in_instructions(default, 1),
+        above_off(&o.held, every),
+    );
+    let echo_ratios = |kind: Kind| {
+        r.echo
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:.3} ({})",
+                    e.get(EchoSubject::Pool(kind)) / e.get(EchoSubject::Pool(off)),
+                    if e.tls { "TLS" } else { "TCP" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    let _ = writeln!(
+        w,
+        "- Pooled echo, one checkout per round trip{}: round trips per second ÷ the check off, \
+         the default {}, the kernel at every checkout {}.",
+        looks("echo", None),
+        echo_ratios(default),
+        echo_ratios(every),
+    );
+    let cycle_cmd = "target/release/examples/cycle 'conpool (peek every checkout)' 220000";
+    let echo_cmd = "target/release/examples/echo conpool 500";
+    let counter = match &tools.kernel_looks {
+        Ok(looks) => looks.counter,
+        Err(_) => PeekCounter::Perf,
+    };
+    let _ = writeln!(
+        w,
+        "\nTo reproduce one figure (pool names: `conpool (no liveness check)`, `conpool`, \
+         `conpool (peek every checkout)`; a third argument `64held` to `cycle` for the \
+         contended shape):\n\n```text\ncargo build --release -p conpool-bench --examples\n\
+         valgrind --tool=callgrind --callgrind-out-file=/dev/null {cycle_cmd}\n{}\n```\n",
+        counter.command_line().replace("PROGRAM", echo_cmd),
+    );
 }
 
 fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) -> String {
@@ -554,12 +1038,7 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
         r1,
         verdict(r1 <= 0.5)
     );
-    let handle_single = o
-        .single
-        .iter()
-        .find(|(k, _)| *k == Kind::ConpoolHandle)
-        .map(|(_, f)| f.median)
-        .expect("the handle was measured");
+    let handle_single = figure_of(&o.single, Kind::ConpoolHandle).median;
     let rh = handle_single / peer1_ns;
     let _ = writeln!(
         w,
@@ -656,9 +1135,12 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     );
     let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     let ch = conpool_of(&o.held);
-    for (i, kind) in Kind::ALL.iter().enumerate() {
-        let (a, b, h) = (&o.single[i].1, &o.many[i].1, &o.held[i].1);
-        let allocs = o.allocs[i].1;
+    for (kind, allocs) in &o.allocs {
+        let (a, b, h) = (
+            figure_of(&o.single, *kind),
+            figure_of(&o.many, *kind),
+            figure_of(&o.held, *kind),
+        );
         let _ = writeln!(
             w,
             "| {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} / {:.2} |",
@@ -679,8 +1161,9 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
         w,
         "\n### Where the limit lies\n\n\
          The floor loop does only what no checkout with conpool's guarantees can skip: two \
-         clock reads (idle time and the probe window need the time a connection came back \
-         and the time it is taken), two uncontended lock/unlock pairs (a pool shared between \
+         clock reads (the idle time, and `liveness_peek_after`, which decides whether the \
+         liveness check asks the kernel, need the time a connection came back and the time \
+         it is taken), two uncontended lock/unlock pairs (a pool shared between \
          tasks), and one reference-counted pointer to the pool in the lease \
          (`crates/conpool-bench/src/floor.rs`). It takes **{}** on one task here, which is \
          already **{:.2}×** the fastest peer ({} at {}); the two clock reads alone take {} \
@@ -740,7 +1223,7 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
             w,
             "| subject | round trips/s | ÷ dedicated |\n| --- | --- | --- |"
         );
-        for (subject, f) in &e.rows {
+        for (subject, f) in e.rows.iter().filter(|(s, _)| s.in_echo_table()) {
             let _ = writeln!(
                 w,
                 "| {} | {} | {:.3} |",
@@ -760,9 +1243,10 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
              that, which is what the pool itself costs. \
              deadpool and bb8 also serve waiting callers first come, first served, with one \
              hand-over and one wake-up per request; between them and conpool the difference is \
-             each pool's own work per request (for conpool: two clock reads, the reuse rule, and \
-             a lease that watches every read and write so that a failed or cancelled exchange is \
-             never reused). pingora-pool has no queue: a task that returns a connection and asks \
+             each pool's own work per request (for conpool: two clock reads; the reuse rule; \
+             the liveness check, which asks the kernel at each hand-over to a queued caller, \
+             see section 3; and a lease that watches every read and write so that a failed or \
+             cancelled exchange is never reused). pingora-pool has no queue: a task that returns a connection and asks \
              again before anyone else runs gets one back at once, usually the one it just \
              returned, so a task keeps a connection from request to request much as a dedicated \
              one would, while the tasks that missed go round the scheduler and retry; matching \
@@ -783,8 +1267,11 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
         );
     }
 
-    // 3. Scale.
-    let _ = writeln!(w, "## 3. Scale: many endpoints\n");
+    // 3. The liveness check.
+    write_liveness(w, r, plan);
+
+    // 4. Scale.
+    let _ = writeln!(w, "## 4. Scale: many endpoints\n");
     let _ = writeln!(
         w,
         "![cost against the number of endpoints](docs/bench-scale.svg)\n"
@@ -951,7 +1438,9 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
          the two workers contending for one pool; the \"held across a yield\" column keeps \
          every connection busy, so callers queue and releases hand over to waiters.\n\
          - conpool runs with its defaults (idle time, lifetime, use count, liveness check, \
-         acquire timeout), only `max_connections_per_endpoint` and the TLS roots set.\n\
+         acquire timeout), only `max_connections_per_endpoint` and the TLS roots set; \
+         section 3 also runs it with the liveness check off and with \
+         `liveness_peek_after(Duration::ZERO)`.\n\
          - bb8: `test_on_check_out(false)`; deadpool: `recycle` returns at once; mobc: \
          `test_on_check_out(false)` and `max_idle = max_open`.\n\
          - pingora-pool has no limit and no waiting (a miss means the caller dials): here a \
@@ -972,7 +1461,10 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     let docs = out.join("docs");
     std::fs::create_dir_all(&docs).expect("create docs/");
     let bars = |f: &[(Kind, Figure)]| -> Vec<(&'static str, f64)> {
-        f.iter().map(|(k, v)| (k.name(), v.median)).collect()
+        Kind::ALL
+            .iter()
+            .map(|&k| (k.name(), figure_of(f, k).median))
+            .collect()
     };
     let (b1, b64) = (bars(&o.single), bars(&o.many));
     chart::overhead(
@@ -1074,19 +1566,24 @@ fn main() {
             net::start_echo(Some(cert.acceptor())).await,
             TlsClient::new(&cert),
         );
-        eprintln!("[1/3] overhead");
+        eprintln!("[1/4] overhead");
         let overhead = overhead(plan, &tcp).await;
-        eprintln!("[2/3] pooled echo");
+        eprintln!("[2/4] pooled echo");
         let echo_tcp = echo(plan, &tcp).await;
         let echo_tls = echo(plan, &tls).await;
-        eprintln!("[3/3] scale");
+        eprintln!("[3/4] scale");
         let scale = scale(plan).await;
-        Results {
-            overhead,
-            echo: vec![echo_tcp, echo_tls],
-            scale,
-        }
+        (overhead, vec![echo_tcp, echo_tls], scale)
     });
+    // The examples run on their own runtimes; this one idles meanwhile.
+    eprintln!("[4/4] the liveness check under callgrind, and perf or strace");
+    let (overhead, echo, scale) = results;
+    let results = Results {
+        overhead,
+        echo,
+        scale,
+        liveness: liveness_tools(),
+    };
     let md = write_report(&results, plan, started.elapsed(), &out);
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, md).expect("write BENCHMARKS.md");
