@@ -539,6 +539,10 @@ impl EndpointPool {
             Step::Wait(mut ticket) if deadline.is_some() => {
                 match self.after_grant(ticket.wait().await?)? {
                     Step::Ready(conn) => return Ok(self.lease_reused(conn, caller)),
+                    Step::Handoff(conn) => match self.check_handoff(conn, caller)? {
+                        Checked::Healthy(lease) => return Ok(lease),
+                        Checked::Next(next) => next,
+                    },
                     next => next,
                 }
             }
@@ -1009,12 +1013,10 @@ impl EndpointPool {
                     Checked::Healthy(lease) => return Ok(lease),
                     Checked::Next(next) => next,
                 },
-                Step::Handoff(conn) => {
-                    match self.check_idle(conn, caller, Origin::Handoff).await? {
-                        Checked::Healthy(lease) => return Ok(lease),
-                        Checked::Next(next) => next,
-                    }
-                }
+                Step::Handoff(conn) => match self.check_handoff(conn, caller)? {
+                    Checked::Healthy(lease) => return Ok(lease),
+                    Checked::Next(next) => next,
+                },
                 Step::Dial => return self.dial(caller).await,
                 Step::Wait(mut ticket) => self.after_grant(ticket.wait().await?)?,
             };
@@ -1059,6 +1061,33 @@ impl EndpointPool {
             lease.set_busy(false);
             failure = (!healthy).then_some(CloseReason::HealthCheckFailed);
         }
+        self.conclude_check(lease, failure, origin)
+    }
+
+    /// Checks a connection handed straight from a returning lease, at
+    /// once: it gets no health check and the look is synchronous, so the
+    /// caller needs none of the timed slow path unless the look fails.
+    fn check_handoff(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        caller: &'static Location<'static>,
+    ) -> Result<Checked, Error> {
+        let failure = self.look(&mut conn, Instant::now(), true);
+        let lease = self.clone().lease(conn, caller);
+        self.conclude_check(lease, failure, Origin::Handoff)
+    }
+
+    /// The end of a check: the lease goes to the caller, unless the check
+    /// found a `failure` (or the pool closed meanwhile); then the
+    /// connection is closed and the caller's next step is another idle
+    /// connection, a dial into its slot, or a wait.
+    fn conclude_check(
+        self: &Arc<Self>,
+        mut lease: PooledConnection,
+        failure: Option<CloseReason>,
+        origin: Origin,
+    ) -> Result<Checked, Error> {
+        let config = self.config();
         let Some(reason) = failure else {
             let mut st = self.lock();
             if st.closed {
