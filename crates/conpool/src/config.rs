@@ -90,7 +90,7 @@ pub enum ThreadSlots {
 /// | `max_idle_total` | unbounded |
 /// | `min_idle_per_endpoint` | 0 |
 /// | `liveness_check` | on |
-/// | `liveness_peek_after` | 1 ms |
+/// | `liveness_peek_after` | 0 (the kernel at every checkout) |
 /// | `max_connection_lifetime_jitter` | 0.025 (up to 2.5 % shorter) |
 /// | `maintenance_interval` | 1 s |
 /// | `leak_threshold` | off |
@@ -164,7 +164,7 @@ impl Default for Config {
             max_idle_total: None,
             min_idle_per_endpoint: 0,
             liveness_check: true,
-            liveness_peek_after: Duration::from_millis(1),
+            liveness_peek_after: Duration::ZERO,
             max_connection_lifetime_jitter: 0.025,
             maintenance_interval: Some(Duration::from_secs(1)),
             leak_threshold: None,
@@ -474,28 +474,31 @@ impl ConfigBuilder {
     }
     /// When the liveness check asks the kernel (a non-blocking peek, one
     /// system call) rather than only the runtime's readiness flag (no
-    /// system call while it is clear): for a connection idle at least this
+    /// system call while it is clear). By default, `Duration::ZERO`, it
+    /// asks at every checkout: no connection whose close or stray bytes
+    /// reached this host before the checkout is handed out. With a longer
+    /// window, the kernel is asked only for a connection idle at least this
     /// long, back from a lease that lasted at least this long (it may have
     /// sat silent), or handed straight from a returning lease to a caller
-    /// that queued (callers queue when the endpoint, and so often the
-    /// runtime, is busy). 1 ms by default; `Duration::ZERO` asks the kernel
-    /// at every checkout.
+    /// that queued; the others are judged by readiness alone.
     ///
-    /// The readiness flag is set only once the runtime's I/O driver has
-    /// collected the socket's event, which a busy runtime does only every
-    /// so many task polls; a close that reached this host less than this
-    /// long before a checkout of a connection idle for less than this, on a
-    /// runtime whose driver has not run since, can pass the readiness look.
-    /// The kernel sees it. See BENCHMARKS.md for what each look costs.
+    /// That is an opt-out of safety, for speed: the readiness flag is set
+    /// only once the runtime's I/O driver has collected the socket's event,
+    /// which a busy runtime does only every so many task polls, so a close
+    /// that reached this host within the window before a checkout, on a
+    /// runtime whose driver has not run since, can pass the readiness look;
+    /// so can a socket whose runtime shut down within the window. The
+    /// system call costs several times a whole checkout on some machines;
+    /// BENCHMARKS.md has what each look costs.
     ///
     /// ```
     /// use std::time::Duration;
-    /// // Ask the kernel at every checkout: no close that has reached this
-    /// // host is missed, for a system call per checkout.
+    /// // Trust the runtime's readiness for connections back less than a
+    /// // millisecond ago: no system call on a hot connection's checkout.
     /// let config = conpool::Config::builder()
-    ///     .liveness_peek_after(Duration::ZERO)
+    ///     .liveness_peek_after(Duration::from_millis(1))
     ///     .build()?;
-    /// assert_eq!(config.liveness_peek_after(), Duration::ZERO);
+    /// assert_eq!(config.liveness_peek_after(), Duration::from_millis(1));
     /// # Ok::<(), conpool::Error>(())
     /// ```
     pub fn liveness_peek_after(mut self, after: Duration) -> Self {

@@ -71,6 +71,12 @@ pub struct PooledConnection {
     pool: Arc<EndpointPool>,
     reused: bool,
     unfinished: Unfinished,
+    /// The bytes a write left pending was given (where they start, how
+    /// many), while it is pending. A caller resuming a write polls again
+    /// with the same bytes (`write_all` does, and so do the buffered
+    /// writers); a write of other bytes means the pending one was given
+    /// up part-way, and its half request is on the wire.
+    pending_write: Option<(usize, usize)>,
     spent: Option<CloseReason>,
 }
 
@@ -118,6 +124,7 @@ impl PooledConnection {
             pool,
             reused: false,
             unfinished: Unfinished::default(),
+            pending_write: None,
             spent: None,
         }
     }
@@ -199,6 +206,11 @@ impl PooledConnection {
         self.pool.config().notify_reused(&self.pool.endpoint);
     }
 
+    /// The endpoint's generation the connection belongs to.
+    pub(crate) fn generation(&self) -> u32 {
+        self.conn().generation
+    }
+
     /// Takes the connection out, leaving nothing for `Drop` to return.
     pub(crate) fn take_conn(&mut self) -> Option<Conn> {
         self.conn.take()
@@ -237,6 +249,20 @@ impl PooledConnection {
         } else {
             None
         }
+    }
+
+    /// Notes a write's result, `bytes` naming what it was given (`None`
+    /// for a write of nothing, which moves no bytes). A write of other
+    /// bytes than the one left pending gave that one up part-way: the
+    /// connection is spent, whatever completes after.
+    fn track_write<T>(&mut self, bytes: Option<(usize, usize)>, result: &Poll<io::Result<T>>) {
+        if bytes.is_some() && self.pending_write.is_some() && self.pending_write != bytes {
+            self.spent.get_or_insert(CloseReason::Cancelled);
+        }
+        if bytes.is_some() {
+            self.pending_write = bytes.filter(|_| result.is_pending());
+        }
+        self.track(bytes.map(|_| Op::Write), result);
     }
 
     /// Notes an I/O result: an error spends the connection; for operation
@@ -304,8 +330,9 @@ impl AsyncWrite for PooledConnection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let bytes = (!buf.is_empty()).then(|| (buf.as_ptr().addr(), buf.len()));
         let result = Pin::new(this.stream_mut()).poll_write(cx, buf);
-        this.track((!buf.is_empty()).then_some(Op::Write), &result);
+        this.track_write(bytes, &result);
         result
     }
 
@@ -315,9 +342,11 @@ impl AsyncWrite for PooledConnection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let first = bufs.iter().find(|b| !b.is_empty());
+        let bytes = first.map(|b| (b.as_ptr().addr(), len));
         let result = Pin::new(this.stream_mut()).poll_write_vectored(cx, bufs);
-        let carries_bytes = bufs.iter().any(|b| !b.is_empty());
-        this.track(carries_bytes.then_some(Op::Write), &result);
+        this.track_write(bytes, &result);
         result
     }
 

@@ -233,11 +233,22 @@ fn tls_liveness(tls: &mut TlsStream<TcpStream>, look: Look) -> Liveness {
     look_at(tcp, look, || {
         let socket = socket2::SockRef::from(&*tcp);
         let mut chunk = [0u8; 4096];
+        let mut edge = RecordEdge::default();
         loop {
-            let n = io::Read::read(&mut &*socket, &mut chunk)?;
+            let n = match io::Read::read(&mut &*socket, &mut chunk) {
+                Ok(n) => n,
+                // Part of a record, which rustls cannot judge until the
+                // rest arrives: a ticket would have come whole by now, with
+                // the reply it followed, so it is bytes nobody asked for.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock && !edge.at_boundary() => {
+                    return Ok(Liveness::UnexpectedData);
+                }
+                Err(err) => return Err(err),
+            };
             if n == 0 {
                 return Ok(Liveness::Closed);
             }
+            edge.pass(&chunk[..n]);
             let mut fed = &chunk[..n];
             while !fed.is_empty() {
                 // rustls refuses more once its buffer is full, which only
@@ -252,6 +263,42 @@ fn tls_liveness(tls: &mut TlsStream<TcpStream>, look: Look) -> Liveness {
             }
         }
     })
+}
+
+/// Where a run of TLS records read off the socket stands: inside a record's
+/// 5-byte header, inside its body, or between records. (The look starts
+/// between records: a lease that ended its exchange cleanly left rustls no
+/// part of one.)
+#[derive(Default)]
+struct RecordEdge {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+}
+
+impl RecordEdge {
+    fn pass(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let k = self.body_left.min(bytes.len());
+                self.body_left -= k;
+                bytes = &bytes[k..];
+                continue;
+            }
+            let k = (self.header.len() - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + k].copy_from_slice(&bytes[..k]);
+            self.header_len += k;
+            bytes = &bytes[k..];
+            if self.header_len == self.header.len() {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header_len = 0;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.body_left == 0
+    }
 }
 
 /// What rustls makes of the records it holds: a session ticket is quiet,
@@ -342,5 +389,24 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordEdge;
+
+    #[test]
+    fn a_record_edge_is_found_across_chunks() {
+        // Two records: 3 and 0 bytes of body.
+        let records = [23u8, 3, 3, 0, 3, 1, 2, 3, 23, 3, 3, 0, 0];
+        for split in 0..=records.len() {
+            let mut edge = RecordEdge::default();
+            edge.pass(&records[..split]);
+            let inside = (1..8).contains(&split) || (9..13).contains(&split);
+            assert_eq!(edge.at_boundary(), !inside, "after {split} bytes");
+            edge.pass(&records[split..]);
+            assert!(edge.at_boundary(), "after all, split at {split}");
+        }
     }
 }

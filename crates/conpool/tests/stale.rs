@@ -113,8 +113,8 @@ async fn an_unread_reply_never_reaches_the_next_caller() {
 }
 
 /// The runtime's driver has not run since the server's FIN reached the
-/// kernel: its readiness flag still says quiet. A connection idle past
-/// `liveness_peek_after` has the kernel asked, which sees the FIN.
+/// kernel: its readiness flag still says quiet. At the default config every
+/// checkout asks the kernel, which sees the FIN.
 #[tokio::test]
 async fn a_close_the_runtime_has_not_seen_yet_is_caught_by_asking_the_kernel() {
     let server = ThreadServer::start();
@@ -127,7 +127,6 @@ async fn a_close_the_runtime_has_not_seen_yet_is_caught_by_asking_the_kernel() {
     // Blocks this runtime's only thread past the peek window while the
     // server closes: nothing polls the driver until the get below.
     server.close_all_blocking();
-    std::thread::sleep(Config::default().liveness_peek_after());
     let mut next = pool.get(&ep).await.unwrap();
     assert_ne!(next.id(), dead, "handed the connection the server closed");
     round_trip(&mut next, b"first try").await.unwrap();
@@ -147,7 +146,6 @@ async fn stray_bytes_the_runtime_has_not_seen_yet_are_caught_by_asking_the_kerne
     let first = conn.id();
     drop(conn);
     server.write_all_blocking(b"unasked");
-    std::thread::sleep(Config::default().liveness_peek_after());
     let mut next = pool.get(&ep).await.unwrap();
     assert_ne!(
         next.id(),
@@ -158,15 +156,16 @@ async fn stray_bytes_the_runtime_has_not_seen_yet_are_caught_by_asking_the_kerne
     assert_eq!(pool.stats(&ep).closed_for(CloseReason::UnexpectedData), 1);
 }
 
-/// With `liveness_peek_after` zero every checkout asks the kernel, however
-/// short the idle time.
+/// With a peek window (an opt-out of the default), a connection idle past
+/// it still has the kernel asked.
 #[tokio::test]
-async fn with_peek_after_zero_every_checkout_asks_the_kernel() {
+async fn with_a_peek_window_a_connection_idle_past_it_has_the_kernel_asked() {
     let server = ThreadServer::start();
     let ep = server.endpoint();
+    let window = Duration::from_millis(1);
     let pool = Pool::new(
         Config::builder()
-            .liveness_peek_after(Duration::ZERO)
+            .liveness_peek_after(window)
             .build()
             .unwrap(),
     );
@@ -176,6 +175,7 @@ async fn with_peek_after_zero_every_checkout_asks_the_kernel() {
         let dead = conn.id();
         drop(conn);
         server.close_all_blocking();
+        std::thread::sleep(window * 2);
         let mut next = pool.get(&ep).await.unwrap();
         assert_ne!(next.id(), dead, "round {round}: handed the closed one");
         round_trip(&mut next, b"first try").await.unwrap();
@@ -353,7 +353,6 @@ fn a_connection_left_by_a_runtime_that_shut_down_is_not_handed_out() {
         exchange(&mut conn, b"on the first runtime").await;
         conn.id()
     });
-    std::thread::sleep(Config::default().liveness_peek_after() * 2);
     runtime().block_on(async {
         let mut conn = pool.get(&ep).await.unwrap();
         assert_ne!(conn.id(), first, "handed a connection of the dead runtime");

@@ -135,6 +135,20 @@ impl Conn {
             .unwrap_or(self.expires_at)
     }
 
+    /// Puts this connection, coming back to the idle stack, after `top`,
+    /// the one on top of it: returns read the clock before taking the
+    /// endpoint's lock, and a grant given back keeps the return it had, so
+    /// a connection can reach the stack with an earlier return than its
+    /// top. The stack (and the pool's order of idle returns) is kept in
+    /// return order by moving this one's return up to the top's, a few
+    /// nanoseconds at most for racing returns. That also moves the instant
+    /// from which it is due for a kernel look by as much, which only
+    /// matters to a checkout that came before the top's return, and none
+    /// can: this one is not idle yet.
+    pub(crate) fn come_back_after(&mut self, top: &Conn) {
+        self.peek_from = self.peek_from.max(top.peek_from);
+    }
+
     /// Orders connections of one pool as their last returns to it (or
     /// creations) do, earliest first: for least-recently-used eviction.
     pub(crate) fn return_order(&self) -> Instant {

@@ -538,7 +538,6 @@ impl EndpointPool {
         let step = match step {
             Step::Wait(mut ticket) if deadline.is_some() => {
                 match self.after_grant(ticket.wait().await?)? {
-                    Step::Ready(conn) => return Ok(self.lease_reused(conn, caller)),
                     Step::Handoff(conn) => match self.check_handoff(conn, caller)? {
                         Checked::Healthy(lease) => return Ok(lease),
                         Checked::Next(next) => next,
@@ -1027,9 +1026,9 @@ impl EndpointPool {
     fn after_grant(&self, grant: Grant) -> Result<Step, Error> {
         match grant {
             // Checked like any other checkout: the peer may have closed the
-            // connection while its last holder sat on it.
-            Grant::Conn(conn) if self.config().liveness_check() => Ok(Step::Handoff(conn)),
-            Grant::Conn(conn) => Ok(Step::Ready(conn)),
+            // connection while its last holder sat on it, or a clear may
+            // have come since the grant.
+            Grant::Conn(conn) => Ok(Step::Handoff(conn)),
             Grant::Dial => Ok(Step::Dial),
             Grant::Closed => Err(Error::PoolClosed),
             Grant::TimedOut => Err(self.timeout_error()),
@@ -1088,7 +1087,8 @@ impl EndpointPool {
         origin: Origin,
     ) -> Result<Checked, Error> {
         let config = self.config();
-        let Some(reason) = failure else {
+        let mut failure = failure;
+        if failure.is_none() {
             let mut st = self.lock();
             if st.closed {
                 // The pool closed while the check ran: no connection is
@@ -1102,13 +1102,19 @@ impl EndpointPool {
                 drop(lease);
                 return Err(Error::PoolClosed);
             }
-            if origin == Origin::Idle {
-                st.counters.reused();
+            if lease.generation() == st.generation {
+                if origin == Origin::Idle {
+                    st.counters.reused();
+                }
+                drop(st);
+                lease.mark_reused();
+                return Ok(Checked::Healthy(lease));
             }
-            drop(st);
-            lease.mark_reused();
-            return Ok(Checked::Healthy(lease));
-        };
+            // Cleared while it was checked, or between its grant and now:
+            // the clear reaches it too.
+            failure = Some(CloseReason::Cleared);
+        }
+        let reason = failure.expect("set on every way here");
         tracing::debug!(endpoint = %self.endpoint, %reason, "idle connection failed its check");
         let failed = lease
             .take_conn()
@@ -1269,6 +1275,9 @@ impl EndpointPool {
             drop(st);
             self.close_all(vec![(conn, CloseReason::PoolLimit)]);
             return;
+        }
+        if let Some(top) = st.idle.peek() {
+            conn.come_back_after(top);
         }
         let returned = conn.return_order();
         st.idle.push(conn);

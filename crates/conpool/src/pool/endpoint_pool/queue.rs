@@ -121,11 +121,21 @@ impl EndpointPool {
         };
         let task = runtime.spawn(sweep_waiters(guard)).abort_handle();
         let mut st = self.lock();
+        let (closed, retired) = (st.closed, st.retired);
         match st.cold.as_mut().and_then(|c| c.sweeper.as_mut()) {
             Some(sweeper) if sweeper.id == id => sweeper.task = Some(task),
-            // Stopped before it was known (the pool closed, the entry
-            // retired), or already ended.
-            _ => task.abort(),
+            // Stopped before it was known: the pool closed, or the entry
+            // retired; the caller hears of it through its cell.
+            _ if closed || retired => task.abort(),
+            // Gone already, with this caller still waiting: the runtime
+            // dropped the task at once, as one that has shut down does
+            // (its handle still entered on this thread). Starting another
+            // would go the same way, and its guard's nudge would bring
+            // this caller straight back here.
+            _ => {
+                task.abort();
+                return false;
+            }
         }
         true
     }
@@ -384,8 +394,15 @@ impl WaitTicket {
                     Poll::Ready(Received::Nothing) => return Poll::Ready(Ok(Grant::Closed)),
                     // Polled again at once, which registers the waker.
                     Poll::Ready(Received::Nudged) if pool.keep_deadlines() => {}
+                    // A grant (the sweeper's timeout, say) may have come
+                    // meanwhile; failing for want of a runtime is for a
+                    // caller with none.
                     Poll::Ready(Received::Nudged) => {
-                        return Poll::Ready(Err(pool.no_runtime_error()));
+                        return Poll::Ready(match rx.poll_recv(cx) {
+                            Poll::Ready(Received::Grant(grant)) => Ok(grant),
+                            Poll::Ready(Received::Nothing) => Ok(Grant::Closed),
+                            _ => Err(pool.no_runtime_error()),
+                        });
                     }
                     Poll::Pending => return Poll::Pending,
                 }
