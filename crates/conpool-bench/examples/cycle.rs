@@ -9,7 +9,7 @@
 //! The first argument names the pool (`conpool`, `conpool (handle)`, `bb8`,
 //! `deadpool`, `mobc`, `pingora-pool`, `pingora-pool+watcher`, or conpool
 //! with another liveness setting: `conpool (no liveness check)`,
-//! `conpool (peek every checkout)`), or `floor` for the floor loop of
+//! `conpool (readiness below 1 ms)`), or `floor` for the floor loop of
 //! `conpool_bench::floor` (one task only); the second the number of cycles.
 //! With a third, `64`, 64 tasks share 16 connections on a 2-worker runtime
 //! instead (the contended case); with `64held`, each also holds its

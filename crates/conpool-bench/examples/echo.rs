@@ -8,7 +8,7 @@
 //!
 //! Each task does `PER_TASK` round trips per run (2,000 unless given). With
 //! pool names (`dedicated`, `conpool`, `bb8`, ...,
-//! `conpool (peek every checkout)`) only those run, once (500 round trips
+//! `conpool (readiness below 1 ms)`) only those run, once (500 round trips
 //! per task unless given), which suits `valgrind --tool=callgrind` and
 //! counting system calls (the `compare` binary counts the liveness check's
 //! kernel looks this way).

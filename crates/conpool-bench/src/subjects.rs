@@ -33,8 +33,9 @@
 //! check, acquire timeout), only `max_connections_per_endpoint` set to the
 //! number of connections and the TLS config trusting the test certificate.
 //! Two more conpool subjects, outside [`Kind::ALL`], change only the
-//! liveness check ([`Kind::LIVENESS`]): off, and asking the kernel at every
-//! checkout; they are what the report's liveness section compares.
+//! liveness check ([`Kind::LIVENESS`]): off, and readiness alone for
+//! connections back less than 1 ms ago; they are what the report's liveness
+//! section compares with the default.
 
 use std::future::Future;
 use std::io;
@@ -133,12 +134,12 @@ pub enum Kind {
     /// `liveness_check(false)`: nothing looks at a connection at checkout.
     ConpoolNoLiveness,
     /// This crate through `pool.get(&endpoint)`, with
-    /// `liveness_peek_after(Duration::ZERO)`: every checkout asks the
-    /// kernel (a non-blocking `MSG_PEEK` for TCP, records fed to rustls for
-    /// TLS), where the default asks only the runtime's readiness flag unless
-    /// the connection sat idle (or leased) for 1 ms or goes straight to a
-    /// queued caller.
-    ConpoolPeekEvery,
+    /// `liveness_peek_after(1 ms)`: a checkout asks only the runtime's
+    /// readiness flag unless the connection sat idle (or leased) for 1 ms or
+    /// goes straight to a queued caller, where the default asks the kernel
+    /// at every checkout (a non-blocking `MSG_PEEK` for TCP, records fed to
+    /// rustls for TLS).
+    ConpoolReadiness,
 }
 
 impl Kind {
@@ -163,13 +164,13 @@ impl Kind {
         Kind::PingoraWatch,
     ];
 
-    /// conpool's liveness check off, at its default, and asking the kernel
-    /// at every checkout: the subjects of the liveness section, cheapest
-    /// first.
+    /// conpool's liveness check off, with a 1 ms window of readiness alone,
+    /// and at its default (the kernel at every checkout): the subjects of
+    /// the liveness section, cheapest first.
     pub const LIVENESS: [Kind; 3] = [
         Kind::ConpoolNoLiveness,
+        Kind::ConpoolReadiness,
         Kind::Conpool,
-        Kind::ConpoolPeekEvery,
     ];
 
     /// Whether this is conpool (any way of calling or setting it), not a
@@ -177,7 +178,7 @@ impl Kind {
     pub fn is_conpool(self) -> bool {
         matches!(
             self,
-            Kind::Conpool | Kind::ConpoolHandle | Kind::ConpoolNoLiveness | Kind::ConpoolPeekEvery
+            Kind::Conpool | Kind::ConpoolHandle | Kind::ConpoolNoLiveness | Kind::ConpoolReadiness
         )
     }
 
@@ -195,7 +196,9 @@ impl Kind {
     pub fn liveness_settings(self, builder: conpool::ConfigBuilder) -> conpool::ConfigBuilder {
         match self {
             Kind::ConpoolNoLiveness => builder.liveness_check(false),
-            Kind::ConpoolPeekEvery => builder.liveness_peek_after(std::time::Duration::ZERO),
+            Kind::ConpoolReadiness => {
+                builder.liveness_peek_after(std::time::Duration::from_millis(1))
+            }
             _ => builder,
         }
     }
@@ -211,7 +214,7 @@ impl Kind {
             Kind::PingoraBare => "pingora-pool",
             Kind::PingoraWatch => "pingora-pool+watcher",
             Kind::ConpoolNoLiveness => "conpool (no liveness check)",
-            Kind::ConpoolPeekEvery => "conpool (peek every checkout)",
+            Kind::ConpoolReadiness => "conpool (readiness below 1 ms)",
         }
     }
 }
@@ -226,7 +229,7 @@ macro_rules! with_subject {
         use $crate::subjects::*;
         match $kind {
             // One body for the three settings: they differ in data only.
-            kind @ (Kind::Conpool | Kind::ConpoolNoLiveness | Kind::ConpoolPeekEvery) => {
+            kind @ (Kind::Conpool | Kind::ConpoolNoLiveness | Kind::ConpoolReadiness) => {
                 let $s = ::std::sync::Arc::new(
                     ConpoolSubject::configured($target, $size, |c| kind.liveness_settings(c)).await,
                 );

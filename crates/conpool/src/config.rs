@@ -50,7 +50,7 @@ type CloseHook = Arc<dyn Fn(&Endpoint, CloseReason) + Send + Sync>;
 /// connection in the returning thread's own slot, and the next get on that
 /// thread takes it from there, without touching the shared lock. Parked
 /// connections count as idle in [`Stats`](crate::Stats) and obey every rule
-/// an idle one does (idle time, lifetime, the liveness probe); they go to
+/// an idle one does (idle time, lifetime, the liveness check); they go to
 /// callers on other threads before those dial or queue, and to waiting
 /// callers first come, first served, as always.
 ///

@@ -2,7 +2,7 @@
 //! what keeps that task running for as long as the pool lives.
 //!
 //! Every `maintenance_interval` the task visits each endpoint pool: it
-//! closes idle connections that expired or whose liveness probe fails
+//! closes idle connections that expired or whose liveness check fails
 //! (without waiting for a checkout to find them), warns about leases held
 //! past `leak_threshold`, starts warm-up dials up to
 //! `min_idle_per_endpoint`, and drops endpoint entries that have been empty
@@ -11,7 +11,7 @@
 //!
 //! The task holds only a weak handle: it ends when the pool is closed or
 //! its last handle is dropped. It runs outside tokio's cooperative budget
-//! so that its probes see a socket's real readiness.
+//! so that its liveness checks see a socket's real readiness.
 //!
 //! # Which runtime runs it
 //!

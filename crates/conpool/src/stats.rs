@@ -35,17 +35,17 @@ pub enum CloseReason {
     IoError,
     /// The peer closed the connection: a read on the lease, the look at
     /// the stream [`release`](crate::PooledConnection::release) takes, or
-    /// the liveness probe of an idle connection saw end of stream (or a TLS
+    /// the liveness check of an idle connection saw end of stream (or a TLS
     /// close_notify).
     PeerClosed,
-    /// The liveness probe found bytes on an idle connection that nobody
+    /// The liveness check found bytes on an idle connection that nobody
     /// asked for (a late reply, or a server's goodbye message), or
     /// [`release`](crate::PooledConnection::release) found bytes the caller
     /// left unread.
     UnexpectedData,
-    /// The liveness probe of an idle connection, or the look at the stream
+    /// The liveness check of an idle connection, or the look at the stream
     /// [`release`](crate::PooledConnection::release) takes, saw an error,
-    /// such as a reset.
+    /// such as a reset, or found the socket's runtime shut down.
     ProbeFailed,
     /// Closed to keep the pool within `max_idle_total` or
     /// `max_connections_total`: it was the least recently used idle one.

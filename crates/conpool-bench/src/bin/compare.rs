@@ -604,10 +604,10 @@ fn liveness_tools() -> LivenessTools {
 fn liveness_setting(kind: Kind) -> &'static str {
     match kind {
         Kind::ConpoolNoLiveness => "off (`liveness_check(false)`)",
-        Kind::ConpoolPeekEvery => {
-            "the kernel at every checkout (`liveness_peek_after(Duration::ZERO)`)"
+        Kind::ConpoolReadiness => {
+            "a 1 ms window (`liveness_peek_after(1 ms)`: readiness below it; the kernel past it and at a hand-over)"
         }
-        _ => "default (readiness; the kernel past 1 ms and at a hand-over)",
+        _ => "default (the kernel at every checkout)",
     }
 }
 
@@ -657,22 +657,22 @@ fn signed_ns(ns: f64) -> String {
 fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
     let o = &r.overhead;
     let tools = &r.liveness;
-    let [off, default, every] = Kind::LIVENESS;
+    let [off, window, default] = Kind::LIVENESS;
     let _ = writeln!(w, "## 3. What the liveness check costs\n");
     let _ = writeln!(
         w,
         "Every checkout looks at the connection before handing it out, so that one the peer \
-         closed, reset or wrote to is not. By default the look asks tokio's readiness flag \
-         (`TcpStream::try_io`: no system call while the flag is clear), and asks the kernel \
-         (a non-blocking `recv` with `MSG_PEEK`; for TLS, the records read are fed to rustls) \
-         only when the connection sat idle for at least `liveness_peek_after` (1 ms), comes \
-         back from a lease that lasted that long, or goes straight from a returning lease to \
-         a caller that queued: the cases where the flag may not yet show what the kernel \
-         holds. Three settings side by side: the check **off** (no look at all, which is \
-         what the former 500 ms bypass window gave a connection used within it), the \
-         **default**, and the kernel at **every checkout**. Their timings come from the same \
-         interleaved rounds as sections 1 and 2, so the ratios to the peers are those of \
-         this run.\n"
+         closed, reset or wrote to is not. The look reads tokio's readiness flag \
+         (`TcpStream::try_io`: no system call while the flag is clear) and, by default, asks \
+         the kernel too (a non-blocking `recv` with `MSG_PEEK`; for TLS, the records read are \
+         fed to rustls), because the flag shows only what the runtime's I/O driver has \
+         collected. Three settings side by side: the check **off** (no look at all, which is \
+         what the former 500 ms bypass window gave a connection used within it), a **1 ms \
+         window** (`liveness_peek_after(1 ms)`: readiness alone for connections back less \
+         than 1 ms ago, the kernel past it, after a lease that long and at a hand-over to a \
+         queued caller), and the **default** (the kernel at every checkout). Their timings \
+         come from the same interleaved rounds as sections 1 and 2, so the ratios to the \
+         peers are those of this run.\n"
     );
 
     // Wall time.
@@ -784,7 +784,7 @@ fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
                     }
                     PeekCounter::Strace => {
                         " (perf was not usable; strace stops every `recvfrom`, which slows \
-                         the examples and may change how often the default's time-based \
+                         the examples and may change how often the 1 ms window's time-based \
                          rule fires)"
                     }
                 }
@@ -864,7 +864,7 @@ fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
     let in_instructions = |kind, shape| {
         instructions(kind, shape).map_or(String::new(), |n| format!(", {n:+.0} instructions"))
     };
-    // The default's kernel looks per checkout in the workload run by
+    // The 1 ms window's kernel looks per checkout in the workload run by
     // `example` with `shape` among its arguments.
     let looks = |example: &str, shape: Option<&str>| -> String {
         let Ok(KernelLooks { rows, .. }) = &tools.kernel_looks else {
@@ -875,32 +875,35 @@ fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
                 wl.example == example && shape.is_none_or(|s| wl.args.iter().any(|a| a == s))
             })
             .map_or(String::new(), |(_, per)| {
-                format!(" (the default asks the kernel at {:.3} of them)", per[1])
+                format!(
+                    " (the 1 ms window asks the kernel at {:.3} of them)",
+                    per[1]
+                )
             })
     };
     let _ = writeln!(w, "\nWhat it comes to, against the check off:\n");
     let _ = writeln!(
         w,
-        "- One task: the default's look costs {} per checkout{}, and its cycle is {}. The \
-         kernel at every checkout costs {}{} (callgrind does not count the system call's own \
+        "- One task: the 1 ms window's look costs {} per checkout{}, and its cycle is {}. The \
+         default, the kernel at every checkout, costs {}{} (callgrind does not count the system call's own \
          work) and makes it {}.",
+        above_off(&o.single, window),
+        in_instructions(window, 0),
+        to_peer(&o.single, window),
         above_off(&o.single, default),
         in_instructions(default, 0),
         to_peer(&o.single, default),
-        above_off(&o.single, every),
-        in_instructions(every, 0),
-        to_peer(&o.single, every),
     );
     let _ = writeln!(
         w,
-        "- {TASKS} tasks over {CONNS} connections: the default costs {} and is {}; the kernel \
-         at every checkout costs {} and is {}.",
+        "- {TASKS} tasks over {CONNS} connections: the 1 ms window costs {} and is {}; the \
+         default (the kernel at every checkout) costs {} and is {}.",
+        above_off(&o.many, window),
+        to_peer(&o.many, window),
         above_off(&o.many, default),
         to_peer(&o.many, default),
-        above_off(&o.many, every),
-        to_peer(&o.many, every),
     );
-    let beyond_look = match (instructions(default, 1), instructions(every, 0)) {
+    let beyond_look = match (instructions(window, 1), instructions(default, 0)) {
         (Some(held), Some(look)) => format!(
             " ({:.0} more than a kernel look costs at one task: the checked hand-over around \
              the look)",
@@ -910,12 +913,12 @@ fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
     };
     let _ = writeln!(
         w,
-        "- Held across a yield, where checkouts are hand-overs to queued callers{}: the default \
-         costs {}{}{beyond_look}; the kernel at every checkout {}.",
+        "- Held across a yield, where checkouts are hand-overs to queued callers{}: the 1 ms \
+         window costs {}{}{beyond_look}; the default (the kernel at every checkout) {}.",
         looks("cycle", Some("64held")),
+        above_off(&o.held, window),
+        in_instructions(window, 1),
         above_off(&o.held, default),
-        in_instructions(default, 1),
-        above_off(&o.held, every),
     );
     let echo_ratios = |kind: Kind| {
         r.echo
@@ -933,12 +936,12 @@ fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
     let _ = writeln!(
         w,
         "- Pooled echo, one checkout per round trip{}: round trips per second ÷ the check off, \
-         the default {}, the kernel at every checkout {}.",
+         the 1 ms window {}, the default (the kernel at every checkout) {}.",
         looks("echo", None),
+        echo_ratios(window),
         echo_ratios(default),
-        echo_ratios(every),
     );
-    let cycle_cmd = "target/release/examples/cycle 'conpool (peek every checkout)' 220000";
+    let cycle_cmd = "target/release/examples/cycle conpool 220000";
     let echo_cmd = "target/release/examples/echo conpool 500";
     let counter = match &tools.kernel_looks {
         Ok(looks) => looks.counter,
@@ -947,7 +950,7 @@ fn write_liveness(w: &mut String, r: &Results, plan: Plan) {
     let _ = writeln!(
         w,
         "\nTo reproduce one figure (pool names: `conpool (no liveness check)`, `conpool`, \
-         `conpool (peek every checkout)`; a third argument `64held` to `cycle` for the \
+         `conpool (readiness below 1 ms)`; a third argument `64held` to `cycle` for the \
          contended shape):\n\n```text\ncargo build --release -p conpool-bench --examples\n\
          valgrind --tool=callgrind --callgrind-out-file=/dev/null {cycle_cmd}\n{}\n```\n",
         counter.command_line().replace("PROGRAM", echo_cmd),

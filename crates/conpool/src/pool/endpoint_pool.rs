@@ -296,7 +296,7 @@ pub(crate) enum Grant {
 pub(crate) enum Started {
     /// A fit idle connection that needed no check: the get is done.
     Leased(PooledConnection),
-    /// The get goes on asynchronously: a probe, a dial or a wait.
+    /// The get goes on asynchronously: a health check, a dial or a wait.
     Pending(Pending),
     /// The get fails at once: the pool is closed, or too many wait. Boxed,
     /// so that the common outcome does not move an error's worth of bytes.
@@ -320,7 +320,7 @@ impl Pending {
         Pending { pool, step, since }
     }
 
-    /// Probes, dials or waits until the get has a connection, an error, or
+    /// Checks, dials or waits until the get has a connection, an error, or
     /// runs out of time.
     pub(crate) async fn finish(
         self,
@@ -335,10 +335,11 @@ pub(crate) enum Step {
     /// An idle connection that needs no check: hand it out (its reuse is
     /// counted already).
     Ready(Conn),
-    /// An idle connection to probe or health-check first.
+    /// An idle connection to health-check first.
     Reuse(Conn),
-    /// A connection handed over by a returning lease, to check first (the
-    /// liveness check is on); its reuse is counted already.
+    /// A connection handed over by a returning lease, to check first (its
+    /// liveness, and that no clear came since the grant); its reuse is
+    /// counted already.
     Handoff(Conn),
     Dial,
     Wait(WaitTicket),
@@ -357,10 +358,10 @@ enum DialRoom {
 /// Where a connection being checked comes from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// The idle stack: probe, then the health check; reuse counted on
+    /// The idle stack: the liveness check, then the health check; reuse counted on
     /// success.
     Idle,
-    /// A returning lease (see [`Step::Handoff`]): probe only; reuse counted
+    /// A returning lease (see [`Step::Handoff`]): the liveness check only; reuse counted
     /// already.
     Handoff,
 }
@@ -417,7 +418,7 @@ impl EndpointPool {
     ///
     /// The common case, a fit idle connection that needs no check, is
     /// decided here under one lock with one clock read, and the caller
-    /// returns the lease without suspending. A probe, a dial or a wait
+    /// returns the lease without suspending. A health check, a dial or a wait
     /// comes back as [`Started::Pending`] for
     /// [`acquire_slow`](Self::acquire_slow), so that the caller's future is
     /// only entered on the slow path and the fast one moves nothing larger
@@ -514,13 +515,13 @@ impl EndpointPool {
         conn.stream.liveness(look).close_reason()
     }
 
-    /// Probes, dials or waits, within `acquire_timeout` of `start`.
+    /// Checks, dials or waits, within `acquire_timeout` of `start`.
     ///
     /// A caller queued by [`begin_acquire`](Self::begin_acquire) waits
     /// without a timer of its own: the queue's deadlines are kept by one
     /// sweeper task per endpoint (see [`queue`]), so that a busy
     /// pool, where most gets queue, does not register and cancel a timer
-    /// per get. Everything else (probes, health checks, dials) runs under a
+    /// per get. Everything else (health checks, dials) runs under a
     /// timer for what is left of the deadline, in a boxed future: it is
     /// rare next to queuing, and keeping it out of line keeps the future
     /// every queued get builds small.
@@ -583,7 +584,7 @@ impl EndpointPool {
 
     /// Whether a connection that passed the generation check may be handed
     /// out at `now` with no further ado: fit by the reuse rule and not due
-    /// for a probe or health check.
+    /// for a health check.
     #[inline]
     fn ready_as_is(&self, conn: &Conn, now: Instant) -> bool {
         conn.reuse_verdict(now, self.config()).is_none() && !self.needs_check()
@@ -599,7 +600,7 @@ impl EndpointPool {
     /// Runs the slow part of an acquire until `deadline`, if any.
     ///
     /// The timer is set only if the first poll leaves the acquire pending:
-    /// a probe usually answers at once and needs none. A timer needs a
+    /// a check usually answers at once and needs none. A timer needs a
     /// runtime; polled outside one, a pending acquire is dropped (which,
     /// once it has been polled, leaks nothing) and the get fails.
     async fn bounded(

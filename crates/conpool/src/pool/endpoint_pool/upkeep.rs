@@ -27,7 +27,7 @@ pub(crate) struct Upkeep {
 
 impl EndpointPool {
     /// The background task's visit: closes idle connections that expired
-    /// or whose probe fails, warns once about each lease held past
+    /// or whose liveness check fails, warns once about each lease held past
     /// `leak_threshold`, starts warm-up dials up to `min_idle_per_endpoint`,
     /// and says whether the endpoint has been empty since before
     /// `empty_cutoff` (`None`: no cut-off is that far back).
