@@ -15,6 +15,8 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
+
 use crate::{CloseReason, Endpoint, Error, Stream};
 
 /// A boxed, `Send` future, as returned by health checks and dialers.
@@ -59,6 +61,7 @@ type CloseHook = Arc<dyn Fn(&Endpoint, CloseReason) + Send + Sync>;
 /// They cost a cache line per slot, and an endpoint has about two slots per
 /// core.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[non_exhaustive]
 pub enum ThreadSlots {
     /// Never: every get and return takes the endpoint's lock.
@@ -98,6 +101,7 @@ pub enum ThreadSlots {
 /// | `health_check` | none |
 /// | hooks | none |
 /// | `tls_config` | the webpki root certificates, ring provider |
+/// | `tls_server_name` | none: each TLS endpoint's host |
 ///
 /// ```
 /// use std::time::Duration;
@@ -141,6 +145,7 @@ pub struct Config {
     on_connection_reused: Option<EndpointHook>,
     on_connection_closed: Option<CloseHook>,
     tls_config: Arc<rustls::ClientConfig>,
+    tls_server_name: Option<ServerName<'static>>,
 }
 
 /// The most connect attempts a config may ask for: past this, the doubling
@@ -174,6 +179,7 @@ impl Default for Config {
             on_connection_reused: None,
             on_connection_closed: None,
             tls_config: default_tls_config(),
+            tls_server_name: None,
         }
     }
 }
@@ -184,20 +190,29 @@ pub fn default_tls_config() -> Arc<rustls::ClientConfig> {
     static DEFAULT: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     DEFAULT
         .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
             Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
+                tls_config_builder()
+                    .with_root_certificates(webpki_root_store())
+                    .with_no_client_auth(),
             )
         })
         .clone()
+}
+
+/// The root certificates TLS endpoints are verified against by default.
+pub(crate) fn webpki_root_store() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// Where every TLS client config the crate makes starts: the ring provider
+/// and rustls's safe default protocol versions.
+pub(crate) fn tls_config_builder()
+-> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
 }
 
 impl Config {
@@ -318,6 +333,11 @@ impl Config {
     pub fn tls_config(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls_config
     }
+    /// The name every TLS endpoint's certificate is verified against (and
+    /// sent as SNI), instead of the endpoint's host; `None`: the host.
+    pub fn tls_server_name(&self) -> Option<&ServerName<'static>> {
+        self.tls_server_name.as_ref()
+    }
 
     #[inline]
     pub(crate) fn notify_created(&self, endpoint: &Endpoint) {
@@ -351,39 +371,65 @@ fn run_hook(name: &str, hook: impl FnOnce()) {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured without `..`, so that a new field does not compile
+        // until it is printed here: tests (the flags of `cli::PoolArgs`
+        // among them) read the list of fields from this output.
+        let Config {
+            max_connections_per_endpoint,
+            max_idle_time,
+            max_connection_lifetime,
+            max_connection_uses,
+            connect_timeout,
+            connect_retry_count,
+            connect_retry_delay,
+            acquire_timeout,
+            max_waiters_per_endpoint,
+            max_concurrent_dials,
+            max_connections_total,
+            max_idle_total,
+            min_idle_per_endpoint,
+            liveness_check,
+            liveness_peek_after,
+            max_connection_lifetime_jitter,
+            maintenance_interval,
+            leak_threshold,
+            thread_slots,
+            health_check,
+            on_connection_created,
+            on_connection_reused,
+            on_connection_closed,
+            tls_config: _,
+            tls_server_name,
+        } = self;
         f.debug_struct("Config")
-            .field(
-                "max_connections_per_endpoint",
-                &self.max_connections_per_endpoint,
-            )
-            .field("max_idle_time", &self.max_idle_time)
-            .field("max_connection_lifetime", &self.max_connection_lifetime)
-            .field("max_connection_uses", &self.max_connection_uses)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("connect_retry_count", &self.connect_retry_count)
-            .field("connect_retry_delay", &self.connect_retry_delay)
-            .field("acquire_timeout", &self.acquire_timeout)
-            .field("max_waiters_per_endpoint", &self.max_waiters_per_endpoint)
-            .field("max_concurrent_dials", &self.max_concurrent_dials)
-            .field("max_connections_total", &self.max_connections_total)
-            .field("max_idle_total", &self.max_idle_total)
-            .field("min_idle_per_endpoint", &self.min_idle_per_endpoint)
-            .field("liveness_check", &self.liveness_check)
-            .field("liveness_peek_after", &self.liveness_peek_after)
+            .field("max_connections_per_endpoint", max_connections_per_endpoint)
+            .field("max_idle_time", max_idle_time)
+            .field("max_connection_lifetime", max_connection_lifetime)
+            .field("max_connection_uses", max_connection_uses)
+            .field("connect_timeout", connect_timeout)
+            .field("connect_retry_count", connect_retry_count)
+            .field("connect_retry_delay", connect_retry_delay)
+            .field("acquire_timeout", acquire_timeout)
+            .field("max_waiters_per_endpoint", max_waiters_per_endpoint)
+            .field("max_concurrent_dials", max_concurrent_dials)
+            .field("max_connections_total", max_connections_total)
+            .field("max_idle_total", max_idle_total)
+            .field("min_idle_per_endpoint", min_idle_per_endpoint)
+            .field("liveness_check", liveness_check)
+            .field("liveness_peek_after", liveness_peek_after)
             .field(
                 "max_connection_lifetime_jitter",
-                &self.max_connection_lifetime_jitter,
+                max_connection_lifetime_jitter,
             )
-            .field("maintenance_interval", &self.maintenance_interval)
-            .field("leak_threshold", &self.leak_threshold)
-            .field("thread_slots", &self.thread_slots)
-            .field("health_check", &self.health_check.is_some())
-            .field(
-                "on_connection_created",
-                &self.on_connection_created.is_some(),
-            )
-            .field("on_connection_reused", &self.on_connection_reused.is_some())
-            .field("on_connection_closed", &self.on_connection_closed.is_some())
+            .field("maintenance_interval", maintenance_interval)
+            .field("leak_threshold", leak_threshold)
+            .field("thread_slots", thread_slots)
+            .field("health_check", &health_check.is_some())
+            .field("on_connection_created", &on_connection_created.is_some())
+            .field("on_connection_reused", &on_connection_reused.is_some())
+            .field("on_connection_closed", &on_connection_closed.is_some())
+            .field("tls_server_name", tls_server_name)
+            // The rustls config prints pages of provider internals.
             .finish_non_exhaustive()
     }
 }
@@ -622,6 +668,27 @@ impl ConfigBuilder {
     /// this config says; the default verifies against the webpki roots.
     pub fn tls_config(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
         self.config.tls_config = tls;
+        self
+    }
+    /// The name to verify every TLS endpoint's certificate against, and to
+    /// send as SNI (unless it is an IP address), instead of the endpoint's
+    /// host (`None`: the host). For a pool that reaches one service by
+    /// address, or through a tunnel, whose certificate names it otherwise;
+    /// it applies to every TLS endpoint of the pool.
+    ///
+    /// ```
+    /// use conpool::{Config, Endpoint};
+    /// use rustls::pki_types::ServerName;
+    ///
+    /// // Dial 10.0.0.5, verify the certificate as db.internal.
+    /// let config = Config::builder()
+    ///     .tls_server_name(ServerName::try_from("db.internal")?.to_owned())
+    ///     .build()?;
+    /// let db = Endpoint::tls("10.0.0.5", 5432)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tls_server_name(mut self, name: impl Into<Option<ServerName<'static>>>) -> Self {
+        self.config.tls_server_name = name.into();
         self
     }
 

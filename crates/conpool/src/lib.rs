@@ -99,6 +99,7 @@
 //! | --- | --- |
 //! | [`endpoint`] | the pool's keys: host, port, TCP or TLS |
 //! | [`config`] | every limit, timeout and hook, validated once |
+//! | `cli` | (feature `clap`) `PoolArgs`: the config as flags of a clap program |
 //! | [`error`] | the one error type |
 //! | [`stats`] | counters, snapshots and close reasons |
 //! | [`dial`] | resolve, TCP connect, TLS handshake, retry with backoff |
@@ -128,6 +129,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "clap")]
+pub mod cli;
 pub mod config;
 mod deadline;
 pub mod dial;

@@ -9,6 +9,7 @@ use std::io;
 
 use conpool::{Config, Endpoint, Error, Pool};
 use rustls::CertificateError;
+use rustls::pki_types::ServerName;
 use support::{EchoServer, TlsCert, assert_books_balance, round_trip};
 
 /// A pool that trusts `cert` (and nothing else).
@@ -125,6 +126,36 @@ async fn a_certificate_for_another_name_fails_at_once_without_retries() {
     assert_eq!(server.accepted(), 1, "a name mismatch is not retried");
     let s = pool.stats(&ep);
     assert_eq!((s.errors, s.total_created), (1, 0));
+}
+
+#[tokio::test]
+async fn tls_server_name_verifies_an_endpoint_dialed_by_address_as_that_name() {
+    let cert = TlsCert::localhost();
+    let server = EchoServer::start_tls(&cert).await;
+    // Dialed by address; the certificate names only localhost.
+    let ep = Endpoint::tls("127.0.0.1", server.port()).unwrap();
+    let localhost = ServerName::try_from("localhost").unwrap().to_owned();
+    let pool = Pool::new(trusting(&cert).tls_server_name(localhost).build().unwrap());
+
+    let mut conn = pool.get(&ep).await.unwrap();
+    round_trip(&mut conn, b"verified as localhost")
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(
+        server.sni().as_deref(),
+        Some("localhost"),
+        "sent as SNI too"
+    );
+
+    // Another name than the certificate's fails as a mismatch.
+    let other = ServerName::try_from("db.internal").unwrap().to_owned();
+    let pool = Pool::new(trusting(&cert).tls_server_name(other).build().unwrap());
+    let err = pool.get(&ep).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls { reason, .. } if reason.contains("not valid for name \"db.internal\"")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 pub use backoff::backoff_delay;
@@ -145,28 +146,32 @@ impl DialError {
 pub struct TcpTlsDialer {
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Option<Duration>,
+    /// Verified instead of each endpoint's host.
+    server_name: Option<ServerName<'static>>,
 }
 
 impl TcpTlsDialer {
-    /// A dialer that uses `tls` for TLS endpoints and keeps no timeout of its
-    /// own: each address waits as long as the OS does, and only a pool's
-    /// `connect_timeout` cuts the attempt, whatever address it is on. Use
-    /// [`TcpTlsDialer::from_config`] for a dialer that shares the timeout
-    /// between a host's addresses.
+    /// A dialer that uses `tls` for TLS endpoints, verifies each as its
+    /// host, and keeps no timeout of its own: each address waits as long as
+    /// the OS does, and only a pool's `connect_timeout` cuts the attempt,
+    /// whatever address it is on. Use [`TcpTlsDialer::from_config`] for a
+    /// dialer that shares the timeout between a host's addresses.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
         TcpTlsDialer {
             tls,
             connect_timeout: None,
+            server_name: None,
         }
     }
 
     /// The dialer [`Pool::new`](crate::Pool::new) makes: TLS with the
-    /// config's `tls_config`, and the config's `connect_timeout` shared
-    /// between a host's addresses.
+    /// config's `tls_config` and `tls_server_name`, and the config's
+    /// `connect_timeout` shared between a host's addresses.
     pub fn from_config(config: &Config) -> Self {
         TcpTlsDialer {
             tls: config.tls_config().clone(),
             connect_timeout: config.connect_timeout(),
+            server_name: config.tls_server_name().cloned(),
         }
     }
 }
@@ -193,7 +198,11 @@ impl Dial for TcpTlsDialer {
             if !endpoint.is_tls() {
                 return Ok(Stream::tcp(tcp));
             }
-            let handshake = within(deadline, tls::handshake(&self.tls, endpoint, tcp))
+            let name = match &self.server_name {
+                Some(name) => name.clone(),
+                None => tls::server_name(endpoint).map_err(DialError::tls)?,
+            };
+            let handshake = within(deadline, tls::handshake(&self.tls, name, tcp))
                 .await
                 .ok_or_else(|| {
                     out_of_time(format!(

@@ -1,9 +1,12 @@
 //! The TLS handshake, with SNI and verification for the endpoint's host.
 //!
-//! The server name comes from the endpoint: an IP literal is verified as an
-//! IP address (and sends no SNI, as RFC 6066 requires), a DNS name as a DNS
-//! name. Whatever verifier the rustls config carries decides; the default
-//! config verifies the chain against the webpki roots.
+//! The server name comes from the endpoint ([`server_name`]), unless the
+//! config names one for every TLS endpoint
+//! ([`Config::tls_server_name`](crate::Config::tls_server_name)): an IP
+//! literal is verified as an IP address (and sends no SNI, as RFC 6066
+//! requires), a DNS name as a DNS name. Whatever verifier the rustls config
+//! carries decides; the default config verifies the chain against the
+//! webpki roots.
 
 use std::io;
 use std::sync::Arc;
@@ -15,16 +18,21 @@ use tokio_rustls::client::TlsStream;
 
 use crate::Endpoint;
 
-/// Runs the client handshake over `tcp`.
+/// The name a TLS endpoint's certificate is verified against: its host,
+/// without a trailing dot.
+pub fn server_name(endpoint: &Endpoint) -> io::Result<ServerName<'static>> {
+    let host = endpoint.host();
+    ServerName::try_from(host.strip_suffix('.').unwrap_or(host))
+        .map(|name| name.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Runs the client handshake over `tcp`, verifying the server as `name`.
 pub async fn handshake(
     config: &Arc<rustls::ClientConfig>,
-    endpoint: &Endpoint,
+    name: ServerName<'static>,
     tcp: TcpStream,
 ) -> io::Result<TlsStream<TcpStream>> {
-    let host = endpoint.host();
-    let name = ServerName::try_from(host.strip_suffix('.').unwrap_or(host))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
-        .to_owned();
     TlsConnector::from(config.clone()).connect(name, tcp).await
 }
 

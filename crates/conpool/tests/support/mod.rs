@@ -31,6 +31,8 @@ pub struct EchoServer {
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     kill: watch::Sender<u64>,
+    /// The server name (SNI) the last TLS client sent.
+    sni: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl EchoServer {
@@ -50,11 +52,13 @@ impl EchoServer {
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let (kill, _) = watch::channel(0u64);
+        let sni = Arc::new(std::sync::Mutex::new(None));
         let server = EchoServer {
             addr,
             accepted: accepted.clone(),
             open: open.clone(),
             kill: kill.clone(),
+            sni: sni.clone(),
         };
         tokio::spawn(async move {
             loop {
@@ -66,9 +70,10 @@ impl EchoServer {
                 let open = open.clone();
                 let mut killed = kill.subscribe();
                 let tls = tls.clone();
+                let sni = sni.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = echo(socket, tls) => {}
+                        _ = echo(socket, tls, sni) => {}
                         _ = killed.changed() => {}
                     }
                     open.fetch_sub(1, Ordering::SeqCst);
@@ -105,13 +110,23 @@ impl EchoServer {
     pub fn close_all(&self) {
         self.kill.send_modify(|n| *n += 1);
     }
+
+    /// The server name the last TLS client sent (SNI), if it sent one.
+    pub fn sni(&self) -> Option<String> {
+        self.sni.lock().unwrap().clone()
+    }
 }
 
-async fn echo(socket: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+async fn echo(
+    socket: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    sni: Arc<std::sync::Mutex<Option<String>>>,
+) {
     match tls {
         None => echo_stream(socket).await,
         Some(acceptor) => {
             if let Ok(stream) = acceptor.accept(socket).await {
+                *sni.lock().unwrap() = stream.get_ref().1.server_name().map(str::to_owned);
                 echo_stream(stream).await
             }
         }
