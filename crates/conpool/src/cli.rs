@@ -248,7 +248,7 @@ struct PoolFlags {
 
     /// From how long idle (or how long a lease) the liveness check asks the
     /// kernel, not only the runtime's readiness; any duration, 0 asks at
-    /// every checkout [default: 1ms]
+    /// every checkout [default: 0]
     #[arg(long, env = "CONPOOL_LIVENESS_PEEK_AFTER", value_name = "DURATION", value_parser = duration)]
     liveness_peek_after: Option<Duration>,
 
