@@ -242,13 +242,19 @@ impl PooledConnection {
         } else if self.unfinished.any_except(excused) {
             Some(CloseReason::Cancelled)
         } else if excused.is_some() {
-            // The kernel, not only the runtime's readiness: the reply's
-            // unread rest may have arrived a moment ago, and the runtime
-            // the caller's client ran on may be gone.
-            self.stream_mut().liveness(Look::Kernel).close_reason()
+            self.look_at_release()
         } else {
             None
         }
+    }
+
+    /// The look a release takes: the kernel, not only the runtime's
+    /// readiness, as the reply's unread rest may have arrived a moment ago
+    /// and the runtime the caller's client ran on may be gone. Out of line,
+    /// so that a plain drop, the common return, does not carry it.
+    #[inline(never)]
+    fn look_at_release(&mut self) -> Option<CloseReason> {
+        self.stream_mut().liveness(Look::Kernel).close_reason()
     }
 
     /// Notes a write's result, `bytes` naming what it was given (`None`

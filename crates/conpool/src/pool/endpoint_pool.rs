@@ -166,11 +166,22 @@ struct LeaseRecord {
 /// as), and then, once the lock has been let go, the callers granted a
 /// connection or a slot meanwhile are woken, so that a woken task (which
 /// may run at once, on another core) does not find the lock still held.
+///
+/// Their wakers wait in a list of the thread's own ([`DEFERRED`]): no two
+/// endpoint locks are ever held at once on a thread, and a `Locked` that
+/// granted nothing (every one on the checkout's fast path) carries a flag
+/// and no list, so that dropping it costs the unlock and a test.
 struct Locked<'a> {
     state: MutexGuard<'a, State>,
-    wakes: Wakes,
+    deferred: bool,
     #[cfg(debug_assertions)]
     pool: &'a EndpointPool,
+}
+
+thread_local! {
+    /// Wakers of callers granted under the lock a `Locked` of this thread
+    /// holds, woken when it lets go.
+    static DEFERRED: std::cell::RefCell<Wakes> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl<'a> Locked<'a> {
@@ -180,7 +191,7 @@ impl<'a> Locked<'a> {
         let _ = pool;
         Locked {
             state,
-            wakes: Wakes::new(),
+            deferred: false,
             #[cfg(debug_assertions)]
             pool,
         }
@@ -188,17 +199,35 @@ impl<'a> Locked<'a> {
 
     /// Hands `grant` to the first caller still queued; gives it back if
     /// nobody waits.
+    #[inline]
     fn grant_first(&mut self, grant: Grant) -> Result<(), Grant> {
-        let Locked { state, wakes, .. } = self;
-        match state.cold.as_mut() {
-            Some(cold) => cold.queue.grant(grant, wakes),
-            None => Err(grant),
+        match self.state.cold.as_mut() {
+            Some(cold) if cold.queue.len() > 0 => {
+                let mut wakes = Wakes::new();
+                let granted = cold.queue.grant(grant, &mut wakes);
+                self.wake_later(wakes);
+                granted
+            }
+            _ => Err(grant),
         }
     }
 
-    /// The books and the wakers to wake after them, apart.
-    fn split(&mut self) -> (&mut State, &mut Wakes) {
-        (&mut self.state, &mut self.wakes)
+    /// Wakes these once the lock is let go. A thread tearing down its
+    /// locals wakes them at once instead, lock held: late, not lost.
+    fn wake_later(&mut self, wakes: Wakes) {
+        if wakes.is_empty() {
+            return;
+        }
+        let mut wakes = Some(wakes);
+        let kept = DEFERRED.try_with(|deferred| {
+            deferred
+                .borrow_mut()
+                .extend(wakes.take().into_iter().flatten());
+        });
+        match kept {
+            Ok(()) => self.deferred = true,
+            Err(_) => wakes.into_iter().flatten().for_each(Waker::wake),
+        }
     }
 }
 
@@ -218,16 +247,26 @@ impl std::ops::DerefMut for Locked<'_> {
     }
 }
 
+impl Locked<'_> {
+    #[cold]
+    #[inline(never)]
+    fn wake_deferred(&mut self) {
+        let wakes = DEFERRED
+            .try_with(|deferred| std::mem::take(&mut *deferred.borrow_mut()))
+            .unwrap_or_default();
+        MutexGuard::unlocked(&mut self.state, || wakes.into_iter().for_each(Waker::wake));
+    }
+}
+
 impl Drop for Locked<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         #[cfg(debug_assertions)]
         if !std::thread::panicking() {
             self.pool.check_books(&self.state);
         }
-        if !self.wakes.is_empty() {
-            let wakes = std::mem::take(&mut self.wakes);
-            MutexGuard::unlocked(&mut self.state, || wakes.into_iter().for_each(Waker::wake));
+        if self.deferred {
+            self.wake_deferred();
         }
     }
 }

@@ -55,17 +55,18 @@ impl EndpointPool {
     /// deadline falls. `None`: sweeper `id` stops, as nobody with a
     /// deadline waits, or as it is not the endpoint's sweeper any more.
     fn expire_waiters(&self, now: Instant, id: u64) -> Option<Instant> {
-        let mut locked = self.lock_state();
-        let (st, wakes) = locked.split();
+        let mut st = self.lock_state();
+        let mut wakes = Wakes::new();
         let cold = st.cold();
         if cold.sweeper.as_ref().is_none_or(|sweeper| sweeper.id != id) {
             return None;
         }
-        let next = cold.queue.expire(now, wakes);
+        let next = cold.queue.expire(now, &mut wakes);
         if next.is_none() {
             cold.sweeper = None;
         }
-        self.sync_queued(st);
+        self.sync_queued(&mut st);
+        st.wake_later(wakes);
         next
     }
 
