@@ -22,95 +22,15 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conpool::{CloseReason, Config, Endpoint, Pool, PooledConnection, ThreadSlots};
+use support::thread_server::{ThreadServer, exchange};
 use support::{EchoServer, round_trip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-// ---------------------------------------------------------------------------
-// A std-thread echo server whose acts return as soon as the syscall does
-// (no settle sleep), so that the client's idle time stays under 1 ms.
-
-struct QuickServer {
-    addr: SocketAddr,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    /// Bytes echoed so far, over every connection.
-    echoed: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl QuickServer {
-    fn start() -> QuickServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let echoed: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
-        let (accepted, counter) = (conns.clone(), echoed.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                stream.set_nodelay(true).unwrap();
-                accepted.lock().unwrap().push(stream.try_clone().unwrap());
-                let counter = counter.clone();
-                std::thread::spawn(move || echo(stream, &counter));
-            }
-        });
-        QuickServer {
-            addr,
-            conns,
-            echoed,
-        }
-    }
-
-    /// Blocks this thread (and so its runtime) until `total` bytes have
-    /// been echoed, whatever the machine's load.
-    fn wait_echoed_blocking(&self, total: usize) {
-        while self.echoed.load(std::sync::atomic::Ordering::SeqCst) < total {
-            std::thread::yield_now();
-        }
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint::new("127.0.0.1", self.addr.port()).unwrap()
-    }
-
-    /// FIN on every connection; returns when the syscalls have.
-    fn close_all_now(&self) {
-        for conn in self.conns.lock().unwrap().drain(..) {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn echo(mut stream: TcpStream, echoed: &std::sync::atomic::AtomicUsize) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-                echoed.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-    }
-}
-
-/// A round trip whose last read comes up short of its buffer, so that
-/// tokio clears the socket's readiness flag (as `tests/stale.rs` does).
-async fn exchange(conn: &mut PooledConnection, msg: &[u8]) {
-    conn.write_all(msg).await.unwrap();
-    let mut buf = vec![0u8; msg.len() + 64];
-    let mut got = 0;
-    while got < msg.len() {
-        got += conn.read(&mut buf[got..]).await.unwrap();
-    }
-    assert_eq!(&buf[..got], msg);
-}
 
 /// Blocks this (the runtime's only) thread briefly: long enough for a
 /// loopback segment sent just before to be processed by the kernel, short
@@ -130,7 +50,7 @@ async fn fin_just_before_the_checkout(slots: ThreadSlots) -> (usize, usize) {
     let rounds = 20;
     let mut stale = 0;
     for _ in 0..rounds {
-        let server = QuickServer::start();
+        let server = ThreadServer::start();
         let ep = server.endpoint();
         let pool = Pool::new(Config::builder().thread_slots(slots).build().unwrap());
         // Dial and warm up: a first lease longer than any window marks the next
@@ -193,7 +113,7 @@ async fn an_unread_reply_that_arrived_a_moment_before_the_checkout_does_not_reac
     let rounds = 20;
     let mut leaked = 0;
     for _ in 0..rounds {
-        let server = QuickServer::start();
+        let server = ThreadServer::start();
         let ep = server.endpoint();
         let pool = Pool::new(Config::default());
         let mut conn = pool.get(&ep).await.unwrap();
@@ -231,7 +151,7 @@ async fn an_unread_reply_that_arrived_a_moment_before_the_checkout_does_not_reac
 /// on the next runtime a moment later must not hand it out.
 #[test]
 fn a_connection_of_a_runtime_that_shut_down_a_moment_ago_is_not_handed_out() {
-    let server = QuickServer::start();
+    let server = ThreadServer::start();
     let ep = server.endpoint();
     let pool = Pool::new(Config::default());
     let runtime = || {
@@ -923,7 +843,7 @@ async fn duration_max_everywhere_in_the_config_works() {
 /// outside any runtime.
 #[test]
 fn a_get_on_a_dead_runtimes_handle_fails_instead_of_spinning() {
-    let server = QuickServer::start();
+    let server = ThreadServer::start();
     let ep = server.endpoint();
     let pool = Pool::new(
         Config::builder()

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use conpool::dial::{Dial, DialError};
 use conpool::{BoxFuture, CloseReason, Config, Endpoint, Pool, Stream};
-use support::thread_server::ThreadServer;
+use support::thread_server::{ThreadServer, exchange};
 use support::{EchoServer, TlsCert, assert_books_balance, eventually, round_trip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -258,21 +258,6 @@ async fn a_grant_given_back_by_a_waiter_that_left_keeps_its_peek_mark() {
     assert_ne!(next.id(), dead, "handed the connection the server closed");
     round_trip(&mut next, b"first try").await.unwrap();
     assert_eq!(pool.stats(&ep).closed_for(CloseReason::PeerClosed), 1);
-}
-
-/// A round trip whose last read comes up short of its buffer, which makes
-/// tokio clear the socket's readiness flag: from then on only the kernel
-/// knows what arrives until the runtime's driver runs again. (A read that
-/// fills its buffer exactly leaves the flag set, and the cheap look would
-/// ask the kernel anyway.)
-async fn exchange(conn: &mut conpool::PooledConnection, msg: &[u8]) {
-    conn.write_all(msg).await.unwrap();
-    let mut buf = vec![0u8; msg.len() + 64];
-    let mut got = 0;
-    while got < msg.len() {
-        got += conn.read(&mut buf[got..]).await.unwrap();
-    }
-    assert_eq!(&buf[..got], msg);
 }
 
 /// A dialer whose dials wait for a permit, counting how many it made.
