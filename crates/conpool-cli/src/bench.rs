@@ -387,7 +387,7 @@ async fn exchange(
 ) -> Result<(), Failure> {
     let mut conn = handle.get().await.map_err(|e| Failure {
         kind: acquire_error_kind(&e),
-        message: e.to_string(),
+        message: with_causes(&e),
     })?;
     let mut reply = [0u8; REQUEST_LEN];
     let io = async {
@@ -425,6 +425,19 @@ async fn exchange(
         conn.discard();
     }
     Ok(())
+}
+
+/// An error and its sources, as in "could not connect to …: Connection
+/// refused (os error 111)".
+fn with_causes(err: &Error) -> String {
+    let mut message = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(source) = cause {
+        message.push_str(": ");
+        message.push_str(&source.to_string());
+        cause = source.source();
+    }
+    message
 }
 
 /// The kind a failed lease is counted under.
