@@ -164,7 +164,8 @@ impl Report {
         line(
             "  reuse ratio",
             match pool.reuse_ratio {
-                Some(ratio) => format!("{:.2}%", 100.0 * ratio),
+                // Rounded down, so that 100% means every lease.
+                Some(ratio) => format!("{:.2}%", (10_000.0 * ratio).floor() / 100.0),
                 None => "-".to_owned(),
             },
         );
