@@ -77,7 +77,7 @@ pub struct BenchArgs {
     duration: Option<Duration>,
 
     /// The bound on one request's write and read, past which it counts as
-    /// a timeout error and its connection is closed; above 0 [default: 10s]
+    /// a timeout error and its connection is closed; above 0
     #[arg(long, value_name = "DURATION", value_parser = run_time, default_value = "10s")]
     request_timeout: Duration,
 
