@@ -650,9 +650,23 @@ const EXAMPLES: &str = "write a duration such as 500ms, 2s or 1m30s";
 const MAX_NANOS: u128 = u64::MAX as u128 * NANOS_PER_SEC + 999_999_999;
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
-/// Parses the grammar of the module docs: numbers, each with a unit, added
-/// up; a bare `0`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Parses a duration as the duration flags take it (see the
+/// [module docs](self#values)): numbers, each with a unit, added up, or a
+/// bare `0`; not `none`. For a program's own duration flags, so that they
+/// read as the pool's do; the error says what is wrong and what to write,
+/// ready for a clap `value_parser`.
+///
+/// ```
+/// use conpool::cli::parse_duration;
+/// use std::time::Duration;
+///
+/// assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+/// assert_eq!(
+///     parse_duration("90").unwrap_err(),
+///     "the number 90 has no unit; write a duration such as 500ms, 2s or 1m30s"
+/// );
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);

@@ -1,0 +1,106 @@
+//! The `conpool` command: `conpool bench`, a load generator on pooled
+//! connections, with every pool setting as a flag (`conpool::cli::PoolArgs`).
+//!
+//! This file owns the command line as a whole: parsing, turning a bad
+//! value into one line on stderr with exit code 2, and the runtime the
+//! subcommands run on. `bench.rs` owns the load and its measurement,
+//! `report.rs` how the result is printed, `echo.rs` the embedded server.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod echo;
+mod report;
+
+/// Pooled connections from the command line.
+#[derive(Parser, Debug)]
+#[command(name = "conpool", version, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load an echo server through a pool and report throughput, latency
+    /// and reuse. With no target, starts an echo server inside the process
+    /// on 127.0.0.1 and loads that.
+    Bench(bench::BenchArgs),
+}
+
+/// Bad input (a value, a flag, a target).
+const EXIT_USAGE: u8 = 2;
+/// The command could not run (no runtime, the embedded server could not
+/// listen, the output could not be written).
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return failure(format_args!("cannot start the tokio runtime: {err}")),
+    };
+    let result = match cli.command {
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => failure(err),
+    }
+}
+
+/// Prints help and version as clap does; anything else as one line on
+/// stderr, exit code 2.
+fn usage_error(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        // Help on a bare `conpool` is a usage error too (code 2), but the
+        // whole help is what the user needs there.
+        let _ = err.print();
+        return ExitCode::from(err.exit_code().clamp(0, 255) as u8);
+    }
+    let _ = writeln!(std::io::stderr(), "{}", one_line(&err.render().to_string()));
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// clap's error text without its usage and "For more information" lines,
+/// its remaining lines (an error and maybe a tip) joined into one.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn failure(why: impl std::fmt::Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {why}");
+    ExitCode::from(EXIT_FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clap_error_becomes_its_message_and_tip_on_one_line() {
+        let err = Cli::try_parse_from(["conpool", "bench", "--jsn"]).unwrap_err();
+        assert_eq!(
+            one_line(&err.render().to_string()),
+            "error: unexpected argument '--jsn' found; tip: a similar argument exists: '--json'"
+        );
+    }
+}
