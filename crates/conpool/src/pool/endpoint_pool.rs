@@ -1048,7 +1048,7 @@ impl EndpointPool {
         loop {
             step = match step {
                 Step::Ready(conn) => return Ok(self.clone().lease_reused(conn, caller)),
-                Step::Reuse(conn) => match self.check_idle(conn, caller, Origin::Idle).await? {
+                Step::Reuse(conn) => match self.check_idle(conn, caller).await? {
                     Checked::Healthy(lease) => return Ok(lease),
                     Checked::Next(next) => next,
                 },
@@ -1075,32 +1075,29 @@ impl EndpointPool {
         }
     }
 
-    /// Checks a connection before it is handed out: the liveness check
-    /// ([`look`](Self::look)), then, for one taken from idle, the
-    /// configured health check. On failure the
+    /// Checks a connection taken from idle before it is handed out: the
+    /// liveness check ([`look`](Self::look)), then the configured health
+    /// check. (A handoff has [`check_handoff`](Self::check_handoff).) On
+    /// failure the
     /// connection is closed and this caller keeps its slot: the next step is
     /// another idle connection or a dial.
     async fn check_idle(
         self: &Arc<Self>,
-        conn: Conn,
+        mut conn: Conn,
         caller: &'static Location<'static>,
-        origin: Origin,
     ) -> Result<Checked, Error> {
-        let config = self.config();
-        let mut conn = conn;
-        let mut failure = self.look(&mut conn, Instant::now(), origin == Origin::Handoff);
+        let mut failure = self.look(&mut conn, Instant::now(), false);
         // Held as a lease during the health check, so that a caller
         // cancelled mid-check closes the connection rather than returning
         // it with a half-done exchange on it.
         let mut lease = self.clone().lease(conn, caller);
-        let health = config.health_check().filter(|_| origin == Origin::Idle);
-        if let (None, Some(check)) = (failure, health) {
+        if let (None, Some(check)) = (failure, self.config().health_check()) {
             lease.set_busy(true);
             let healthy = check.check(lease.stream_mut()).await;
             lease.set_busy(false);
             failure = (!healthy).then_some(CloseReason::HealthCheckFailed);
         }
-        self.conclude_check(lease, failure, origin)
+        self.conclude_check(lease, failure, Origin::Idle)
     }
 
     /// Checks a connection handed straight from a returning lease, at
