@@ -468,6 +468,34 @@ async fn a_flush_or_read_after_a_cut_off_write_does_not_make_the_connection_reus
     assert_eq!((s.total_created, s.total_reused), (2, 0), "{s:?}");
 }
 
+/// A write that blocks (the peer reads slowly) and is resumed with the
+/// same bytes until it completes, as `write_all` does, finishes the
+/// exchange: the connection is reused. Over loopback TCP against the echo
+/// server, with 8 MiB (more than the socket buffers hold, so the write
+/// returns `Pending` on the way) read back as it is echoed.
+#[tokio::test]
+async fn a_write_that_blocked_and_was_resumed_to_the_end_leaves_the_connection_reusable() {
+    let server = EchoServer::start().await;
+    let ep = server.endpoint();
+    let pool = Pool::new(Config::default());
+    let mut conn = pool.get(&ep).await.unwrap();
+    let id = conn.id();
+    let request = vec![b'y'; 8 << 20];
+    let (mut reader, mut writer) = tokio::io::split(&mut conn);
+    let read_back = async {
+        let mut back = vec![0u8; request.len()];
+        reader.read_exact(&mut back).await.map(|_| back)
+    };
+    let (written, back) = tokio::join!(writer.write_all(&request), read_back);
+    written.unwrap();
+    assert!(back.unwrap() == request, "the echo came back whole");
+    drop(conn);
+    let next = pool.get(&ep).await.unwrap();
+    assert_eq!(next.id(), id, "the same connection, reused");
+    let s = pool.stats(&ep);
+    assert_eq!((s.total_created, s.total_closed), (1, 0), "{s:?}");
+}
+
 #[tokio::test]
 async fn a_cancelled_request_never_hands_its_reply_to_the_next_caller() {
     let server = EchoServer::start().await;
