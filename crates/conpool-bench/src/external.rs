@@ -40,6 +40,15 @@ pub fn example(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Runs the built example at `program` with `args` and returns what it
+/// printed.
+pub fn output_of(program: &Path, args: &[&str]) -> Result<String, String> {
+    let mut command = Command::new(program);
+    command.args(args);
+    let out = run(command, &program.display().to_string())?;
+    String::from_utf8(out.stdout).map_err(|e| format!("{} printed no text: {e}", program.display()))
+}
+
 /// Runs `command` (`tool` names it in errors) to completion, its output
 /// captured.
 fn run(mut command: Command, tool: &str) -> Result<Output, String> {

@@ -618,6 +618,105 @@ struct Results {
     echo: Vec<Echo>,
     scale: Scale,
     liveness: LivenessTools,
+    /// An overloaded endpoint's cost per caller, from `examples/waiters`,
+    /// or why it could not be run.
+    queue: Result<Vec<QueueCost>, String>,
+}
+
+/// What `examples/waiters` (of the conpool crate) measures at one queue
+/// length: nanoseconds per caller.
+struct QueueCost {
+    queued: u64,
+    enqueue: f64,
+    cancel: f64,
+    expire: f64,
+}
+
+/// Runs `examples/waiters --json` and reads its array of objects of plain
+/// numbers (`{"queued":100,"enqueue_ns":254,...}`).
+fn queue_costs() -> Result<Vec<QueueCost>, String> {
+    let program = conpool_bench::external::example("waiters")?;
+    let json = conpool_bench::external::output_of(&program, &["--json"])?;
+    let field = |object: &str, name: &str| -> Result<f64, String> {
+        let key = format!("\"{name}\":");
+        let at = object
+            .find(&key)
+            .ok_or_else(|| format!("no {name} in {object}"))?;
+        let rest = &object[at + key.len()..];
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end]
+            .trim()
+            .parse()
+            .map_err(|e| format!("{name} in {object}: {e}"))
+    };
+    json.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split("},")
+        .filter(|o| !o.trim().is_empty())
+        .map(|object| {
+            Ok(QueueCost {
+                queued: field(object, "queued")? as u64,
+                enqueue: field(object, "enqueue_ns")?,
+                cancel: field(object, "cancel_ns")?,
+                expire: field(object, "expire_ns")?,
+            })
+        })
+        .collect()
+}
+
+/// Section 5: an overloaded endpoint, ending with a blank line.
+fn write_queue(w: &mut String, r: &Results) {
+    let _ = writeln!(
+        w,
+        "\n## 5. An overloaded endpoint: thousands of callers queued\n"
+    );
+    let _ = writeln!(
+        w,
+        "One endpoint with room for one connection, held for the whole run, so that every \
+         get queues (`crates/conpool/examples/waiters.rs`, on tokio's paused clock; wall time \
+         per caller). Queuing a get, cancelling one (the futures dropped in a scrambled order, \
+         so that a queue that searched for the leaver would pay for its length) and failing \
+         one at its deadline (callers queued a millisecond apart, so that the sweeper wakes \
+         once per caller) should cost the same at every queue length.\n"
+    );
+    match &r.queue {
+        Ok(rows) => {
+            let _ = writeln!(
+                w,
+                "| callers queued | queue one | cancel one | time one out |\n| --- | --- | --- | --- |"
+            );
+            for row in rows {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} |",
+                    thousands(row.queued as f64),
+                    format_ns(row.enqueue),
+                    format_ns(row.cancel),
+                    format_ns(row.expire)
+                );
+            }
+            if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+                let _ = writeln!(
+                    w,
+                    "\nFrom {} to {} callers queued, the cost per caller grows {:.1}× to \
+                     cancel one and {:.1}× to time one out, while the queue grows {}×.",
+                    thousands(first.queued as f64),
+                    thousands(last.queued as f64),
+                    last.cancel / first.cancel,
+                    last.expire / first.expire,
+                    last.queued / first.queued.max(1)
+                );
+            }
+        }
+        Err(why) => {
+            let _ = writeln!(w, "Not measured in this run: {why}.");
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nTo reproduce: `cargo run --release -p conpool --example waiters`.\n"
+    );
 }
 
 fn fastest_peer(figures: &[(Kind, Figure)]) -> (Kind, f64) {
@@ -1451,6 +1550,9 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
         );
     }
 
+    // 5. An overloaded endpoint.
+    write_queue(w, r);
+
     // Method.
     let _ = writeln!(w, "\n## How it is measured\n");
     let _ = writeln!(
@@ -1612,7 +1714,11 @@ fn main() {
         echo,
         scale,
         liveness: liveness_tools(),
+        queue: queue_costs(),
     };
+    if let Err(why) = &results.queue {
+        eprintln!("  overloaded endpoint: none ({why})");
+    }
     let md = write_report(&results, plan, started.elapsed(), &out);
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, md).expect("write BENCHMARKS.md");
