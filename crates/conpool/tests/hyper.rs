@@ -23,11 +23,7 @@ const REQUESTS: usize = 8;
 async fn nginx_and_pool(tls: bool) -> (Nginx, Endpoint, Pool) {
     let cert = TlsCert::localhost();
     let nginx = Nginx::start(&cert, "60s").await;
-    let ep = if tls {
-        Endpoint::tls("localhost", nginx.tls_port).unwrap()
-    } else {
-        Endpoint::new("127.0.0.1", nginx.port).unwrap()
-    };
+    let ep = nginx.endpoint(tls);
     let pool = Pool::new(
         Config::builder()
             .tls_config(cert.client_config())

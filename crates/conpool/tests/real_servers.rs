@@ -53,11 +53,7 @@ async fn redis_idle_timeout_never_fails_the_next_get() {
 async fn nginx_keepalive_close(tls: bool) {
     let cert = TlsCert::localhost();
     let nginx = Nginx::start(&cert, "1s").await;
-    let ep = if tls {
-        Endpoint::tls("localhost", nginx.tls_port).unwrap()
-    } else {
-        Endpoint::new("127.0.0.1", nginx.port).unwrap()
-    };
+    let ep = nginx.endpoint(tls);
     let pool = Pool::new(
         Config::builder()
             .tls_config(cert.client_config())

@@ -18,6 +18,16 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// Its plain port by address, or its TLS port by the name the suite's
+    /// certificate is valid for.
+    pub fn endpoint(&self, tls: bool) -> conpool::Endpoint {
+        if tls {
+            conpool::Endpoint::tls("localhost", self.tls_port).unwrap()
+        } else {
+            conpool::Endpoint::new("127.0.0.1", self.port).unwrap()
+        }
+    }
+
     pub async fn start(cert: &TlsCert, keepalive_timeout: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let (port, tls_port) = (free_port(), free_port());
