@@ -699,13 +699,14 @@ fn write_queue(w: &mut String, r: &Results) {
             if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
                 let _ = writeln!(
                     w,
-                    "\nFrom {} to {} callers queued, the cost per caller grows {:.1}× to \
-                     cancel one and {:.1}× to time one out, while the queue grows {}×.",
+                    "\nFrom {} to {} callers queued, a queue {}× as long, the cost per caller \
+                     is {:.1}× to cancel one and {:.1}× to time one out: no search and no \
+                     rebuild, but the memory of many more callers, which caches hold less of.",
                     thousands(first.queued as f64),
                     thousands(last.queued as f64),
+                    last.queued / first.queued.max(1),
                     last.cancel / first.cancel,
                     last.expire / first.expire,
-                    last.queued / first.queued.max(1)
                 );
             }
         }
