@@ -111,6 +111,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// A [`Protocol`](crate::Protocol)'s handshake on a freshly dialed
+    /// stream failed or ran out of `connect_timeout` (it counts as part of
+    /// the dial). Retried only when the protocol calls its error
+    /// [transient](crate::Protocol::is_transient): a handshake the server
+    /// rejected, such as a wrong password, fails at once.
+    #[error("the {protocol} handshake with {endpoint} failed: {source}")]
+    Handshake {
+        /// The endpoint dialed.
+        endpoint: Endpoint,
+        /// The protocol's [name](crate::Protocol::name).
+        protocol: &'static str,
+        /// The protocol's own error, or a timeout.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The pool was closed with [`Pool::close`](crate::Pool::close).
     #[error("the connection pool is closed")]
     PoolClosed,
@@ -140,6 +156,7 @@ impl Error {
             | Error::Tls { endpoint, .. }
             | Error::AcquireTimeout { endpoint, .. }
             | Error::TooManyWaiters { endpoint, .. }
+            | Error::Handshake { endpoint, .. }
             | Error::NoRuntime { endpoint } => Some(endpoint),
             _ => None,
         }
@@ -171,6 +188,7 @@ impl From<Error> for io::Error {
             Error::PoolClosed => io::ErrorKind::NotConnected,
             Error::TooManyWaiters { .. } => io::ErrorKind::WouldBlock,
             Error::NoRuntime { .. } => io::ErrorKind::Unsupported,
+            Error::Handshake { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
     }

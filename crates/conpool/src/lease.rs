@@ -43,7 +43,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::pool::{Conn, EndpointPool};
+use crate::pool::{Conn, EndpointPool, Held};
 use crate::stream::Look;
 use crate::{CloseReason, Endpoint, Stream};
 
@@ -188,8 +188,63 @@ impl PooledConnection {
             .expect("a lease holds its connection until dropped")
     }
 
+    /// The stream: a `PooledConnection` that users hold is a byte-stream
+    /// pool's (a protocol's connection is leased as a
+    /// [`ProtocolLease`](crate::ProtocolLease), which never does I/O
+    /// through this one).
     pub(crate) fn stream_mut(&mut self) -> &mut Stream {
-        &mut self.conn_mut().stream
+        self.conn_mut()
+            .held
+            .stream_mut()
+            .expect("a byte-stream pool's connection holds a stream")
+    }
+
+    fn stream(&self) -> &Stream {
+        self.conn()
+            .held
+            .stream()
+            .expect("a byte-stream pool's connection holds a stream")
+    }
+
+    /// What the connection holds.
+    pub(crate) fn held(&self) -> &Held {
+        &self.conn().held
+    }
+
+    /// What the connection holds.
+    pub(crate) fn held_mut(&mut self) -> &mut Held {
+        &mut self.conn_mut().held
+    }
+
+    /// Counts one more use of the connection: for a shared connection,
+    /// each share is a use, so that `max_connection_uses` bounds shares.
+    pub(crate) fn count_use(&mut self) {
+        self.conn_mut().uses += 1;
+    }
+
+    /// Gives the connection back vouching for the exchange (as
+    /// [`release`](Self::release)), from the protocol layer, which holds
+    /// the lease by `&mut`.
+    pub(crate) fn end_released(&mut self) {
+        self.end(Return::Released);
+    }
+
+    /// Whether one more share of the connection may be handed out at
+    /// `now` by its age and use count (see `Conn::share_verdict`).
+    pub(crate) fn share_verdict(&self, now: tokio::time::Instant) -> Option<CloseReason> {
+        self.conn().share_verdict(now, self.pool.config())
+    }
+
+    /// Whether the connection is of its endpoint's current generation and
+    /// the pool is open: a clear or a close since it was leased means it
+    /// takes no new shares.
+    pub(crate) fn is_current(&self) -> bool {
+        self.pool.admits(self.generation())
+    }
+
+    /// Marks the connection to be closed for `reason` when the lease ends.
+    pub(crate) fn spend(&mut self, reason: CloseReason) {
+        self.spent.get_or_insert(reason);
     }
 
     /// Marks I/O the pool itself runs on the lease (a health check) as in
@@ -254,7 +309,7 @@ impl PooledConnection {
     /// so that a plain drop, the common return, does not carry it.
     #[inline(never)]
     fn look_at_release(&mut self) -> Option<CloseReason> {
-        self.stream_mut().liveness(Look::Kernel).close_reason()
+        self.held_mut().look(Some(Look::Kernel))
     }
 
     /// Notes a write's result, `bytes` naming what it was given (`None`
@@ -290,7 +345,7 @@ impl Deref for PooledConnection {
     type Target = Stream;
 
     fn deref(&self) -> &Stream {
-        &self.conn().stream
+        self.stream()
     }
 }
 
@@ -357,7 +412,7 @@ impl AsyncWrite for PooledConnection {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.conn().stream.is_write_vectored()
+        self.stream().is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

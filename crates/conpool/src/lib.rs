@@ -139,6 +139,7 @@ pub mod error;
 pub mod lease;
 mod maintenance;
 mod pool;
+pub mod protocol;
 pub mod stats;
 pub mod stream;
 
@@ -147,5 +148,6 @@ pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
 pub use lease::PooledConnection;
 pub use pool::{EndpointHandle, Pool, WeakPool};
+pub use protocol::{Connected, Protocol, ProtocolLease, ProtocolPool};
 pub use stats::{CloseReason, PoolState, Stats};
 pub use stream::Stream;

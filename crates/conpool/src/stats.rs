@@ -61,6 +61,11 @@ pub enum CloseReason {
     Cleared,
     /// [`Pool::close`](crate::Pool::close) was called.
     PoolClosed,
+    /// A [`Protocol`](crate::Protocol)'s connection could take no more
+    /// requests: the protocol said so (hyper's `SendRequest` closed, an
+    /// HTTP/2 GOAWAY), or the task driving it ended (a Redis connection
+    /// whose server went away).
+    NotReady,
 }
 
 impl CloseReason {
@@ -90,13 +95,14 @@ impl CloseReason {
             CloseReason::Panicked => "panicked",
             CloseReason::Cleared => "cleared",
             CloseReason::PoolClosed => "pool_closed",
+            CloseReason::NotReady => "not_ready",
         }
     }
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::LifetimeExpired,
         CloseReason::IdleExpired,
         CloseReason::UsesExhausted,
@@ -111,6 +117,7 @@ impl CloseReason {
         CloseReason::Panicked,
         CloseReason::Cleared,
         CloseReason::PoolClosed,
+        CloseReason::NotReady,
     ];
 
     /// `ALL` lists the variants in declaration order, so the discriminant
@@ -154,6 +161,14 @@ pub struct Stats {
     pub waiting: usize,
     /// Connections being dialed right now.
     pub dialing: usize,
+    /// Leases sharing connections right now, for a shared protocol's
+    /// endpoint (each of its active connections carries one or more); 0
+    /// for exclusive ones, whose leases are `active`.
+    pub shares: usize,
+    /// The [`Protocol`](crate::Protocol)'s name for an endpoint of a
+    /// [`ProtocolPool`](crate::ProtocolPool), such as `"http1"`; `None`
+    /// for the byte-stream pool's.
+    pub protocol: Option<&'static str>,
     closed_by: [u64; CloseReason::ALL.len()],
 }
 
@@ -171,6 +186,7 @@ impl Stats {
         self.idle += other.idle;
         self.waiting += other.waiting;
         self.dialing += other.dialing;
+        self.shares += other.shares;
         self.total_created += other.total_created;
         self.total_reused += other.total_reused;
         self.total_closed += other.total_closed;
@@ -261,6 +277,8 @@ impl Counters {
             total_reused: self.reused,
             total_closed: closed_by.iter().sum(),
             errors: dials_failed + errors,
+            shares: 0,
+            protocol: None,
             closed_by,
         }
     }

@@ -2,7 +2,9 @@
 //! reused.
 //!
 //! [`Conn::reuse_verdict`] is the only place that decides if a connection is
-//! still fit to hand out by age, idle time and use count. It is asked when a
+//! still fit to hand out by age, idle time and use count (and
+//! [`Conn::share_verdict`], the same rule less idle time, whether a shared
+//! connection in use may take one more share). It is asked when a
 //! lease comes back (so a spent connection is closed at once instead of
 //! taking an idle slot) and when an idle connection is taken out (so one that
 //! aged while idle is never handed out).
@@ -23,8 +25,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Held;
 use crate::deadline::{CENTURY, later};
-use crate::{CloseReason, Config, Stream};
+use crate::{CloseReason, Config};
 
 /// A live connection and what the pool knows about it, boxed: a connection
 /// changes hands by value many times per checkout (idle stack, lease,
@@ -47,7 +50,7 @@ impl DerefMut for Conn {
 
 /// What the pool knows about a connection.
 pub(crate) struct Record {
-    pub(crate) stream: Stream,
+    pub(crate) held: Held,
     pub(crate) id: u64,
     /// Creation plus [`lifetime`]: the configured lifetime less this
     /// connection's jitter. The creation is not stored: see
@@ -77,12 +80,12 @@ pub(crate) struct Record {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream, now: Instant, generation: u32, config: &Config) -> Self {
+    pub(crate) fn new(held: Held, now: Instant, generation: u32, config: &Config) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let expires_at = later(now, lifetime(id, config));
         let mut conn = Conn(Box::new(Record {
-            stream,
+            held,
             id,
             expires_at,
             reuse_by: expires_at,
@@ -163,14 +166,29 @@ impl Conn {
             } else {
                 CloseReason::IdleExpired
             })
-        } else if config
+        } else {
+            self.uses_verdict(config)
+        }
+    }
+
+    /// `None` if one more lease may share the connection at `now`, else
+    /// why not: the reuse rule less idle time, as a shared connection with
+    /// shares in flight is not idle (its idle time starts when its last
+    /// share comes back, and the rule above applies from then).
+    pub(crate) fn share_verdict(&self, now: Instant, config: &Config) -> Option<CloseReason> {
+        if now > self.expires_at {
+            Some(CloseReason::LifetimeExpired)
+        } else {
+            self.uses_verdict(config)
+        }
+    }
+
+    #[inline]
+    fn uses_verdict(&self, config: &Config) -> Option<CloseReason> {
+        config
             .max_connection_uses()
             .is_some_and(|max| self.uses >= max)
-        {
-            Some(CloseReason::UsesExhausted)
-        } else {
-            None
-        }
+            .then_some(CloseReason::UsesExhausted)
     }
 }
 
@@ -201,6 +219,7 @@ fn unit_random(id: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Stream;
 
     #[tokio::test]
     async fn the_creation_time_is_read_back_exactly_from_the_expiry() {
@@ -217,7 +236,7 @@ mod tests {
             let now = Instant::now();
             for _ in 0..100 {
                 let (client, _server) = tokio::io::duplex(8);
-                let conn = Conn::new(Stream::custom(client), now, 0, &config);
+                let conn = Conn::new(Held::Stream(Stream::custom(client)), now, 0, &config);
                 assert_eq!(conn.created_at(&config), now, "lifetime {lifetime:?}");
             }
         }

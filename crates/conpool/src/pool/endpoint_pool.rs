@@ -54,11 +54,13 @@ mod upkeep;
 
 use super::conn::Conn;
 use super::global::Global;
+use super::held::Held;
 use super::idle::IdleStack;
 use super::map::EndpointMap;
 use super::slots::Slots;
-use crate::dial::Dial;
+use crate::dial::{Dial, dial_with_retry};
 use crate::maintenance::Maintenance;
+use crate::protocol::ErasedProtocol;
 use crate::stats::{Counters, PoolState};
 use crate::stream::Look;
 use crate::{CloseReason, Config, Endpoint, Error, PooledConnection, Stats, ThreadSlots};
@@ -67,17 +69,52 @@ use queue::{Queue, Sweeper, WaitTicket, Wakes};
 /// What every endpoint of a pool shares: the config, the dialer, the map
 /// of endpoints, the limits across them and the background task's state
 /// (here, not in `Pool`, because `EndpointHandle::get` starts the task too).
+///
+/// A pool has one context for its byte streams and one more for each
+/// [`ProtocolPool`](crate::ProtocolPool) made from it: each has its own
+/// map of endpoints (so that an endpoint's books count one kind of
+/// connection), and all of them share the pool's config, dialer, limits
+/// across endpoints and background task.
 pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) dialer: Arc<dyn Dial>,
     /// Every endpoint's pool. It refers back to this context; the cycle is
     /// broken when the last `Pool` handle is dropped, which empties it.
     pub(crate) endpoints: EndpointMap,
-    pub(crate) global: Global,
-    pub(crate) maintenance: Maintenance,
+    pub(crate) global: Arc<Global>,
+    pub(crate) maintenance: Arc<Maintenance>,
+    /// What a dialed stream is made into: `None` for the byte-stream
+    /// pool, whose connection is the stream itself.
+    pub(crate) protocol: Option<Arc<dyn ErasedProtocol>>,
 }
 
 impl Context {
+    /// A context for `protocol`'s connections, sharing everything but the
+    /// map of endpoints with `streams`, the pool's own.
+    pub(crate) fn for_protocol(streams: &Context, protocol: Arc<dyn ErasedProtocol>) -> Self {
+        Context {
+            config: streams.config.clone(),
+            dialer: streams.dialer.clone(),
+            endpoints: EndpointMap::default(),
+            global: streams.global.clone(),
+            maintenance: streams.maintenance.clone(),
+            protocol: Some(protocol),
+        }
+    }
+
+    /// Dials `endpoint` with the retries and timeouts of the config, and
+    /// makes the stream into this context's kind of connection.
+    pub(crate) async fn connect(&self, endpoint: &Endpoint) -> Result<Held, Error> {
+        match &self.protocol {
+            None => dial_with_retry(&*self.dialer, endpoint, &self.config)
+                .await
+                .map(Held::Stream),
+            Some(protocol) => {
+                crate::protocol::connect(protocol, &*self.dialer, endpoint, &self.config).await
+            }
+        }
+    }
+
     /// Closes the least recently used idle connection of any endpoint, to
     /// make room under a total limit. Returns whether one was closed.
     pub(crate) fn evict_lru_idle(&self) -> bool {
@@ -443,11 +480,24 @@ impl EndpointPool {
         &self.ctx.config
     }
 
-    pub(crate) fn stats(&self) -> Stats {
+    /// Whether a connection of `generation` is still of this endpoint's
+    /// current one, in an open pool.
+    pub(crate) fn admits(&self, generation: u32) -> bool {
         let st = self.lock();
-        let mut stats = st.counters.snapshot(self.gauges(&st));
+        !st.closed && st.generation == generation
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = {
+            let st = self.lock();
+            st.counters.snapshot(self.gauges(&st))
+        };
         if let Some(slots) = self.slots.get() {
             stats.total_reused += slots.tally().1;
+        }
+        if let Some(protocol) = &self.ctx.protocol {
+            stats.protocol = Some(protocol.name());
+            stats.shares = protocol.shares_in_flight(&self.endpoint);
         }
         stats
     }
@@ -543,15 +593,14 @@ impl EndpointPool {
     /// endpoint's lock: asking the kernel is a system call.
     #[inline]
     fn look(&self, conn: &mut Conn, now: Instant, handoff: bool) -> Option<CloseReason> {
-        if !self.config().liveness_check() {
-            return None;
-        }
-        let look = if handoff || conn.due_for_peek(now) {
-            Look::Kernel
-        } else {
-            Look::Readiness
-        };
-        conn.stream.liveness(look).close_reason()
+        let look = self.config().liveness_check().then(|| {
+            if handoff || conn.due_for_peek(now) {
+                Look::Kernel
+            } else {
+                Look::Readiness
+            }
+        });
+        conn.held.look(look)
     }
 
     /// Checks, dials or waits, within `acquire_timeout` of `start`.
@@ -666,7 +715,7 @@ impl EndpointPool {
 
     /// The error of an acquire that ran out of time: the endpoint, its
     /// state now and the last dial error.
-    fn timeout_error(&self) -> Error {
+    pub(crate) fn timeout_error(&self) -> Error {
         let timeout = self.config().acquire_timeout().unwrap_or_default();
         let (state, last_dial_error) = {
             let st = self.lock();
@@ -1091,7 +1140,11 @@ impl EndpointPool {
         // cancelled mid-check closes the connection rather than returning
         // it with a half-done exchange on it.
         let mut lease = self.clone().lease(conn, caller);
-        if let (None, Some(check)) = (failure, self.config().health_check()) {
+        // The health check speaks to byte streams; a protocol's connection
+        // has the protocol's own word, which the look asked.
+        let check = self.config().health_check();
+        let is_stream = lease.held().stream().is_some();
+        if let (None, Some(check), true) = (failure, check, is_stream) {
             lease.set_busy(true);
             let healthy = check.check(lease.stream_mut()).await;
             lease.set_busy(false);

@@ -122,7 +122,12 @@ mod tests {
         (0..n)
             .map(|_| {
                 let (client, _server) = tokio::io::duplex(8);
-                Conn::new(Stream::custom(client), Instant::now(), 0, &config)
+                Conn::new(
+                    super::super::Held::Stream(Stream::custom(client)),
+                    Instant::now(),
+                    0,
+                    &config,
+                )
             })
             .collect()
     }

@@ -25,6 +25,7 @@ mod endpoint_pool;
 mod global;
 mod grant;
 mod handle;
+mod held;
 mod idle;
 mod map;
 mod recent;
@@ -38,10 +39,11 @@ pub(crate) use conn::Conn;
 use endpoint_pool::Started;
 pub(crate) use endpoint_pool::{Context, EndpointPool};
 pub use handle::EndpointHandle;
+pub(crate) use held::{Held, ProtocolConn};
 
 use crate::dial::{Dial, TcpTlsDialer};
 use crate::maintenance::Maintenance;
-use crate::{Config, Endpoint, Error, PooledConnection, Stats};
+use crate::{Config, Endpoint, Error, PooledConnection, Protocol, ProtocolPool, Stats};
 
 /// A connection pool keyed by [`Endpoint`]. Clone it freely: clones share
 /// one pool.
@@ -68,7 +70,11 @@ pub struct Pool {
 }
 
 pub(crate) struct Shared {
+    /// The byte streams' books.
     ctx: Arc<Context>,
+    /// One context per [`Pool::protocol`] call: each protocol pool's books,
+    /// sharing the limits and the background task with the streams'.
+    protocols: parking_lot::Mutex<Vec<Arc<Context>>>,
     closed: AtomicBool,
 }
 
@@ -127,12 +133,14 @@ impl Pool {
         );
         let shared = Arc::new_cyclic(|pool| Shared {
             ctx: Arc::new(Context {
-                global: global::Global::new(&config),
-                maintenance: Maintenance::new(pool.clone(), &config),
+                global: Arc::new(global::Global::new(&config)),
+                maintenance: Arc::new(Maintenance::new(pool.clone(), &config)),
                 config,
                 dialer: Arc::new(dialer),
                 endpoints: map::EndpointMap::default(),
+                protocol: None,
             }),
+            protocols: parking_lot::Mutex::default(),
             closed: AtomicBool::new(false),
         });
         Pool { shared }
@@ -165,10 +173,21 @@ impl Pool {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> impl Future<Output = Result<PooledConnection, Error>> + Send + 'a {
-        let caller = Location::caller();
+        self.get_in(&self.shared.ctx, endpoint, Location::caller())
+    }
+
+    /// [`get`](Self::get) from the books of `ctx`: the streams' or a
+    /// protocol's.
+    #[inline]
+    pub(crate) fn get_in<'a>(
+        &'a self,
+        ctx: &'a Arc<Context>,
+        endpoint: &'a Endpoint,
+        caller: &'static Location<'static>,
+    ) -> impl Future<Output = Result<PooledConnection, Error>> + Send + 'a {
         async move {
             loop {
-                let Some(pool) = self.endpoint_pool(endpoint) else {
+                let Some(pool) = self.endpoint_pool(ctx, endpoint) else {
                     return Err(Error::PoolClosed);
                 };
                 match pool.start_acquire(caller) {
@@ -180,6 +199,26 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// A pool of `protocol`'s connections (see [`ProtocolPool`]), with
+    /// this pool's config, dialer, limits across endpoints, background
+    /// task and [`close`](Pool::close). Each call makes books of its own:
+    /// clone the `ProtocolPool` to share them.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), conpool::Error> {
+    /// # type Body = http_body_util::Empty<hyper::body::Bytes>;
+    /// let pool = conpool::Pool::new(conpool::Config::default());
+    /// # #[cfg(feature = "hyper")]
+    /// let http = pool.protocol(conpool::hyper::Http1::<Body>::new());
+    /// # Ok(()) }
+    /// ```
+    pub fn protocol<P: Protocol>(&self, protocol: P) -> ProtocolPool<P> {
+        let books = Arc::new(crate::protocol::Books::new(protocol));
+        let ctx = Arc::new(Context::for_protocol(&self.shared.ctx, books.clone()));
+        self.shared.protocols.lock().push(ctx.clone());
+        ProtocolPool::new(self.clone(), ctx, books)
     }
 
     /// A handle on `endpoint`'s share of this pool, for a caller that
@@ -198,7 +237,9 @@ impl Pool {
         if self.is_closed() {
             return Err(Error::PoolClosed);
         }
-        let handle = self.with_endpoint_pool(endpoint, |pool| EndpointHandle::new(pool.clone()));
+        let handle = self.with_endpoint_pool(&self.shared.ctx, endpoint, |pool| {
+            EndpointHandle::new(pool.clone())
+        });
         // A handle may be taken for the warm-up alone, before any get.
         crate::maintenance::ensure_task(&self.shared.ctx);
         handle
@@ -246,14 +287,16 @@ impl Pool {
             .unwrap_or_default()
     }
 
-    /// Every endpoint's statistics, sorted by endpoint.
+    /// Every endpoint's statistics, sorted by endpoint, protocol pools'
+    /// included ([`Stats::protocol`] says whose they are; the byte streams'
+    /// come first).
     pub fn all_stats(&self) -> Vec<(Endpoint, Stats)> {
-        let pools = self.shared.ctx.endpoints.pools();
+        let pools = self.shared.endpoint_pools();
         let mut all: Vec<(Endpoint, Stats)> = pools
             .iter()
             .map(|p| (p.endpoint.clone(), p.stats()))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| (&a.0, a.1.protocol).cmp(&(&b.0, b.1.protocol)));
         all
     }
 
@@ -285,11 +328,11 @@ impl Pool {
     /// closed. (Not a `Result`: `get` checks it on every call, and an
     /// `Error` is large to move around.)
     #[inline]
-    fn endpoint_pool(&self, endpoint: &Endpoint) -> Option<Arc<EndpointPool>> {
-        if let Some(pool) = recent::find(&self.shared.ctx, endpoint) {
+    fn endpoint_pool(&self, ctx: &Arc<Context>, endpoint: &Endpoint) -> Option<Arc<EndpointPool>> {
+        if let Some(pool) = recent::find(ctx, endpoint) {
             return Some(pool);
         }
-        let pool = self.with_endpoint_pool(endpoint, Arc::clone).ok()?;
+        let pool = self.with_endpoint_pool(ctx, endpoint, Arc::clone).ok()?;
         recent::remember(&pool);
         Some(pool)
     }
@@ -298,13 +341,14 @@ impl Pool {
     /// locked (so that the entry cannot be retired meanwhile).
     fn with_endpoint_pool<T>(
         &self,
+        ctx: &Arc<Context>,
         endpoint: &Endpoint,
         f: impl FnOnce(&Arc<EndpointPool>) -> T,
     ) -> Result<T, Error> {
-        if let Some(pool) = self.shared.ctx.endpoints.read().get(endpoint) {
+        if let Some(pool) = ctx.endpoints.read().get(endpoint) {
             return Ok(f(pool));
         }
-        let mut map = self.shared.ctx.endpoints.write();
+        let mut map = ctx.endpoints.write();
         // Checked under the write lock, which `close` also takes, so no
         // endpoint pool is created after the pool closed.
         if self.is_closed() {
@@ -314,7 +358,7 @@ impl Pool {
             Some(pool) => f(pool),
             None => {
                 tracing::info!(%endpoint, "endpoint pool created");
-                let pool = Arc::new(EndpointPool::new(endpoint.clone(), self.shared.ctx.clone()));
+                let pool = Arc::new(EndpointPool::new(endpoint.clone(), ctx.clone()));
                 let out = f(&pool);
                 map.insert(map::Entry(pool));
                 out
@@ -336,9 +380,21 @@ impl Shared {
         self.ctx.global.wake_starved();
     }
 
-    /// Every endpoint pool, for the maintenance pass.
+    /// Every context: the streams' first, then each protocol pool's.
+    fn contexts(&self) -> Vec<Arc<Context>> {
+        let mut all = vec![self.ctx.clone()];
+        all.extend(self.protocols.lock().iter().cloned());
+        all
+    }
+
+    /// Every endpoint pool, protocol pools' included, for the maintenance
+    /// pass and `all_stats`.
     pub(crate) fn endpoint_pools(&self) -> Vec<Arc<EndpointPool>> {
-        self.ctx.endpoints.pools()
+        let mut pools = self.ctx.endpoints.pools();
+        for ctx in self.protocols.lock().iter() {
+            pools.extend(ctx.endpoints.pools());
+        }
+        pools
     }
 
     /// Removes the endpoint pools that are still empty.
@@ -346,9 +402,9 @@ impl Shared {
         if candidates.is_empty() {
             return 0;
         }
-        let mut map = self.ctx.endpoints.write();
         let mut removed = 0;
         for pool in candidates {
+            let mut map = pool.ctx.endpoints.write();
             if pool.retire_if_empty() {
                 map.remove(&pool.endpoint);
                 removed += 1;
@@ -363,13 +419,19 @@ pub(crate) type WeakShared = Weak<Shared>;
 
 impl Shared {
     fn close(&self) {
-        let pools: Vec<Arc<EndpointPool>> = {
+        let mut pools: Vec<Arc<EndpointPool>> = {
             let map = self.ctx.endpoints.write();
             if self.closed.swap(true, Ordering::AcqRel) {
                 return;
             }
             map.iter().map(|entry| entry.0.clone()).collect()
         };
+        // A protocol's endpoint pool made meanwhile was made under its
+        // map's write lock, taken here after the flag was set: it is
+        // either in the map now or was refused.
+        for ctx in self.protocols.lock().iter() {
+            pools.extend(ctx.endpoints.write().iter().map(|entry| entry.0.clone()));
+        }
         tracing::info!(endpoints = pools.len(), "connection pool closing");
         self.ctx.maintenance.pool_closed();
         for pool in pools {
@@ -384,7 +446,9 @@ impl Drop for Shared {
     /// the map breaks the cycle between it and the endpoint pools.
     fn drop(&mut self) {
         self.close();
-        self.ctx.endpoints.write().clear();
+        for ctx in self.contexts() {
+            ctx.endpoints.write().clear();
+        }
     }
 }
 

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Conn, EndpointPool};
+use super::{Conn, EndpointPool, Held};
 use crate::deadline::later;
-use crate::dial::{backoff_delay, dial_with_retry};
+use crate::dial::backoff_delay;
 use crate::{CloseReason, Error, PooledConnection};
 
 impl EndpointPool {
@@ -79,7 +79,7 @@ impl EndpointPool {
                 .as_ref()
                 .expect("the slot is held until the dial ends");
             let ctx = &pool.ctx;
-            let result = dial_with_retry(&*ctx.dialer, &pool.endpoint, &ctx.config).await;
+            let result = ctx.connect(&pool.endpoint).await;
             slot.finish(result, generation, tx, warm);
         });
         true
@@ -87,13 +87,13 @@ impl EndpointPool {
 
     fn finish_dial(
         self: &Arc<Self>,
-        result: Result<crate::Stream, Error>,
+        result: Result<Held, Error>,
         generation: u32,
         tx: oneshot::Sender<Result<Conn, Error>>,
         warm: bool,
     ) {
         match result {
-            Ok(stream) => {
+            Ok(held) => {
                 let now = Instant::now();
                 tracing::debug!(endpoint = %self.endpoint, warm, "connection created");
                 self.config().notify_created(&self.endpoint);
@@ -108,7 +108,7 @@ impl EndpointPool {
                             cold.warm_retry_at = None;
                         }
                     }
-                    let conn = Conn::new(stream, now, generation, self.config());
+                    let conn = Conn::new(held, now, generation, self.config());
                     if generation != st.generation && !st.closed {
                         // Cleared while it was being dialed: it may go to
                         // the address the clear was about (a failover).
@@ -201,7 +201,7 @@ struct DialSlot(Option<Arc<EndpointPool>>);
 impl DialSlot {
     fn finish(
         mut self,
-        result: Result<crate::Stream, Error>,
+        result: Result<Held, Error>,
         generation: u32,
         tx: oneshot::Sender<Result<Conn, Error>>,
         warm: bool,

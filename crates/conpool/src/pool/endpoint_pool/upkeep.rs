@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Closing, DialRoom, EndpointPool};
-use crate::stream::{Liveness, Look};
+use crate::stream::Look;
 
 /// What [`EndpointPool::maintain`] did, for the maintenance log.
 #[derive(Debug, Default)]
@@ -54,10 +54,8 @@ impl EndpointPool {
                         // idle connection per pass would cost a pool of
                         // 100,000 endpoints more than the pass itself, and
                         // every checkout looks again.
-                        config
-                            .liveness_check()
-                            .then(|| conn.stream.liveness(Look::Readiness))
-                            .and_then(Liveness::close_reason)
+                        conn.held
+                            .look(config.liveness_check().then_some(Look::Readiness))
                     })
                 },
                 &mut closing,

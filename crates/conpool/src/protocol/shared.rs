@@ -1,0 +1,495 @@
+//! Shares of a shared protocol's connections, per endpoint.
+//!
+//! A shared connection is leased from the core once, by the share that
+//! finds no open connection with room, and given back to the core when its
+//! last share comes back and nobody waits for one; so the core's books
+//! count it as active while shares are out and as idle (its idle time
+//! starting then) after, and every rule of the core (limits, lifetime,
+//! idle time, use count, clears, `close`, the liveness look) applies to it
+//! there. This module keeps only what the core has no word for:
+//!
+//! - which connections are out for sharing, how many shares each carries
+//!   and may carry (`max_shares`), and whether it still takes new ones: a
+//!   connection that expired, was cleared, was discarded or that the
+//!   protocol calls not ready takes none, finishes its shares in flight,
+//!   and is then given back, to be closed by the core (a drain);
+//! - the *turn* to lease one more connection from the core: one caller at a
+//!   time per endpoint holds it (so that 1,000 callers arriving on a cold
+//!   endpoint open one connection), and it passes to the next waiter
+//!   however its holder ends, cancelled included;
+//! - the callers waiting for a share, served first come, first served, as
+//!   shares come back or a new connection arrives, within
+//!   `acquire_timeout`.
+//!
+//! Lock order: an endpoint's share lock, then the core's endpoint lock
+//! (asked whether a connection is of the current generation). Nothing the
+//! core calls takes a share lock under its own, and connections leave for
+//! the core only after the share lock is released, as closing one runs the
+//! config's hooks.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::Location;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Books, Kind, Protocol, ProtocolLease, ProtocolPool, deadline, live_mut};
+use crate::pool::ProtocolConn;
+use crate::{CloseReason, Endpoint, Error, PooledConnection};
+
+/// Every endpoint's shares, for one protocol pool.
+pub(crate) struct Shares<P: Protocol> {
+    sets: Mutex<HashMap<Endpoint, Arc<ShareSet<P>>>>,
+}
+
+impl<P: Protocol> Default for Shares<P> {
+    fn default() -> Self {
+        Shares {
+            sets: Mutex::default(),
+        }
+    }
+}
+
+impl<P: Protocol> Shares<P> {
+    fn set(&self, endpoint: &Endpoint) -> Arc<ShareSet<P>> {
+        self.sets
+            .lock()
+            .entry(endpoint.clone())
+            .or_insert_with(|| {
+                Arc::new(ShareSet {
+                    state: Mutex::new(SetState {
+                        conns: Vec::new(),
+                        acquiring: false,
+                        waiters: VecDeque::new(),
+                        shares: 0,
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn in_flight(&self, endpoint: &Endpoint) -> usize {
+        let set = self.sets.lock().get(endpoint).cloned();
+        set.map_or(0, |set| set.state.lock().shares)
+    }
+}
+
+/// One endpoint's shared connections and the callers waiting for a share.
+pub(crate) struct ShareSet<P: Protocol> {
+    state: Mutex<SetState<P>>,
+}
+
+struct SetState<P: Protocol> {
+    /// The connections leased from the core for sharing; each has a share
+    /// in flight, or is about to be given back.
+    conns: Vec<Shared>,
+    /// A caller holds the turn to lease one more connection from the
+    /// core. True exactly while one [`AcquireTurn`] is armed or a
+    /// `Turn::Acquire` is on its way to a waiter.
+    acquiring: bool,
+    /// Callers waiting for a share (or the turn), first come first.
+    waiters: VecDeque<oneshot::Sender<Turn<P>>>,
+    /// Shares in flight, over all `conns`: the sum of their `in_flight`.
+    shares: usize,
+}
+
+/// A connection out for sharing.
+struct Shared {
+    lease: PooledConnection,
+    /// `max_shares` as the protocol gave it when the connection came out.
+    max: usize,
+    /// Shares of it in flight; at most `max`.
+    in_flight: usize,
+    /// Whether it takes new shares; once false, never true again.
+    open: bool,
+    /// Shares handed out since it came out of the core.
+    handed: u64,
+}
+
+/// What a waiting caller is sent.
+enum Turn<P: Protocol> {
+    Share(Share<P>),
+    /// The turn to lease one more connection from the core.
+    Acquire,
+}
+
+impl<P: Protocol> SetState<P> {
+    fn check_books(&self) {
+        debug_assert_eq!(
+            self.shares,
+            self.conns.iter().map(|c| c.in_flight).sum::<usize>(),
+            "shares in flight are the sum of each connection's"
+        );
+        debug_assert!(
+            self.conns.iter().all(|c| c.in_flight <= c.max),
+            "no connection carries more shares than it may"
+        );
+    }
+}
+
+impl<P: Protocol> ShareSet<P> {
+    /// One more share of the first open connection with room, marking
+    /// those found unfit on the way as taking no more.
+    fn take_share(
+        self: &Arc<Self>,
+        st: &mut SetState<P>,
+        books: &Arc<Books<P>>,
+        now: Instant,
+    ) -> Option<Share<P>> {
+        for c in st.conns.iter_mut() {
+            if !c.open || c.in_flight >= c.max {
+                continue;
+            }
+            let handle = if c.lease.share_verdict(now).is_some() || !c.lease.is_current() {
+                None
+            } else {
+                let live = live_mut::<P>(&mut c.lease);
+                if live.is_ready() {
+                    books.protocol.share(&live.conn)
+                } else {
+                    None
+                }
+            };
+            let Some(conn) = handle else {
+                c.open = false;
+                continue;
+            };
+            c.in_flight += 1;
+            c.lease.count_use();
+            let reused = c.handed > 0 || c.lease.is_reused();
+            c.handed += 1;
+            let share = Share {
+                conn,
+                id: c.lease.id(),
+                endpoint: c.lease.endpoint().clone(),
+                set: self.clone(),
+                books: books.clone(),
+                reused,
+                armed: true,
+                discard: false,
+            };
+            st.shares += 1;
+            st.check_books();
+            return Some(share);
+        }
+        None
+    }
+
+    /// Takes back, under the lock, a share that found no taker.
+    fn undo(st: &mut SetState<P>, mut share: Share<P>) {
+        share.armed = false;
+        if let Some(c) = st.conns.iter_mut().find(|c| c.lease.id() == share.id) {
+            c.in_flight -= 1;
+        }
+        st.shares -= 1;
+        st.check_books();
+    }
+
+    /// Hands shares to waiters, first come first served, while an open
+    /// connection has room.
+    fn serve_waiters(self: &Arc<Self>, st: &mut SetState<P>, books: &Arc<Books<P>>, now: Instant) {
+        while !st.waiters.is_empty() {
+            let Some(mut share) = self.take_share(st, books, now) else {
+                return;
+            };
+            loop {
+                let Some(waiter) = st.waiters.pop_front() else {
+                    Self::undo(st, share);
+                    return;
+                };
+                match waiter.send(Turn::Share(share)) {
+                    Ok(()) => break,
+                    // That waiter left: the next one.
+                    Err(Turn::Share(back)) => share = back,
+                    Err(Turn::Acquire) => return,
+                }
+            }
+        }
+    }
+
+    /// Passes the turn to lease from the core to the first waiter still
+    /// there, or frees it. Under the lock.
+    fn pass_turn_locked(st: &mut SetState<P>) {
+        while let Some(waiter) = st.waiters.pop_front() {
+            if waiter.send(Turn::Acquire).is_ok() {
+                return;
+            }
+        }
+        st.acquiring = false;
+    }
+
+    fn pass_turn(&self) {
+        Self::pass_turn_locked(&mut self.state.lock());
+    }
+
+    /// The connections done with sharing, taken out to be given back to
+    /// the core (after the lock is released): those that take no more
+    /// shares and have none in flight, and, when nobody waits, every one
+    /// with none in flight (its idle time starts in the core).
+    fn take_finished(st: &mut SetState<P>) -> Vec<PooledConnection> {
+        let nobody_waits = st.waiters.is_empty();
+        let mut finished = Vec::new();
+        for i in (0..st.conns.len()).rev() {
+            let c = &st.conns[i];
+            if c.in_flight == 0 && (!c.open || nobody_waits) {
+                finished.push(st.conns.swap_remove(i).lease);
+            }
+        }
+        finished
+    }
+
+    /// Adds a connection the turn's holder leased from the core: a share of
+    /// it for the holder, the rest of its room for waiters; the turn goes
+    /// to the next waiter if some still wait with every connection full.
+    fn add(
+        self: &Arc<Self>,
+        mut lease: PooledConnection,
+        books: &Arc<Books<P>>,
+        mut turn: AcquireTurn<P>,
+    ) -> Option<Share<P>> {
+        let now = Instant::now();
+        let max = books
+            .protocol
+            .max_shares(&live_mut::<P>(&mut lease).conn)
+            .max(1);
+        let (mine, finished) = {
+            let mut st = self.state.lock();
+            turn.disarm();
+            st.conns.push(Shared {
+                lease,
+                max,
+                in_flight: 0,
+                open: true,
+                handed: 0,
+            });
+            let mine = self.take_share(&mut st, books, now);
+            self.serve_waiters(&mut st, books, now);
+            if st.waiters.is_empty() {
+                st.acquiring = false;
+            } else {
+                Self::pass_turn_locked(&mut st);
+            }
+            (mine, Self::take_finished(&mut st))
+        };
+        give_back(finished);
+        mine
+    }
+}
+
+/// Gives connections done with sharing back to the core: a release, so
+/// that the protocol is asked whether the connection is still ready.
+fn give_back(finished: Vec<PooledConnection>) {
+    for lease in finished {
+        lease.release();
+    }
+}
+
+/// The turn to lease one more connection from the core; passed on to the
+/// next waiter when dropped armed (its holder failed, timed out or was
+/// cancelled).
+struct AcquireTurn<P: Protocol> {
+    set: Option<Arc<ShareSet<P>>>,
+}
+
+impl<P: Protocol> AcquireTurn<P> {
+    fn new(set: &Arc<ShareSet<P>>) -> Self {
+        AcquireTurn {
+            set: Some(set.clone()),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.set = None;
+    }
+}
+
+impl<P: Protocol> Drop for AcquireTurn<P> {
+    fn drop(&mut self) {
+        if let Some(set) = self.set.take() {
+            set.pass_turn();
+        }
+    }
+}
+
+/// A caller's place among the waiters. Dropped with the turn in its
+/// channel (the caller left just as it came), it passes the turn on; a
+/// share in its channel is given back as the share drops.
+struct Waiting<P: Protocol> {
+    rx: oneshot::Receiver<Turn<P>>,
+    set: Arc<ShareSet<P>>,
+}
+
+impl<P: Protocol> Drop for Waiting<P> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Turn::Acquire) = self.rx.try_recv() {
+            self.set.pass_turn();
+        }
+    }
+}
+
+enum Next<P: Protocol> {
+    Leased(Share<P>),
+    Acquire(AcquireTurn<P>),
+    Wait(Waiting<P>),
+}
+
+/// [`ProtocolPool::get`] for a shared protocol.
+pub(super) async fn get<P: Protocol>(
+    pp: &ProtocolPool<P>,
+    endpoint: &Endpoint,
+    caller: &'static Location<'static>,
+) -> Result<ProtocolLease<P>, Error> {
+    if pp.pool.is_closed() {
+        return Err(Error::PoolClosed);
+    }
+    let set = pp.books.shares.set(endpoint);
+    let deadline = deadline(&pp.ctx.config);
+    let mut turn: Option<AcquireTurn<P>> = None;
+    loop {
+        let (next, finished) = {
+            let mut st = set.state.lock();
+            let share = set.take_share(&mut st, &pp.books, Instant::now());
+            let next = match (share, turn.take()) {
+                (Some(share), unused) => {
+                    // Passed on once the lock is released.
+                    turn = unused;
+                    Next::Leased(share)
+                }
+                (None, Some(turn)) => Next::Acquire(turn),
+                (None, None) if !st.acquiring => {
+                    st.acquiring = true;
+                    Next::Acquire(AcquireTurn::new(&set))
+                }
+                (None, None) => {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push_back(tx);
+                    Next::Wait(Waiting {
+                        rx,
+                        set: set.clone(),
+                    })
+                }
+            };
+            (next, ShareSet::take_finished(&mut st))
+        };
+        give_back(finished);
+        drop(turn.take());
+        match next {
+            Next::Leased(share) => return Ok(shared_lease(share)),
+            Next::Acquire(turn) => {
+                let lease = within(deadline, pp.pool.get_in(&pp.ctx, endpoint, caller)).await;
+                match lease {
+                    Some(Ok(lease)) => {
+                        if let Some(share) = set.add(lease, &pp.books, turn) {
+                            return Ok(shared_lease(share));
+                        }
+                        // The new connection could not be shared (not
+                        // ready at once): look again.
+                    }
+                    Some(Err(err)) => return Err(err),
+                    None => return Err(timeout_error(pp, endpoint)),
+                }
+            }
+            Next::Wait(mut waiting) => match within(deadline, &mut waiting.rx).await {
+                Some(Ok(Turn::Share(share))) => return Ok(shared_lease(share)),
+                Some(Ok(Turn::Acquire)) => turn = Some(AcquireTurn::new(&set)),
+                // Not sent to: look again.
+                Some(Err(_)) => {}
+                None => return Err(timeout_error(pp, endpoint)),
+            },
+        }
+    }
+}
+
+fn shared_lease<P: Protocol>(share: Share<P>) -> ProtocolLease<P> {
+    ProtocolLease {
+        kind: Kind::Shared(share),
+    }
+}
+
+async fn within<F: Future>(deadline: Option<Instant>, step: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, step).await.ok(),
+        None => Some(step.await),
+    }
+}
+
+fn timeout_error<P: Protocol>(pp: &ProtocolPool<P>, endpoint: &Endpoint) -> Error {
+    match pp.ctx.endpoints.get(endpoint) {
+        Some(pool) => pool.timeout_error(),
+        None => Error::AcquireTimeout {
+            endpoint: endpoint.clone(),
+            timeout: pp.ctx.config.acquire_timeout().unwrap_or_default(),
+            state: crate::PoolState::default(),
+            last_dial_error: None,
+        },
+    }
+}
+
+/// A share of a connection: its own handle on the connection, given back
+/// when dropped.
+pub(crate) struct Share<P: Protocol> {
+    conn: P::Conn,
+    id: u64,
+    endpoint: Endpoint,
+    set: Arc<ShareSet<P>>,
+    books: Arc<Books<P>>,
+    reused: bool,
+    /// Whether dropping it gives it back (false once taken back unsent).
+    armed: bool,
+    discard: bool,
+}
+
+impl<P: Protocol> Share<P> {
+    pub(super) fn conn(&self) -> &P::Conn {
+        &self.conn
+    }
+
+    pub(super) fn conn_mut(&mut self) -> &mut P::Conn {
+        &mut self.conn
+    }
+
+    pub(super) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(super) fn is_reused(&self) -> bool {
+        self.reused
+    }
+
+    pub(super) fn discard(&mut self) {
+        self.discard = true;
+    }
+}
+
+impl<P: Protocol> Drop for Share<P> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ready = self.books.protocol.is_ready(&mut self.conn);
+        let finished = {
+            let mut st = self.set.state.lock();
+            if let Some(c) = st.conns.iter_mut().find(|c| c.lease.id() == self.id) {
+                c.in_flight -= 1;
+                if self.discard {
+                    c.open = false;
+                    c.lease.spend(CloseReason::Discarded);
+                } else if !ready {
+                    c.open = false;
+                }
+            }
+            st.shares -= 1;
+            st.check_books();
+            self.set.serve_waiters(&mut st, &self.books, Instant::now());
+            ShareSet::take_finished(&mut st)
+        };
+        give_back(finished);
+    }
+}
