@@ -242,6 +242,24 @@ impl PooledConnection {
         self.pool.admits(self.generation())
     }
 
+    /// Whether the lease still holds its connection (it has not ended).
+    pub(crate) fn holds_conn(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Moves the connection into a new lease with this one's marks,
+    /// leaving this one ended: for a return that has to wait in a task.
+    pub(crate) fn detach(&mut self) -> PooledConnection {
+        PooledConnection {
+            conn: self.conn.take(),
+            pool: self.pool.clone(),
+            reused: self.reused,
+            unfinished: self.unfinished,
+            pending_write: self.pending_write,
+            spent: self.spent,
+        }
+    }
+
     /// Marks the connection to be closed for `reason` when the lease ends.
     pub(crate) fn spend(&mut self, reason: CloseReason) {
         self.spent.get_or_insert(reason);

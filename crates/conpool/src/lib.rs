@@ -136,6 +136,8 @@ mod deadline;
 pub mod dial;
 pub mod endpoint;
 pub mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 pub mod lease;
 mod maintenance;
 mod pool;

@@ -176,6 +176,20 @@ impl TcpTlsDialer {
     }
 }
 
+impl TcpTlsDialer {
+    /// This dialer offering `protocols` by ALPN on TLS endpoints instead
+    /// of its TLS config's (the session cache stays shared): how a pool
+    /// dials for a [`Protocol`](crate::Protocol) that names its own.
+    pub(crate) fn with_alpn(&self, protocols: &[&'static [u8]]) -> TcpTlsDialer {
+        let mut tls = (*self.tls).clone();
+        tls.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        TcpTlsDialer {
+            tls: Arc::new(tls),
+            ..self.clone()
+        }
+    }
+}
+
 impl Dial for TcpTlsDialer {
     fn dial<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<Stream, DialError>> {
         Box::pin(async move {

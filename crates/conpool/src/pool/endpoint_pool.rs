@@ -90,11 +90,16 @@ pub(crate) struct Context {
 
 impl Context {
     /// A context for `protocol`'s connections, sharing everything but the
-    /// map of endpoints with `streams`, the pool's own.
-    pub(crate) fn for_protocol(streams: &Context, protocol: Arc<dyn ErasedProtocol>) -> Self {
+    /// map of endpoints (and the dialer, which may offer the protocol's
+    /// ALPN) with `streams`, the pool's own.
+    pub(crate) fn for_protocol(
+        streams: &Context,
+        dialer: Arc<dyn Dial>,
+        protocol: Arc<dyn ErasedProtocol>,
+    ) -> Self {
         Context {
             config: streams.config.clone(),
-            dialer: streams.dialer.clone(),
+            dialer,
             endpoints: EndpointMap::default(),
             global: streams.global.clone(),
             maintenance: streams.maintenance.clone(),

@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     /// One context per [`Pool::protocol`] call: each protocol pool's books,
     /// sharing the limits and the background task with the streams'.
     protocols: parking_lot::Mutex<Vec<Arc<Context>>>,
+    /// The dialer, when it is the default one: a protocol that names its
+    /// ALPN protocols gets a copy offering them.
+    default_dialer: Option<TcpTlsDialer>,
     closed: AtomicBool,
 }
 
@@ -119,12 +122,16 @@ impl Pool {
     /// [`TcpTlsDialer::from_config`].
     pub fn new(config: Config) -> Self {
         let dialer = TcpTlsDialer::from_config(&config);
-        Pool::with_dialer(config, dialer)
+        Pool::build(config, Arc::new(dialer.clone()), Some(dialer))
     }
 
     /// A pool that dials with a custom [`Dial`] (Unix sockets, proxies,
     /// test doubles). Timeouts, retries and limits still come from `config`.
     pub fn with_dialer(config: Config, dialer: impl Dial) -> Self {
+        Pool::build(config, Arc::new(dialer), None)
+    }
+
+    fn build(config: Config, dialer: Arc<dyn Dial>, default_dialer: Option<TcpTlsDialer>) -> Self {
         tracing::info!(
             max_per_endpoint = config.max_connections_per_endpoint(),
             max_idle = ?config.max_idle_time(),
@@ -136,11 +143,12 @@ impl Pool {
                 global: Arc::new(global::Global::new(&config)),
                 maintenance: Arc::new(Maintenance::new(pool.clone(), &config)),
                 config,
-                dialer: Arc::new(dialer),
+                dialer,
                 endpoints: map::EndpointMap::default(),
                 protocol: None,
             }),
             protocols: parking_lot::Mutex::default(),
+            default_dialer,
             closed: AtomicBool::new(false),
         });
         Pool { shared }
@@ -178,25 +186,22 @@ impl Pool {
 
     /// [`get`](Self::get) from the books of `ctx`: the streams' or a
     /// protocol's.
-    #[inline]
-    pub(crate) fn get_in<'a>(
-        &'a self,
-        ctx: &'a Arc<Context>,
-        endpoint: &'a Endpoint,
+    pub(crate) async fn get_in(
+        &self,
+        ctx: &Arc<Context>,
+        endpoint: &Endpoint,
         caller: &'static Location<'static>,
-    ) -> impl Future<Output = Result<PooledConnection, Error>> + Send + 'a {
-        async move {
-            loop {
-                let Some(pool) = self.endpoint_pool(ctx, endpoint) else {
-                    return Err(Error::PoolClosed);
-                };
-                match pool.start_acquire(caller) {
-                    Started::Leased(lease) => return Ok(lease),
-                    Started::Pending(rest) => return rest.finish(caller).await,
-                    Started::Refused(error) => return Err(*error),
-                    // Retired between lookup and acquire: look it up again.
-                    Started::Retired => recent::forget(endpoint),
-                }
+    ) -> Result<PooledConnection, Error> {
+        loop {
+            let Some(pool) = self.endpoint_pool(ctx, endpoint) else {
+                return Err(Error::PoolClosed);
+            };
+            match pool.start_acquire(caller) {
+                Started::Leased(lease) => return Ok(lease),
+                Started::Pending(rest) => return rest.finish(caller).await,
+                Started::Refused(error) => return Err(*error),
+                // Retired between lookup and acquire: look it up again.
+                Started::Retired => recent::forget(endpoint),
             }
         }
     }
@@ -215,8 +220,16 @@ impl Pool {
     /// # Ok(()) }
     /// ```
     pub fn protocol<P: Protocol>(&self, protocol: P) -> ProtocolPool<P> {
+        let dialer = match (&self.shared.default_dialer, protocol.alpn_protocols()) {
+            (Some(default), alpn) if !alpn.is_empty() => Arc::new(default.with_alpn(alpn)),
+            _ => self.shared.ctx.dialer.clone(),
+        };
         let books = Arc::new(crate::protocol::Books::new(protocol));
-        let ctx = Arc::new(Context::for_protocol(&self.shared.ctx, books.clone()));
+        let ctx = Arc::new(Context::for_protocol(
+            &self.shared.ctx,
+            dialer,
+            books.clone(),
+        ));
         self.shared.protocols.lock().push(ctx.clone());
         ProtocolPool::new(self.clone(), ctx, books)
     }

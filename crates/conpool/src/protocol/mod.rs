@@ -31,6 +31,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use tokio::time::Instant;
 
@@ -156,6 +157,27 @@ pub trait Protocol: Send + Sync + 'static {
     /// connection whose [driver](Connected::with_driver) ended is not
     /// ready whatever this says.
     fn is_ready(&self, conn: &mut Self::Conn) -> bool;
+
+    /// Whether `conn`, just given back, is ready for the next request, for
+    /// a client that needs a moment after an exchange: hyper's HTTP/1.1
+    /// client is ready again only once its task has seen the response end.
+    /// `Pending` (with `cx` woken when that changes) has the pool wait in
+    /// a task of its own before taking the connection back, as hyper-util's
+    /// pool does; `Ready(false)` closes it. The default answers at once
+    /// with [`is_ready`](Self::is_ready). Asked of exclusive protocols only.
+    fn poll_ready(&self, conn: &mut Self::Conn, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        let _ = cx;
+        Poll::Ready(self.is_ready(conn))
+    }
+
+    /// The ALPN protocols to offer on a TLS endpoint (`h2` for HTTP/2),
+    /// most preferred first; empty (the default) keeps the config's. A
+    /// pool with the default dialer offers these on this protocol's
+    /// connections; a custom dialer makes its own TLS, and the protocol
+    /// should check what was negotiated (in [`Stream::tls_session`]).
+    fn alpn_protocols(&self) -> &[&'static [u8]] {
+        &[]
+    }
 
     /// For a shared protocol, how many leases may share `conn` at once
     /// (the peer's limit, such as HTTP/2's
@@ -579,11 +601,42 @@ impl<P: Protocol> DerefMut for ProtocolLease<P> {
 impl<P: Protocol> Drop for ProtocolLease<P> {
     fn drop(&mut self) {
         if let Kind::Exclusive(lease, _) = &mut self.kind {
-            // The lease did no I/O of its own: what decides is the
-            // protocol's word, which a release asks for.
-            lease.end_released();
+            give_back::<P>(lease);
         }
     }
+}
+
+/// Gives an exclusive protocol's connection back once the protocol says it
+/// is ready again (see [`Protocol::poll_ready`]): at once if it says so
+/// now, else from a task that waits for its word. The lease did no I/O of
+/// its own, so a release decides, which asks the protocol once more.
+fn give_back<P: Protocol>(lease: &mut PooledConnection) {
+    if !std::thread::panicking() && lease.holds_conn() {
+        let live = live_mut::<P>(lease);
+        let books = live.books.clone();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let pending = books
+            .protocol
+            .poll_ready(&mut live.conn, &mut cx)
+            .is_pending();
+        if let (true, Ok(runtime)) = (pending, tokio::runtime::Handle::try_current()) {
+            let mut lease = lease.detach();
+            runtime.spawn(async move {
+                let ready = std::future::poll_fn(|cx| {
+                    books
+                        .protocol
+                        .poll_ready(&mut live_mut::<P>(&mut lease).conn, cx)
+                })
+                .await;
+                if !ready {
+                    lease.spend(CloseReason::NotReady);
+                }
+                lease.release();
+            });
+            return;
+        }
+    }
+    lease.end_released();
 }
 
 impl<P: Protocol> fmt::Debug for ProtocolLease<P> {

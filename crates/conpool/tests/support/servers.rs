@@ -8,11 +8,18 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 use super::{TlsCert, free_port, spawn_server, wait_for_port};
 
-/// nginx serving `200 ok` on a plain and a TLS port, closing idle
-/// keep-alive connections after `keepalive_timeout`.
+/// The length of the body nginx serves at `/big`: long enough to arrive
+/// over many reads.
+pub const BIG_BODY: usize = 4 << 20;
+
+/// nginx serving `200 ok` on a plain and a TLS port (HTTP/1.1, and HTTP/2
+/// by ALPN), and HTTP/2 with prior knowledge on an h2c port, closing idle
+/// keep-alive connections after `keepalive_timeout`. `/close` answers with
+/// `Connection: close`; `/big` serves [`BIG_BODY`] bytes.
 pub struct Nginx {
     pub port: u16,
     pub tls_port: u16,
+    pub h2c_port: u16,
     child: Child,
     _dir: TempDir,
 }
@@ -30,10 +37,11 @@ impl Nginx {
 
     pub async fn start(cert: &TlsCert, keepalive_timeout: &str) -> Nginx {
         let dir = TempDir::new("nginx");
-        let (port, tls_port) = (free_port(), free_port());
+        let (port, tls_port, h2c_port) = (free_port(), free_port(), free_port());
         let d = dir.path.display();
         std::fs::write(dir.path.join("cert.pem"), &cert.cert_pem).unwrap();
         std::fs::write(dir.path.join("key.pem"), &cert.key_pem).unwrap();
+        std::fs::write(dir.path.join("big.bin"), vec![b'x'; BIG_BODY]).unwrap();
         let conf = format!(
             r#"
 daemon off;
@@ -53,11 +61,14 @@ http {{
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
-        listen 127.0.0.1:{tls_port} ssl;
+        listen 127.0.0.1:{tls_port} ssl http2;
+        listen 127.0.0.1:{h2c_port} http2;
         server_name localhost;
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
         location / {{ return 200 "ok\n"; }}
+        location /close {{ keepalive_timeout 0; return 200 "bye\n"; }}
+        location = /big {{ alias {d}/big.bin; default_type application/octet-stream; }}
     }}
 }}
 "#
@@ -76,9 +87,11 @@ http {{
         );
         wait_for_port(port, "nginx").await;
         wait_for_port(tls_port, "nginx (TLS)").await;
+        wait_for_port(h2c_port, "nginx (h2c)").await;
         Nginx {
             port,
             tls_port,
+            h2c_port,
             child,
             _dir: dir,
         }
