@@ -10,17 +10,17 @@
 //! use count, clears, the background task and `close`.
 //!
 //! This module owns the protocol's side: the trait, the typed pool and
-//! lease, the handshake as part of the dial ([`connect`]), the task that
-//! drives a connection, and (in [`shared`]) the shares of a shared
+//! lease, the handshake as part of the dial (`connect`), the task that
+//! drives a connection, and (in `shared`) the shares of a shared
 //! protocol's connections. The endpoint's books stay in the core
 //! (`crate::pool`), which holds a protocol's connection as an opaque
-//! [`ProtocolConn`] beside its byte streams: one core, one set of books.
+//! `ProtocolConn` beside its byte streams: one core, one set of books.
 //!
 //! Exclusive protocols (HTTP/1.1) lease a connection to one caller at a
 //! time, as the byte-stream pool does. Shared ones (HTTP/2, Redis
 //! multiplexing) lease *shares*: a connection is leased from the core once,
 //! by the first share, and given back when its last share is; in between
-//! the shares are handed out here (see [`shared`]).
+//! the shares are handed out here (see `shared`).
 
 mod shared;
 
