@@ -153,3 +153,10 @@ pub use pool::{EndpointHandle, Pool, WeakPool};
 pub use protocol::{Connected, Protocol, ProtocolLease, ProtocolPool};
 pub use stats::{CloseReason, PoolState, Stats};
 pub use stream::Stream;
+
+/// The README's Rust examples, compiled as doctests, so that the README
+/// stays true to the API (they use the optional integrations, so only
+/// with those features on, as `scripts/test` runs them).
+#[cfg(all(doctest, feature = "hyper", feature = "clap"))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
