@@ -278,6 +278,12 @@ struct PoolFlags {
     #[arg(long, env = "CONPOOL_THREAD_SLOTS", value_name = "WHEN", value_enum)]
     thread_slots: Option<ThreadSlots>,
 
+    /// The longest a resolved name's addresses are kept (a shorter TTL
+    /// from the resolver wins; failures are kept 1s); any duration, 0
+    /// keeps none [default: 30s]
+    #[arg(long, env = "CONPOOL_DNS_CACHE_TTL", value_name = "DURATION", value_parser = duration)]
+    dns_cache_ttl: Option<Duration>,
+
     /// PEM file of the root certificates to trust, instead of the webpki
     /// roots [default: the webpki roots]
     #[arg(
@@ -391,6 +397,7 @@ impl PoolArgs {
             leak_threshold,
             thread_slots,
             tls_server_name,
+            dns_cache_ttl,
         );
         match &self.tls {
             Some(tls) => builder.tls_config(tls.clone()),

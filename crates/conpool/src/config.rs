@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
+use crate::dial::resolve::Resolve;
 use crate::{CloseReason, Endpoint, Error, Stream};
 
 /// A boxed, `Send` future, as returned by health checks and dialers.
@@ -102,6 +103,8 @@ pub enum ThreadSlots {
 /// | hooks | none |
 /// | `tls_config` | the webpki root certificates, ring provider |
 /// | `tls_server_name` | none: each TLS endpoint's host |
+/// | `resolver` | the system resolver ([`dial::resolve`](crate::dial::resolve)) |
+/// | `dns_cache_ttl` | 30 s |
 ///
 /// ```
 /// use std::time::Duration;
@@ -146,6 +149,8 @@ pub struct Config {
     on_connection_closed: Option<CloseHook>,
     tls_config: Arc<rustls::ClientConfig>,
     tls_server_name: Option<ServerName<'static>>,
+    resolver: Option<Arc<dyn Resolve>>,
+    dns_cache_ttl: Duration,
 }
 
 /// The most connect attempts a config may ask for: past this, the doubling
@@ -180,6 +185,8 @@ impl Default for Config {
             on_connection_closed: None,
             tls_config: default_tls_config(),
             tls_server_name: None,
+            resolver: None,
+            dns_cache_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -338,6 +345,16 @@ impl Config {
     pub fn tls_server_name(&self) -> Option<&ServerName<'static>> {
         self.tls_server_name.as_ref()
     }
+    /// The resolver set with [`ConfigBuilder::resolver`]; `None`: the
+    /// default ([`default_resolver`](crate::dial::resolve::default_resolver)).
+    pub fn resolver(&self) -> Option<&Arc<dyn Resolve>> {
+        self.resolver.as_ref()
+    }
+    /// The longest the default dialer keeps a resolver's answer; see
+    /// [`ConfigBuilder::dns_cache_ttl`].
+    pub fn dns_cache_ttl(&self) -> Duration {
+        self.dns_cache_ttl
+    }
 
     #[inline]
     pub(crate) fn notify_created(&self, endpoint: &Endpoint) {
@@ -400,6 +417,8 @@ impl fmt::Debug for Config {
             on_connection_closed,
             tls_config: _,
             tls_server_name,
+            resolver,
+            dns_cache_ttl,
         } = self;
         f.debug_struct("Config")
             .field("max_connections_per_endpoint", max_connections_per_endpoint)
@@ -429,6 +448,8 @@ impl fmt::Debug for Config {
             .field("on_connection_reused", &on_connection_reused.is_some())
             .field("on_connection_closed", &on_connection_closed.is_some())
             .field("tls_server_name", tls_server_name)
+            .field("resolver", &resolver.is_some())
+            .field("dns_cache_ttl", dns_cache_ttl)
             // The rustls config prints pages of provider internals.
             .finish_non_exhaustive()
     }
@@ -689,6 +710,26 @@ impl ConfigBuilder {
     /// ```
     pub fn tls_server_name(mut self, name: impl Into<Option<ServerName<'static>>>) -> Self {
         self.config.tls_server_name = name.into();
+        self
+    }
+
+    /// The resolver the default dialer asks for host names, instead of the
+    /// system's (service discovery, a fixed table); see
+    /// [`Resolve`] for an example. Its
+    /// answers are cached and concurrent lookups merged, as the default's
+    /// are ([`dns_cache_ttl`](Self::dns_cache_ttl)).
+    pub fn resolver(mut self, resolver: impl Resolve) -> Self {
+        self.config.resolver = Some(Arc::new(resolver));
+        self
+    }
+    /// The longest the default dialer keeps a resolver's answer (default
+    /// 30 s; a shorter TTL the resolver reports wins); `Duration::ZERO`
+    /// keeps none, though lookups of one host at the same time are still
+    /// merged. A failed lookup is kept for 1 s
+    /// ([`FAILURE_TTL`](crate::dial::resolve::FAILURE_TTL)), or this if
+    /// shorter. Any duration.
+    pub fn dns_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.dns_cache_ttl = ttl;
         self
     }
 

@@ -4,7 +4,8 @@
 //! pool core:
 //!
 //! - a [`Dial`] makes **one attempt**: endpoint in, stream out. The default,
-//!   [`TcpTlsDialer`], resolves the host ([`resolve`]), connects over TCP to
+//!   [`TcpTlsDialer`], resolves the host through the pool's cache of a
+//!   [`Resolve`]r's answers ([`resolve`]), connects over TCP to
 //!   each address in turn ([`tcp`]) and runs the TLS handshake for TLS
 //!   endpoints ([`tls`]). Unix sockets, proxies and test doubles are other
 //!   implementations.
@@ -36,6 +37,7 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 pub use backoff::backoff_delay;
+pub use resolve::Resolve;
 
 use crate::config::BoxFuture;
 use crate::{Config, Endpoint, Error, Stream};
@@ -122,8 +124,11 @@ impl DialError {
     }
 }
 
-/// The default dialer: system resolver, TCP with `TCP_NODELAY`, and rustls
-/// for TLS endpoints, optionally under a connect timeout of its own.
+/// The default dialer: a cached resolver (the system's unless the config
+/// names one), TCP with `TCP_NODELAY`, and rustls for TLS endpoints,
+/// optionally under a connect timeout of its own.
+///
+/// Clones share one cache of resolved names ([`resolve::CachedResolver`]).
 ///
 /// With a connect timeout, an attempt's deadline is that timeout from the
 /// attempt's start: resolving counts against it, each resolved address gets
@@ -148,6 +153,7 @@ pub struct TcpTlsDialer {
     connect_timeout: Option<Duration>,
     /// Verified instead of each endpoint's host.
     server_name: Option<ServerName<'static>>,
+    resolver: Arc<resolve::CachedResolver>,
 }
 
 impl TcpTlsDialer {
@@ -155,23 +161,39 @@ impl TcpTlsDialer {
     /// host, and keeps no timeout of its own: each address waits as long as
     /// the OS does, and only a pool's `connect_timeout` cuts the attempt,
     /// whatever address it is on. Use [`TcpTlsDialer::from_config`] for a
-    /// dialer that shares the timeout between a host's addresses.
+    /// dialer that shares the timeout between a host's addresses. Names
+    /// are resolved by the [default resolver](resolve::default_resolver)
+    /// and its answers kept for the default `dns_cache_ttl`, 30 s.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        let defaults = Config::default();
         TcpTlsDialer {
             tls,
             connect_timeout: None,
             server_name: None,
+            resolver: Arc::new(resolve::CachedResolver::from_arc(
+                resolve::default_resolver(),
+                defaults.dns_cache_ttl(),
+            )),
         }
     }
 
     /// The dialer [`Pool::new`](crate::Pool::new) makes: TLS with the
     /// config's `tls_config` and `tls_server_name`, and the config's
-    /// `connect_timeout` shared between a host's addresses.
+    /// `connect_timeout` shared between a host's addresses, and the
+    /// config's `resolver` behind a cache of `dns_cache_ttl`.
     pub fn from_config(config: &Config) -> Self {
+        let resolver = config
+            .resolver()
+            .cloned()
+            .unwrap_or_else(resolve::default_resolver);
         TcpTlsDialer {
             tls: config.tls_config().clone(),
             connect_timeout: config.connect_timeout(),
             server_name: config.tls_server_name().cloned(),
+            resolver: Arc::new(resolve::CachedResolver::from_arc(
+                resolver,
+                config.dns_cache_ttl(),
+            )),
         }
     }
 }
@@ -183,7 +205,7 @@ impl Dial for TcpTlsDialer {
             let deadline = self
                 .connect_timeout
                 .and_then(|limit| Instant::now().checked_add(limit));
-            let addrs = within(deadline, resolve::resolve(endpoint))
+            let addrs = within(deadline, self.resolver.resolve(endpoint))
                 .await
                 .ok_or_else(|| {
                     out_of_time(format!(
