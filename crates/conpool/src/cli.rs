@@ -192,8 +192,8 @@ struct PoolFlags {
     max_connection_uses: Option<NoneOr<u64>>,
 
     /// The bound on one connect attempt (resolve, TCP connect and TLS
-    /// handshake), shared between the host's addresses; above 0, or none
-    /// for the OS's own [default: 10s]
+    /// handshake), the racing addresses and all; above 0, or none for the
+    /// OS's own [default: 10s]
     #[arg(long, env = "CONPOOL_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = duration_or_none)]
     connect_timeout: Option<NoneOr<Duration>>,
 
@@ -283,6 +283,12 @@ struct PoolFlags {
     /// keeps none [default: 30s]
     #[arg(long, env = "CONPOOL_DNS_CACHE_TTL", value_name = "DURATION", value_parser = duration)]
     dns_cache_ttl: Option<Duration>,
+
+    /// How long one of a host's addresses gets before the next is raced
+    /// against it (Happy Eyeballs); at least 10ms, or 0 or none for one
+    /// address at a time [default: 250ms]
+    #[arg(long, env = "CONPOOL_HAPPY_EYEBALLS_DELAY", value_name = "DURATION", value_parser = duration_or_none)]
+    happy_eyeballs_delay: Option<NoneOr<Duration>>,
 
     /// PEM file of the root certificates to trust, instead of the webpki
     /// roots [default: the webpki roots]
@@ -398,6 +404,7 @@ impl PoolArgs {
             thread_slots,
             tls_server_name,
             dns_cache_ttl,
+            happy_eyeballs_delay,
         );
         match &self.tls {
             Some(tls) => builder.tls_config(tls.clone()),

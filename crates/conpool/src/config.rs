@@ -105,6 +105,7 @@ pub enum ThreadSlots {
 /// | `tls_server_name` | none: each TLS endpoint's host |
 /// | `resolver` | the system resolver ([`dial::resolve`](crate::dial::resolve)) |
 /// | `dns_cache_ttl` | 30 s |
+/// | `happy_eyeballs_delay` | 250 ms |
 ///
 /// ```
 /// use std::time::Duration;
@@ -151,11 +152,17 @@ pub struct Config {
     tls_server_name: Option<ServerName<'static>>,
     resolver: Option<Arc<dyn Resolve>>,
     dns_cache_ttl: Duration,
+    happy_eyeballs_delay: Option<Duration>,
 }
 
 /// The most connect attempts a config may ask for: past this, the doubling
 /// backoff would wait for years.
 pub const MAX_CONNECT_RETRY_COUNT: u32 = 32;
+
+/// The shortest `happy_eyeballs_delay` above 0 a config may have: RFC 8305
+/// § 5 forbids a Connection Attempt Delay below 10 ms, which would start
+/// every address's connect almost at once and flood the network.
+pub const MIN_HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(10);
 
 impl Default for Config {
     fn default() -> Self {
@@ -187,6 +194,7 @@ impl Default for Config {
             tls_server_name: None,
             resolver: None,
             dns_cache_ttl: Duration::from_secs(30),
+            happy_eyeballs_delay: Some(Duration::from_millis(250)),
         }
     }
 }
@@ -257,11 +265,13 @@ impl Config {
     /// handshake); `None` waits as long as the OS does.
     ///
     /// Inside the attempt, the dialer [`Pool::new`](crate::Pool::new) makes
-    /// shares it between the host's addresses, tried in turn: each gets the
-    /// time left divided by the addresses left, but at least 500 ms (or all
-    /// that is left), and the TLS handshake gets what remains. So with the
-    /// default 10 s, a first address that drops SYNs takes 5 s and the
-    /// second has the other 5 s.
+    /// races the host's addresses ([`happy_eyeballs_delay`](Self::happy_eyeballs_delay)),
+    /// each racer ending by this deadline. With the addresses tried one at
+    /// a time instead (a delay of 0 or `None`), each gets the time left
+    /// divided by the addresses left, but at least 500 ms (or all that is
+    /// left), and the TLS handshake gets what remains: with the default
+    /// 10 s, a first address that drops SYNs then takes 5 s and the second
+    /// has the other 5 s.
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.connect_timeout
     }
@@ -350,6 +360,12 @@ impl Config {
     pub fn resolver(&self) -> Option<&Arc<dyn Resolve>> {
         self.resolver.as_ref()
     }
+    /// How long the default dialer waits on one address before it starts
+    /// connecting to the next as well (RFC 8305's Connection Attempt
+    /// Delay); `None` (or 0): one address at a time.
+    pub fn happy_eyeballs_delay(&self) -> Option<Duration> {
+        self.happy_eyeballs_delay.filter(|d| !d.is_zero())
+    }
     /// The longest the default dialer keeps a resolver's answer; see
     /// [`ConfigBuilder::dns_cache_ttl`].
     pub fn dns_cache_ttl(&self) -> Duration {
@@ -419,6 +435,7 @@ impl fmt::Debug for Config {
             tls_server_name,
             resolver,
             dns_cache_ttl,
+            happy_eyeballs_delay,
         } = self;
         f.debug_struct("Config")
             .field("max_connections_per_endpoint", max_connections_per_endpoint)
@@ -450,6 +467,7 @@ impl fmt::Debug for Config {
             .field("tls_server_name", tls_server_name)
             .field("resolver", &resolver.is_some())
             .field("dns_cache_ttl", dns_cache_ttl)
+            .field("happy_eyeballs_delay", happy_eyeballs_delay)
             // The rustls config prints pages of provider internals.
             .finish_non_exhaustive()
     }
@@ -483,8 +501,8 @@ impl ConfigBuilder {
         self.config.max_connection_uses = max.into();
         self
     }
-    /// Bound on one connect attempt, shared between the host's addresses
-    /// (see [`Config::connect_timeout`]; `None`: the OS's own); above 0.
+    /// Bound on one connect attempt, racers and all (see
+    /// [`Config::connect_timeout`]; `None`: the OS's own); above 0.
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.connect_timeout = timeout.into();
         self
@@ -733,6 +751,38 @@ impl ConfigBuilder {
         self
     }
 
+    /// How long the default dialer gives one of a host's addresses before
+    /// it starts connecting to the next as well, Happy Eyeballs style (RFC
+    /// 8305; default 250 ms). The families are interleaved (one address of
+    /// the other family after each), the next attempt starts at once when
+    /// the previous fails, the first to connect wins (for TLS, the first
+    /// whose handshake completes), the others are closed, and the address
+    /// that won is tried first next time. `None` or `Duration::ZERO` tries
+    /// one address at a time. Otherwise at least 10 ms, RFC 8305's floor.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = conpool::Config::builder()
+    ///     .happy_eyeballs_delay(Duration::from_millis(100))
+    ///     .build()?;
+    /// assert_eq!(config.happy_eyeballs_delay(), Some(Duration::from_millis(100)));
+    ///
+    /// let err = conpool::Config::builder()
+    ///     .happy_eyeballs_delay(Duration::from_millis(5))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid config: happy_eyeballs_delay is 5ms; it must be at least 10ms \
+    ///      (RFC 8305's floor), or 0 or None for one address at a time"
+    /// );
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn happy_eyeballs_delay(mut self, delay: impl Into<Option<Duration>>) -> Self {
+        self.config.happy_eyeballs_delay = delay.into();
+        self
+    }
+
     /// Checks every value and returns the config, or the first rule broken.
     pub fn build(self) -> Result<Config, Error> {
         let c = &self.config;
@@ -827,6 +877,17 @@ impl ConfigBuilder {
             return bad(
                 "leak_threshold",
                 "is 0s; it must be above zero (or None for off)".into(),
+            );
+        }
+        if let Some(delay) = c
+            .happy_eyeballs_delay
+            .filter(|d| !d.is_zero() && *d < MIN_HAPPY_EYEBALLS_DELAY)
+        {
+            return bad(
+                "happy_eyeballs_delay",
+                format!(
+                    "is {delay:?}; it must be at least {MIN_HAPPY_EYEBALLS_DELAY:?} (RFC 8305's floor), or 0 or None for one address at a time"
+                ),
             );
         }
         Ok(self.config)

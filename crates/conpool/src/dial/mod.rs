@@ -5,9 +5,9 @@
 //!
 //! - a [`Dial`] makes **one attempt**: endpoint in, stream out. The default,
 //!   [`TcpTlsDialer`], resolves the host through the pool's cache of a
-//!   [`Resolve`]r's answers ([`resolve`]), connects over TCP to
-//!   each address in turn ([`tcp`]) and runs the TLS handshake for TLS
-//!   endpoints ([`tls`]). Unix sockets, proxies and test doubles are other
+//!   [`Resolve`]r's answers ([`resolve`]), races TCP connects to its
+//!   addresses ([`happy_eyeballs`], [`tcp`]) and runs the TLS handshake for
+//!   TLS endpoints ([`tls`]) inside each racer. Unix sockets, proxies and test doubles are other
 //!   implementations.
 //! - the pool wraps every attempt in the configured `connect_timeout` and
 //!   retries what can succeed on retry (a refused or timed-out connect), with
@@ -15,21 +15,24 @@
 //!   does not resolve, a certificate that does not verify) fails at once.
 //!
 //! The default dialer as [`Pool::new`](crate::Pool::new) makes it
-//! ([`TcpTlsDialer::from_config`]) keeps `connect_timeout` too, to share it
-//! out inside the attempt: the attempt's deadline is `connect_timeout` from
-//! its start, resolving counts against it, each address gets the time left
-//! divided by the addresses left (at least 500 ms, or all that is left; see
-//! [`tcp`]) and the TLS handshake gets whatever is left. A first address
-//! that drops SYNs (a broken IPv6 route) thus leaves the next one time to
-//! connect. The pool's own timeout still bounds every attempt, whatever the
-//! dialer.
+//! ([`TcpTlsDialer::from_config`]) keeps `connect_timeout` too, to bound
+//! what happens inside the attempt: the attempt's deadline is
+//! `connect_timeout` from its start, resolving counts against it, and every
+//! racer (connect and handshake) ends by it. A first address that drops
+//! SYNs (a broken IPv6 route) thus costs `happy_eyeballs_delay`, not the
+//! timeout: the next address starts racing it then. With
+//! `happy_eyeballs_delay` 0 or `None` the addresses are tried one at a
+//! time, each with a share of the time left (see [`happy_eyeballs`]). The
+//! pool's own timeout still bounds every attempt, whatever the dialer.
 
 mod backoff;
+pub mod happy_eyeballs;
 pub mod resolve;
 pub mod tcp;
 pub mod tls;
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,11 +133,16 @@ impl DialError {
 ///
 /// Clones share one cache of resolved names ([`resolve::CachedResolver`]).
 ///
+/// A host's addresses are raced ([`happy_eyeballs`]): an attempt on the
+/// next address starts every `happy_eyeballs_delay`, or as soon as the
+/// previous one fails; the first to connect (for TLS, to complete its
+/// handshake) wins, and the address that won goes first next time.
+///
 /// With a connect timeout, an attempt's deadline is that timeout from the
-/// attempt's start: resolving counts against it, each resolved address gets
-/// a share of the time left (see [`tcp`]), and the TLS handshake gets what
-/// is left; an attempt out of time fails with a retryable error whose
-/// source is [`io::ErrorKind::TimedOut`].
+/// attempt's start: resolving counts against it, and each racer ends by it
+/// (one at a time, with `happy_eyeballs_delay` 0 or `None`, each address
+/// gets a share of the time left); an attempt out of time fails with a
+/// retryable error whose source is [`io::ErrorKind::TimedOut`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -154,14 +162,17 @@ pub struct TcpTlsDialer {
     /// Verified instead of each endpoint's host.
     server_name: Option<ServerName<'static>>,
     resolver: Arc<resolve::CachedResolver>,
+    happy_eyeballs_delay: Option<Duration>,
+    last_good: Arc<happy_eyeballs::LastGood>,
 }
 
 impl TcpTlsDialer {
     /// A dialer that uses `tls` for TLS endpoints, verifies each as its
     /// host, and keeps no timeout of its own: each address waits as long as
     /// the OS does, and only a pool's `connect_timeout` cuts the attempt,
-    /// whatever address it is on. Use [`TcpTlsDialer::from_config`] for a
-    /// dialer that shares the timeout between a host's addresses. Names
+    /// whatever address it is on. Addresses are raced every 250 ms (the
+    /// default `happy_eyeballs_delay`). Use [`TcpTlsDialer::from_config`]
+    /// for a dialer that bounds the race by a timeout of its own. Names
     /// are resolved by the [default resolver](resolve::default_resolver)
     /// and its answers kept for the default `dns_cache_ttl`, 30 s.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
@@ -174,13 +185,16 @@ impl TcpTlsDialer {
                 resolve::default_resolver(),
                 defaults.dns_cache_ttl(),
             )),
+            happy_eyeballs_delay: defaults.happy_eyeballs_delay(),
+            last_good: Arc::default(),
         }
     }
 
     /// The dialer [`Pool::new`](crate::Pool::new) makes: TLS with the
     /// config's `tls_config` and `tls_server_name`, and the config's
-    /// `connect_timeout` shared between a host's addresses, and the
-    /// config's `resolver` behind a cache of `dns_cache_ttl`.
+    /// `connect_timeout` bounding the race between a host's addresses
+    /// started every `happy_eyeballs_delay`, and the config's `resolver`
+    /// behind a cache of `dns_cache_ttl`.
     pub fn from_config(config: &Config) -> Self {
         let resolver = config
             .resolver()
@@ -194,6 +208,8 @@ impl TcpTlsDialer {
                 resolver,
                 config.dns_cache_ttl(),
             )),
+            happy_eyeballs_delay: config.happy_eyeballs_delay(),
+            last_good: Arc::default(),
         }
     }
 }
@@ -214,31 +230,55 @@ impl Dial for TcpTlsDialer {
                     ))
                 })?
                 .map_err(DialError::resolve)?;
-            let tcp = tcp::connect_any(&addrs, deadline)
-                .await
-                .map_err(DialError::connect)?;
-            if !endpoint.is_tls() {
-                return Ok(Stream::tcp(tcp));
+            let order = happy_eyeballs::order(&addrs, self.last_good.get(endpoint));
+            let (addr, stream) = happy_eyeballs::race(
+                &order,
+                self.happy_eyeballs_delay,
+                deadline,
+                |addr, until| Box::pin(self.attempt(endpoint, addr, until)),
+            )
+            .await?;
+            if addrs.len() > 1 {
+                self.last_good.set(endpoint, addr);
             }
-            let name = match &self.server_name {
-                Some(name) => name.clone(),
-                None => tls::server_name(endpoint).map_err(DialError::tls)?,
-            };
-            let handshake = within(deadline, tls::handshake(&self.tls, name, tcp))
-                .await
-                .ok_or_else(|| {
-                    out_of_time(format!(
-                        "the TLS handshake with {endpoint} ran out of the connect timeout"
-                    ))
-                })?;
-            match handshake {
-                Ok(tls) => Ok(Stream::tls(tls)),
-                Err(err) if tls::is_tls_failure(&err).is_some() => Err(DialError::tls(err)),
-                Err(err) if err.kind() == io::ErrorKind::InvalidInput => Err(DialError::tls(err)),
-                // A reset or EOF mid-handshake is the network's doing.
-                Err(err) => Err(DialError::connect(err)),
-            }
+            Ok(stream)
         })
+    }
+}
+
+impl TcpTlsDialer {
+    /// One address: the TCP connect, then the TLS handshake for a TLS
+    /// endpoint, both by `deadline`.
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        addr: SocketAddr,
+        deadline: Option<Instant>,
+    ) -> Result<Stream, DialError> {
+        let tcp = tcp::connect(addr, deadline)
+            .await
+            .map_err(DialError::connect)?;
+        if !endpoint.is_tls() {
+            return Ok(Stream::tcp(tcp));
+        }
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => tls::server_name(endpoint).map_err(DialError::tls)?,
+        };
+        let handshake = within(deadline, tls::handshake(&self.tls, name, tcp))
+            .await
+            .ok_or_else(|| {
+                out_of_time(format!(
+                    "the TLS handshake with {endpoint} ran out of the connect timeout"
+                ))
+            })?;
+        match handshake {
+            Ok(tls) => Ok(Stream::tls(tls)),
+            Err(err) if tls::is_tls_failure(&err).is_some() => Err(DialError::tls(err)),
+            Err(err) if err.kind() == io::ErrorKind::InvalidInput => Err(DialError::tls(err)),
+            // A reset or EOF mid-handshake is the network's doing.
+            Err(err) => Err(DialError::connect(err)),
+        }
     }
 }
 
