@@ -221,6 +221,9 @@ impl Dial for TcpTlsDialer {
             let deadline = self
                 .connect_timeout
                 .and_then(|limit| Instant::now().checked_add(limit));
+            if let Some(path) = endpoint.unix_path() {
+                return self.dial_unix(endpoint, path, deadline).await;
+            }
             let addrs = within(deadline, self.resolver.resolve(endpoint))
                 .await
                 .ok_or_else(|| {
@@ -265,7 +268,62 @@ impl TcpTlsDialer {
             Some(name) => name.clone(),
             None => tls::server_name(endpoint).map_err(DialError::tls)?,
         };
-        let handshake = within(deadline, tls::handshake(&self.tls, name, tcp))
+        self.secure(endpoint, name, tcp, deadline)
+            .await
+            .map(Stream::tls)
+    }
+
+    /// A Unix socket endpoint: connect by path, and the TLS handshake
+    /// verifying the endpoint's own server name for a TLS one; no
+    /// resolving, no race.
+    #[cfg(unix)]
+    async fn dial_unix(
+        &self,
+        endpoint: &Endpoint,
+        path: &std::path::Path,
+        deadline: Option<Instant>,
+    ) -> Result<Stream, DialError> {
+        let socket = within(deadline, tokio::net::UnixStream::connect(path))
+            .await
+            .ok_or_else(|| out_of_time(format!("connect to {endpoint} timed out")))?
+            .map_err(|err| {
+                DialError::connect(io::Error::new(
+                    err.kind(),
+                    format!("connect to {endpoint}: {err}"),
+                ))
+            })?;
+        let Some(name) = endpoint.unix_server_name() else {
+            return Ok(Stream::custom(socket));
+        };
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|e| DialError::tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let tls = self.secure(endpoint, name, socket, deadline).await?;
+        Ok(Stream::custom(tls))
+    }
+
+    #[cfg(not(unix))]
+    async fn dial_unix(
+        &self,
+        endpoint: &Endpoint,
+        _path: &std::path::Path,
+        _deadline: Option<Instant>,
+    ) -> Result<Stream, DialError> {
+        Err(DialError::tls(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{endpoint}: Unix domain sockets are not supported on this platform"),
+        )))
+    }
+
+    /// The TLS handshake over `io` by `deadline`, its failure sorted into
+    /// what a retry may fix (the network's doing) and what it cannot.
+    async fn secure<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        endpoint: &Endpoint,
+        name: ServerName<'static>,
+        io: IO,
+        deadline: Option<Instant>,
+    ) -> Result<tokio_rustls::client::TlsStream<IO>, DialError> {
+        let handshake = within(deadline, tls::handshake(&self.tls, name, io))
             .await
             .ok_or_else(|| {
                 out_of_time(format!(
@@ -273,7 +331,7 @@ impl TcpTlsDialer {
                 ))
             })?;
         match handshake {
-            Ok(tls) => Ok(Stream::tls(tls)),
+            Ok(tls) => Ok(tls),
             Err(err) if tls::is_tls_failure(&err).is_some() => Err(DialError::tls(err)),
             Err(err) if err.kind() == io::ErrorKind::InvalidInput => Err(DialError::tls(err)),
             // A reset or EOF mid-handshake is the network's doing.

@@ -431,6 +431,17 @@ pub async fn wait_for_port(port: u16, what: &str) {
     panic!("{what} did not start listening on port {port}");
 }
 
+/// Waits until a server accepts connections on the Unix socket at `path`.
+pub async fn wait_for_socket(path: &std::path::Path, what: &str) {
+    for _ in 0..500 {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not start listening on {}", path.display());
+}
+
 /// A free loopback port for a server we start ourselves.
 pub fn free_port() -> u16 {
     refused_port()

@@ -1,18 +1,24 @@
-//! Real servers for the suite: nginx (plain and TLS, short keep-alive) and
-//! memcached, each started on free loopback ports in a private directory
-//! and stopped when dropped.
+//! Real servers for the suite: nginx (plain and TLS, on loopback ports and
+//! on Unix sockets, short keep-alive) and memcached, each started on free
+//! loopback ports in a private directory and stopped when dropped.
 
+use std::path::PathBuf;
 use std::process::Child;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::{TlsCert, free_port, spawn_server, wait_for_port};
+use super::{TlsCert, free_port, spawn_server, wait_for_port, wait_for_socket};
 
-/// nginx serving `200 ok` on a plain and a TLS port, closing idle
-/// keep-alive connections after `keepalive_timeout`.
+/// nginx serving `200 ok` on a plain and a TLS port, and on a plain and a
+/// TLS Unix socket, closing idle keep-alive connections after
+/// `keepalive_timeout`.
 pub struct Nginx {
     pub port: u16,
     pub tls_port: u16,
+    /// Plain HTTP on a Unix socket.
+    pub socket: PathBuf,
+    /// HTTPS on a Unix socket, with the suite's certificate for `localhost`.
+    pub tls_socket: PathBuf,
     child: Child,
     _dir: TempDir,
 }
@@ -31,6 +37,8 @@ impl Nginx {
     pub async fn start(cert: &TlsCert, keepalive_timeout: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let (port, tls_port) = (free_port(), free_port());
+        let socket = dir.path.join("http.sock");
+        let tls_socket = dir.path.join("https.sock");
         let d = dir.path.display();
         std::fs::write(dir.path.join("cert.pem"), &cert.cert_pem).unwrap();
         std::fs::write(dir.path.join("key.pem"), &cert.key_pem).unwrap();
@@ -54,6 +62,8 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         listen 127.0.0.1:{tls_port} ssl;
+        listen unix:{d}/http.sock;
+        listen unix:{d}/https.sock ssl;
         server_name localhost;
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
@@ -76,9 +86,13 @@ http {{
         );
         wait_for_port(port, "nginx").await;
         wait_for_port(tls_port, "nginx (TLS)").await;
+        wait_for_socket(&socket, "nginx (Unix socket)").await;
+        wait_for_socket(&tls_socket, "nginx (TLS Unix socket)").await;
         Nginx {
             port,
             tls_port,
+            socket,
+            tls_socket,
             child,
             _dir: dir,
         }
