@@ -89,6 +89,9 @@ pub enum DialErrorKind {
     Connect,
     /// The TLS handshake's verdict: not retried.
     Tls,
+    /// No address of the host can be reached from this side (none of the
+    /// family of the config's `local_address`): not retried.
+    Unreachable,
 }
 
 impl DialError {
@@ -110,6 +113,13 @@ impl DialError {
     pub fn tls(source: io::Error) -> Self {
         DialError {
             kind: DialErrorKind::Tls,
+            source,
+        }
+    }
+    /// No address can be reached from here, whatever a retry does.
+    pub fn unreachable(source: io::Error) -> Self {
+        DialError {
+            kind: DialErrorKind::Unreachable,
             source,
         }
     }
@@ -164,6 +174,7 @@ pub struct TcpTlsDialer {
     resolver: Arc<resolve::CachedResolver>,
     happy_eyeballs_delay: Option<Duration>,
     last_good: Arc<happy_eyeballs::LastGood>,
+    socket_options: tcp::SocketOptions,
 }
 
 impl TcpTlsDialer {
@@ -187,6 +198,7 @@ impl TcpTlsDialer {
             )),
             happy_eyeballs_delay: defaults.happy_eyeballs_delay(),
             last_good: Arc::default(),
+            socket_options: tcp::SocketOptions::default(),
         }
     }
 
@@ -210,6 +222,7 @@ impl TcpTlsDialer {
             )),
             happy_eyeballs_delay: config.happy_eyeballs_delay(),
             last_good: Arc::default(),
+            socket_options: tcp::SocketOptions::from_config(config),
         }
     }
 }
@@ -233,6 +246,7 @@ impl Dial for TcpTlsDialer {
                     ))
                 })?
                 .map_err(DialError::resolve)?;
+            let addrs = self.reachable(endpoint, addrs)?;
             let order = happy_eyeballs::order(&addrs, self.last_good.get(endpoint));
             let (addr, stream) = happy_eyeballs::race(
                 &order,
@@ -258,7 +272,7 @@ impl TcpTlsDialer {
         addr: SocketAddr,
         deadline: Option<Instant>,
     ) -> Result<Stream, DialError> {
-        let tcp = tcp::connect(addr, deadline)
+        let tcp = tcp::connect(addr, deadline, &self.socket_options)
             .await
             .map_err(DialError::connect)?;
         if !endpoint.is_tls() {
@@ -271,6 +285,29 @@ impl TcpTlsDialer {
         self.secure(endpoint, name, tcp, deadline)
             .await
             .map(Stream::tls)
+    }
+
+    /// The addresses a connection can be made to from the configured
+    /// local address: those of its family.
+    fn reachable(
+        &self,
+        endpoint: &Endpoint,
+        mut addrs: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, DialError> {
+        let Some(local) = self.socket_options.local_address() else {
+            return Ok(addrs);
+        };
+        addrs.retain(|addr| self.socket_options.can_reach(addr));
+        if addrs.is_empty() {
+            return Err(DialError::unreachable(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "no address of {} is of the family of local_address {local}",
+                    endpoint.host()
+                ),
+            )));
+        }
+        Ok(addrs)
     }
 
     /// A Unix socket endpoint: connect by path, and the TLS handshake
@@ -377,7 +414,9 @@ pub(crate) async fn dial_with_retry(
         };
         let failure = match outcome {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(err)) if !err.is_retryable() => return Err(final_error(endpoint, err)),
+            Ok(Err(err)) if !err.is_retryable() => {
+                return Err(final_error(endpoint, err, attempt));
+            }
             Ok(Err(err)) => {
                 tracing::warn!(%endpoint, attempt, attempts, error = %err.source, "connect attempt failed");
                 Failure::Io(err.source)
@@ -411,8 +450,16 @@ enum Failure {
     TimedOut(Duration),
 }
 
-fn final_error(endpoint: &Endpoint, err: DialError) -> Error {
+fn final_error(endpoint: &Endpoint, err: DialError, attempts: u32) -> Error {
     match err.kind {
+        DialErrorKind::Unreachable => {
+            tracing::warn!(%endpoint, error = %err.source, "no address can be reached");
+            Error::ConnectionFailed {
+                endpoint: endpoint.clone(),
+                attempts,
+                source: err.source,
+            }
+        }
         DialErrorKind::Resolve => {
             tracing::warn!(host = endpoint.host(), error = %err.source, "DNS resolution failed");
             Error::DnsResolutionFailed {
