@@ -41,7 +41,7 @@
 //! rest; `ping --help` lists every flag. A flag left unset means the
 //! library's default, so `PoolArgs::default()` gives exactly
 //! [`Config::default()`]. What a flag cannot carry (hooks, a health check,
-//! a hand-built TLS config) the program adds to
+//! a resolver, a hand-built TLS config) the program adds to
 //! [`PoolArgs::into_builder`]'s builder.
 //!
 //! # Values
@@ -104,6 +104,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,8 +193,8 @@ struct PoolFlags {
     max_connection_uses: Option<NoneOr<u64>>,
 
     /// The bound on one connect attempt (resolve, TCP connect and TLS
-    /// handshake), shared between the host's addresses; above 0, or none
-    /// for the OS's own [default: 10s]
+    /// handshake), the racing addresses and all; above 0, or none for the
+    /// OS's own [default: 10s]
     #[arg(long, env = "CONPOOL_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = duration_or_none)]
     connect_timeout: Option<NoneOr<Duration>>,
 
@@ -277,6 +278,55 @@ struct PoolFlags {
     /// used with a total limit or a leak threshold [default: when-contended]
     #[arg(long, env = "CONPOOL_THREAD_SLOTS", value_name = "WHEN", value_enum)]
     thread_slots: Option<ThreadSlots>,
+
+    /// The longest a resolved name's addresses are kept (a shorter TTL
+    /// from the resolver wins; failures are kept 1s); any duration, 0
+    /// keeps none [default: 30s]
+    #[arg(long, env = "CONPOOL_DNS_CACHE_TTL", value_name = "DURATION", value_parser = duration)]
+    dns_cache_ttl: Option<Duration>,
+
+    /// How long one of a host's addresses gets before the next is raced
+    /// against it (Happy Eyeballs); at least 10ms, or 0 or none for one
+    /// address at a time [default: 250ms]
+    #[arg(long, env = "CONPOOL_HAPPY_EYEBALLS_DELAY", value_name = "DURATION", value_parser = duration_or_none)]
+    happy_eyeballs_delay: Option<NoneOr<Duration>>,
+
+    /// Idle time before the first TCP keepalive probe; whole seconds from
+    /// 1s to 32767s, or none for keepalive off [default: none]
+    #[arg(long, env = "CONPOOL_TCP_KEEPALIVE", value_name = "DURATION", value_parser = duration_or_none)]
+    tcp_keepalive: Option<NoneOr<Duration>>,
+
+    /// Time between TCP keepalive probes; whole seconds from 1s to 32767s,
+    /// needs --tcp-keepalive; none for the OS's [default: none]
+    #[arg(long, env = "CONPOOL_TCP_KEEPALIVE_INTERVAL", value_name = "DURATION", value_parser = duration_or_none)]
+    tcp_keepalive_interval: Option<NoneOr<Duration>>,
+
+    /// Unanswered TCP keepalive probes before the connection is dropped; 1
+    /// to 127, needs --tcp-keepalive; none for the OS's [default: none]
+    #[arg(long, env = "CONPOOL_TCP_KEEPALIVE_RETRIES", value_name = "N", value_parser = count_or_none::<u32>)]
+    tcp_keepalive_retries: Option<NoneOr<u32>>,
+
+    /// SO_RCVBUF of every TCP socket, in bytes, set before it connects; 1
+    /// to 2147483647, or none for the OS's [default: none]
+    #[arg(long, env = "CONPOOL_RECV_BUFFER_SIZE", value_name = "BYTES", value_parser = count_or_none::<usize>)]
+    recv_buffer_size: Option<NoneOr<usize>>,
+
+    /// SO_SNDBUF of every TCP socket, in bytes, set before it connects; 1
+    /// to 2147483647, or none for the OS's [default: none]
+    #[arg(long, env = "CONPOOL_SEND_BUFFER_SIZE", value_name = "BYTES", value_parser = count_or_none::<usize>)]
+    send_buffer_size: Option<NoneOr<usize>>,
+
+    /// The local IP address every TCP connection is bound to; only a
+    /// host's addresses of its family are dialed; none lets the OS pick
+    /// [default: none]
+    #[arg(long, env = "CONPOOL_LOCAL_ADDRESS", value_name = "IP", value_parser = ip_or_none)]
+    local_address: Option<NoneOr<IpAddr>>,
+
+    /// TCP_USER_TIMEOUT (Linux): how long sent data may stay unacknowledged
+    /// before the connection is dropped; whole milliseconds from 1ms, or
+    /// none for the OS's [default: none]
+    #[arg(long, env = "CONPOOL_TCP_USER_TIMEOUT", value_name = "DURATION", value_parser = duration_or_none)]
+    tcp_user_timeout: Option<NoneOr<Duration>>,
 
     /// PEM file of the root certificates to trust, instead of the webpki
     /// roots [default: the webpki roots]
@@ -391,6 +441,15 @@ impl PoolArgs {
             leak_threshold,
             thread_slots,
             tls_server_name,
+            dns_cache_ttl,
+            happy_eyeballs_delay,
+            tcp_keepalive,
+            tcp_keepalive_interval,
+            tcp_keepalive_retries,
+            recv_buffer_size,
+            send_buffer_size,
+            local_address,
+            tcp_user_timeout,
         );
         match &self.tls {
             Some(tls) => builder.tls_config(tls.clone()),
@@ -626,6 +685,16 @@ where
         .parse()
         .map(Some)
         .map_err(|e| format!("{e}; write a whole number, or none"))
+}
+
+fn ip_or_none(value: &str) -> Result<Option<IpAddr>, String> {
+    if value == "none" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| "write an IPv4 or IPv6 address, such as 10.0.0.5 or ::1, or none".to_owned())
 }
 
 fn duration_or_none(value: &str) -> Result<Option<Duration>, String> {

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
+use crate::dial::resolve::Resolve;
 use crate::{CloseReason, Endpoint, Error, Stream};
 
 /// A boxed, `Send` future, as returned by health checks and dialers.
@@ -102,6 +104,15 @@ pub enum ThreadSlots {
 /// | hooks | none |
 /// | `tls_config` | the webpki root certificates, ring provider |
 /// | `tls_server_name` | none: each TLS endpoint's host |
+/// | `resolver` | the system resolver ([`dial::resolve`](crate::dial::resolve)) |
+/// | `dns_cache_ttl` | 30 s |
+/// | `happy_eyeballs_delay` | 250 ms |
+/// | `tcp_keepalive` | off |
+/// | `tcp_keepalive_interval` | the OS's (75 s on Linux) |
+/// | `tcp_keepalive_retries` | the OS's (9 on Linux) |
+/// | `recv_buffer_size` / `send_buffer_size` | the OS's |
+/// | `local_address` | none: the OS picks |
+/// | `tcp_user_timeout` | the OS's (off) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -146,11 +157,26 @@ pub struct Config {
     on_connection_closed: Option<CloseHook>,
     tls_config: Arc<rustls::ClientConfig>,
     tls_server_name: Option<ServerName<'static>>,
+    resolver: Option<Arc<dyn Resolve>>,
+    dns_cache_ttl: Duration,
+    happy_eyeballs_delay: Option<Duration>,
+    tcp_keepalive: Option<Duration>,
+    tcp_keepalive_interval: Option<Duration>,
+    tcp_keepalive_retries: Option<u32>,
+    recv_buffer_size: Option<usize>,
+    send_buffer_size: Option<usize>,
+    local_address: Option<IpAddr>,
+    tcp_user_timeout: Option<Duration>,
 }
 
 /// The most connect attempts a config may ask for: past this, the doubling
 /// backoff would wait for years.
 pub const MAX_CONNECT_RETRY_COUNT: u32 = 32;
+
+/// The shortest `happy_eyeballs_delay` above 0 a config may have: RFC 8305
+/// § 5 forbids a Connection Attempt Delay below 10 ms, which would start
+/// every address's connect almost at once and flood the network.
+pub const MIN_HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(10);
 
 impl Default for Config {
     fn default() -> Self {
@@ -180,6 +206,16 @@ impl Default for Config {
             on_connection_closed: None,
             tls_config: default_tls_config(),
             tls_server_name: None,
+            resolver: None,
+            dns_cache_ttl: Duration::from_secs(30),
+            happy_eyeballs_delay: Some(Duration::from_millis(250)),
+            tcp_keepalive: None,
+            tcp_keepalive_interval: None,
+            tcp_keepalive_retries: None,
+            recv_buffer_size: None,
+            send_buffer_size: None,
+            local_address: None,
+            tcp_user_timeout: None,
         }
     }
 }
@@ -250,11 +286,13 @@ impl Config {
     /// handshake); `None` waits as long as the OS does.
     ///
     /// Inside the attempt, the dialer [`Pool::new`](crate::Pool::new) makes
-    /// shares it between the host's addresses, tried in turn: each gets the
-    /// time left divided by the addresses left, but at least 500 ms (or all
-    /// that is left), and the TLS handshake gets what remains. So with the
-    /// default 10 s, a first address that drops SYNs takes 5 s and the
-    /// second has the other 5 s.
+    /// races the host's addresses ([`happy_eyeballs_delay`](Self::happy_eyeballs_delay)),
+    /// each racer ending by this deadline. With the addresses tried one at
+    /// a time instead (a delay of 0 or `None`), each gets the time left
+    /// divided by the addresses left, but at least 500 ms (or all that is
+    /// left), and the TLS handshake gets what remains: with the default
+    /// 10 s, a first address that drops SYNs then takes 5 s and the second
+    /// has the other 5 s.
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.connect_timeout
     }
@@ -338,6 +376,54 @@ impl Config {
     pub fn tls_server_name(&self) -> Option<&ServerName<'static>> {
         self.tls_server_name.as_ref()
     }
+    /// The resolver set with [`ConfigBuilder::resolver`]; `None`: the
+    /// default ([`default_resolver`](crate::dial::resolve::default_resolver)).
+    pub fn resolver(&self) -> Option<&Arc<dyn Resolve>> {
+        self.resolver.as_ref()
+    }
+    /// How long the default dialer waits on one address before it starts
+    /// connecting to the next as well (RFC 8305's Connection Attempt
+    /// Delay); `None` (or 0): one address at a time.
+    pub fn happy_eyeballs_delay(&self) -> Option<Duration> {
+        self.happy_eyeballs_delay.filter(|d| !d.is_zero())
+    }
+    /// Idle time before the first TCP keepalive probe; `None`: keepalive
+    /// off (the default, as in tokio).
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        self.tcp_keepalive
+    }
+    /// Time between keepalive probes; `None`: the OS's.
+    pub fn tcp_keepalive_interval(&self) -> Option<Duration> {
+        self.tcp_keepalive_interval
+    }
+    /// Unanswered keepalive probes before the connection is dropped;
+    /// `None`: the OS's.
+    pub fn tcp_keepalive_retries(&self) -> Option<u32> {
+        self.tcp_keepalive_retries
+    }
+    /// `SO_RCVBUF` in bytes, set before connecting; `None`: the OS's.
+    pub fn recv_buffer_size(&self) -> Option<usize> {
+        self.recv_buffer_size
+    }
+    /// `SO_SNDBUF` in bytes, set before connecting; `None`: the OS's.
+    pub fn send_buffer_size(&self) -> Option<usize> {
+        self.send_buffer_size
+    }
+    /// The local address TCP connections are bound to before connecting
+    /// (port chosen by the OS); `None`: the OS picks.
+    pub fn local_address(&self) -> Option<IpAddr> {
+        self.local_address
+    }
+    /// `TCP_USER_TIMEOUT` (Linux): how long sent data may stay
+    /// unacknowledged before the connection is dropped; `None`: the OS's.
+    pub fn tcp_user_timeout(&self) -> Option<Duration> {
+        self.tcp_user_timeout
+    }
+    /// The longest the default dialer keeps a resolver's answer; see
+    /// [`ConfigBuilder::dns_cache_ttl`].
+    pub fn dns_cache_ttl(&self) -> Duration {
+        self.dns_cache_ttl
+    }
 
     #[inline]
     pub(crate) fn notify_created(&self, endpoint: &Endpoint) {
@@ -400,6 +486,16 @@ impl fmt::Debug for Config {
             on_connection_closed,
             tls_config: _,
             tls_server_name,
+            resolver,
+            dns_cache_ttl,
+            happy_eyeballs_delay,
+            tcp_keepalive,
+            tcp_keepalive_interval,
+            tcp_keepalive_retries,
+            recv_buffer_size,
+            send_buffer_size,
+            local_address,
+            tcp_user_timeout,
         } = self;
         f.debug_struct("Config")
             .field("max_connections_per_endpoint", max_connections_per_endpoint)
@@ -429,6 +525,16 @@ impl fmt::Debug for Config {
             .field("on_connection_reused", &on_connection_reused.is_some())
             .field("on_connection_closed", &on_connection_closed.is_some())
             .field("tls_server_name", tls_server_name)
+            .field("resolver", &resolver.is_some())
+            .field("dns_cache_ttl", dns_cache_ttl)
+            .field("happy_eyeballs_delay", happy_eyeballs_delay)
+            .field("tcp_keepalive", tcp_keepalive)
+            .field("tcp_keepalive_interval", tcp_keepalive_interval)
+            .field("tcp_keepalive_retries", tcp_keepalive_retries)
+            .field("recv_buffer_size", recv_buffer_size)
+            .field("send_buffer_size", send_buffer_size)
+            .field("local_address", local_address)
+            .field("tcp_user_timeout", tcp_user_timeout)
             // The rustls config prints pages of provider internals.
             .finish_non_exhaustive()
     }
@@ -462,8 +568,8 @@ impl ConfigBuilder {
         self.config.max_connection_uses = max.into();
         self
     }
-    /// Bound on one connect attempt, shared between the host's addresses
-    /// (see [`Config::connect_timeout`]; `None`: the OS's own); above 0.
+    /// Bound on one connect attempt, racers and all (see
+    /// [`Config::connect_timeout`]; `None`: the OS's own); above 0.
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.connect_timeout = timeout.into();
         self
@@ -692,6 +798,123 @@ impl ConfigBuilder {
         self
     }
 
+    /// The resolver the default dialer asks for host names, instead of the
+    /// system's (service discovery, a fixed table); see
+    /// [`Resolve`] for an example. Its
+    /// answers are cached and concurrent lookups merged, as the default's
+    /// are ([`dns_cache_ttl`](Self::dns_cache_ttl)).
+    pub fn resolver(mut self, resolver: impl Resolve) -> Self {
+        self.config.resolver = Some(Arc::new(resolver));
+        self
+    }
+    /// The longest the default dialer keeps a resolver's answer (default
+    /// 30 s; a shorter TTL the resolver reports wins); `Duration::ZERO`
+    /// keeps none, though lookups of one host at the same time are still
+    /// merged. A failed lookup is kept for 1 s
+    /// ([`FAILURE_TTL`](crate::dial::resolve::FAILURE_TTL)), or this if
+    /// shorter. Any duration.
+    pub fn dns_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.dns_cache_ttl = ttl;
+        self
+    }
+
+    /// How long the default dialer gives one of a host's addresses before
+    /// it starts connecting to the next as well, Happy Eyeballs style (RFC
+    /// 8305; default 250 ms). The families are interleaved (one address of
+    /// the other family after each), the next attempt starts at once when
+    /// the previous fails, the first to connect wins (for TLS, the first
+    /// whose handshake completes), the others are closed, and the address
+    /// that won is tried first next time. `None` or `Duration::ZERO` tries
+    /// one address at a time. Otherwise at least 10 ms, RFC 8305's floor.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = conpool::Config::builder()
+    ///     .happy_eyeballs_delay(Duration::from_millis(100))
+    ///     .build()?;
+    /// assert_eq!(config.happy_eyeballs_delay(), Some(Duration::from_millis(100)));
+    ///
+    /// let err = conpool::Config::builder()
+    ///     .happy_eyeballs_delay(Duration::from_millis(5))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid config: happy_eyeballs_delay is 5ms; it must be at least 10ms \
+    ///      (RFC 8305's floor), or 0 or None for one address at a time"
+    /// );
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn happy_eyeballs_delay(mut self, delay: impl Into<Option<Duration>>) -> Self {
+        self.config.happy_eyeballs_delay = delay.into();
+        self
+    }
+
+    /// Turns TCP keepalive on, with this idle time before the first probe
+    /// (`None`, the default: off, as in tokio), so that a peer that
+    /// vanished (a crashed host, a dropped NAT entry) is noticed on an idle
+    /// connection. Whole seconds from 1 s to 32767 s, the kernel's unit and
+    /// limit. The default dialer sets it on every TCP connection.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = conpool::Config::builder()
+    ///     .tcp_keepalive(Duration::from_secs(60))
+    ///     .tcp_keepalive_interval(Duration::from_secs(10))
+    ///     .tcp_keepalive_retries(3)
+    ///     .build()?;
+    /// assert_eq!(config.tcp_keepalive(), Some(Duration::from_secs(60)));
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn tcp_keepalive(mut self, idle: impl Into<Option<Duration>>) -> Self {
+        self.config.tcp_keepalive = idle.into();
+        self
+    }
+    /// Time between keepalive probes (`None`: the OS's); whole seconds
+    /// from 1 s to 32767 s, and only with [`tcp_keepalive`](Self::tcp_keepalive).
+    pub fn tcp_keepalive_interval(mut self, every: impl Into<Option<Duration>>) -> Self {
+        self.config.tcp_keepalive_interval = every.into();
+        self
+    }
+    /// Unanswered keepalive probes before the connection is dropped
+    /// (`None`: the OS's); 1 to 127, and only with
+    /// [`tcp_keepalive`](Self::tcp_keepalive).
+    pub fn tcp_keepalive_retries(mut self, probes: impl Into<Option<u32>>) -> Self {
+        self.config.tcp_keepalive_retries = probes.into();
+        self
+    }
+    /// `SO_RCVBUF`, set on every TCP socket before it connects, so that
+    /// the TCP window is sized from the start (`None`: the OS's); 1 to
+    /// 2147483647 bytes. Linux doubles the value for its bookkeeping and
+    /// caps it at `net.core.rmem_max`.
+    pub fn recv_buffer_size(mut self, bytes: impl Into<Option<usize>>) -> Self {
+        self.config.recv_buffer_size = bytes.into();
+        self
+    }
+    /// `SO_SNDBUF`, set on every TCP socket before it connects (`None`:
+    /// the OS's); 1 to 2147483647 bytes. Linux doubles the value and caps
+    /// it at `net.core.wmem_max`.
+    pub fn send_buffer_size(mut self, bytes: impl Into<Option<usize>>) -> Self {
+        self.config.send_buffer_size = bytes.into();
+        self
+    }
+    /// The local address every TCP connection is bound to before it
+    /// connects, the port left to the OS (`None`: the OS picks). Only a
+    /// host's addresses of the same family are dialed; a host with none
+    /// fails to connect, saying so. Not used for Unix sockets.
+    pub fn local_address(mut self, addr: impl Into<Option<IpAddr>>) -> Self {
+        self.config.local_address = addr.into();
+        self
+    }
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged
+    /// before the kernel drops the connection, where keepalive alone would
+    /// wait for its probes (`None`: the OS's). Linux only; whole
+    /// milliseconds from 1 ms to 4294967295 ms.
+    pub fn tcp_user_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.tcp_user_timeout = timeout.into();
+        self
+    }
+
     /// Checks every value and returns the config, or the first rule broken.
     pub fn build(self) -> Result<Config, Error> {
         let c = &self.config;
@@ -788,6 +1011,98 @@ impl ConfigBuilder {
                 "is 0s; it must be above zero (or None for off)".into(),
             );
         }
+        if let Some(delay) = c
+            .happy_eyeballs_delay
+            .filter(|d| !d.is_zero() && *d < MIN_HAPPY_EYEBALLS_DELAY)
+        {
+            return bad(
+                "happy_eyeballs_delay",
+                format!(
+                    "is {delay:?}; it must be at least {MIN_HAPPY_EYEBALLS_DELAY:?} (RFC 8305's floor), or 0 or None for one address at a time"
+                ),
+            );
+        }
+        socket_option_rules(c)?;
         Ok(self.config)
     }
+}
+
+/// The rules of the socket options: the kernel's units and limits, so that
+/// a value is never truncated or clamped on its way to `setsockopt`.
+fn socket_option_rules(c: &Config) -> Result<(), Error> {
+    fn bad(field: &'static str, reason: String) -> Result<(), Error> {
+        Err(Error::InvalidConfig { field, reason })
+    }
+    const MAX_KEEPALIVE_SECS: u64 = 32767;
+    for (field, value) in [
+        ("tcp_keepalive", c.tcp_keepalive),
+        ("tcp_keepalive_interval", c.tcp_keepalive_interval),
+    ] {
+        if let Some(d) = value.filter(|d| {
+            d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_KEEPALIVE_SECS
+        }) {
+            return bad(
+                field,
+                format!(
+                    "is {d:?}; it must be whole seconds from 1s to {MAX_KEEPALIVE_SECS}s (the kernel's unit and limit)"
+                ),
+            );
+        }
+    }
+    if let Some(probes) = c.tcp_keepalive_retries.filter(|n| !(1..=127).contains(n)) {
+        return bad(
+            "tcp_keepalive_retries",
+            format!("is {probes}; it must be from 1 to 127 probes"),
+        );
+    }
+    if c.tcp_keepalive.is_none() {
+        let given = [
+            (
+                "tcp_keepalive_interval",
+                c.tcp_keepalive_interval.map(|d| format!("{d:?}")),
+            ),
+            (
+                "tcp_keepalive_retries",
+                c.tcp_keepalive_retries.map(|n| n.to_string()),
+            ),
+        ];
+        if let Some((field, Some(value))) = given.into_iter().find(|(_, v)| v.is_some()) {
+            return bad(
+                field,
+                format!(
+                    "is {value}, but tcp_keepalive is None (off); set tcp_keepalive to turn keepalive on"
+                ),
+            );
+        }
+    }
+    for (field, value) in [
+        ("recv_buffer_size", c.recv_buffer_size),
+        ("send_buffer_size", c.send_buffer_size),
+    ] {
+        if let Some(bytes) = value.filter(|&b| b == 0 || b > i32::MAX as usize) {
+            return bad(
+                field,
+                format!("is {bytes}; it must be from 1 to {} bytes", i32::MAX),
+            );
+        }
+    }
+    if let Some(d) = c.tcp_user_timeout {
+        if !cfg!(target_os = "linux") {
+            return bad(
+                "tcp_user_timeout",
+                format!("is {d:?}; TCP_USER_TIMEOUT exists only on Linux (or None)"),
+            );
+        }
+        if d.subsec_nanos() % 1_000_000 != 0 || d.is_zero() || d.as_millis() > u128::from(u32::MAX)
+        {
+            return bad(
+                "tcp_user_timeout",
+                format!(
+                    "is {d:?}; it must be whole milliseconds from 1ms to {}ms (or None)",
+                    u32::MAX
+                ),
+            );
+        }
+    }
+    Ok(())
 }

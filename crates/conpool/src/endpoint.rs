@@ -1,9 +1,11 @@
 //! Endpoints: the keys of the pool.
 //!
 //! An [`Endpoint`] names one server the pool dials: a host (a DNS name or an
-//! IP literal), a port, and whether the connection speaks TLS. Each distinct
-//! endpoint has its own per-endpoint pool, limit and statistics, so a TLS
-//! endpoint and a plain one with the same host and port are different keys.
+//! IP literal), a port, and whether the connection speaks TLS; or the path
+//! of a Unix domain socket ([`Endpoint::unix`], [`Endpoint::unix_tls`]),
+//! keyed by the path. Each distinct endpoint has its own per-endpoint pool,
+//! limit and statistics, so a TLS endpoint and a plain one with the same
+//! host and port are different keys.
 //!
 //! Endpoints are validated once, when they are built, so that the pool never
 //! has to cope with a host name it cannot resolve for syntactic reasons.
@@ -13,8 +15,11 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
+
+use rustls::pki_types::ServerName;
 
 use crate::Error;
 
@@ -54,17 +59,33 @@ impl Scheme {
 /// assert_eq!(v6.to_string(), "[::1]:11211");
 ///
 /// assert!(Endpoint::new("bad host", 80).is_err());
+///
+/// let socket: Endpoint = "unix:///run/redis/redis.sock".parse()?;
+/// assert_eq!(socket.unix_path(), Some(std::path::Path::new("/run/redis/redis.sock")));
 /// # Ok::<(), conpool::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct Endpoint {
+    /// The host, or a Unix socket's path.
     host: Arc<str>,
+    /// 0 for a Unix socket.
     port: u16,
     scheme: Scheme,
+    /// What makes a Unix socket's endpoint one; `None` for TCP. Behind a
+    /// pointer so that TCP endpoints, the common case, stay small.
+    unix: Option<Arc<UnixSocket>>,
     /// The hash of the three fields above, computed once with a per-process
     /// random key (so a hostile set of host names cannot flood one bucket),
     /// so that finding an endpoint's pool hashes eight bytes, not a string.
     hash: u64,
+}
+
+/// A Unix socket endpoint's own part.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct UnixSocket {
+    /// The name a TLS endpoint's certificate is verified against, checked
+    /// to be one rustls takes; `None` for plain.
+    server_name: Option<Arc<str>>,
 }
 
 impl PartialEq for Endpoint {
@@ -73,6 +94,7 @@ impl PartialEq for Endpoint {
             && self.port == other.port
             && self.scheme == other.scheme
             && (Arc::ptr_eq(&self.host, &other.host) || self.host == other.host)
+            && self.unix == other.unix
     }
 }
 
@@ -98,16 +120,32 @@ impl PartialOrd for Endpoint {
 }
 
 impl Ord for Endpoint {
-    /// By host, then port, then scheme.
+    /// TCP before Unix sockets, then by host (or path), then port, then
+    /// scheme, then a Unix socket's server name.
     fn cmp(&self, other: &Self) -> Ordering {
-        (&*self.host, self.port, self.scheme).cmp(&(&*other.host, other.port, other.scheme))
+        (
+            self.unix.is_some(),
+            &*self.host,
+            self.port,
+            self.scheme,
+            &self.unix,
+        )
+            .cmp(&(
+                other.unix.is_some(),
+                &*other.host,
+                other.port,
+                other.scheme,
+                &other.unix,
+            ))
     }
 }
 
-/// Hashes each endpoint once, at construction, with a key chosen per process.
-fn endpoint_hash(host: &str, port: u16, scheme: Scheme) -> u64 {
+/// Hashes each endpoint once, at construction, with a key chosen per
+/// process. A Unix socket's server name goes in too (port 0 already tells
+/// its path from a host).
+fn endpoint_hash(host: &str, port: u16, scheme: Scheme, server_name: Option<&str>) -> u64 {
     static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-    KEY.hash_one((host, port, scheme))
+    KEY.hash_one((host, port, scheme, server_name))
 }
 
 /// A hasher for keys that carry their own hash (`Endpoint`): it passes the
@@ -164,19 +202,108 @@ impl Endpoint {
             )));
         }
         Ok(Endpoint {
-            hash: endpoint_hash(host, port, scheme),
+            hash: endpoint_hash(host, port, scheme, None),
             host: Arc::from(host),
             port,
             scheme,
+            unix: None,
         })
     }
 
-    /// The host name or IP literal (IPv6 without brackets).
+    /// A Unix domain socket at `path`, absolute or relative (to the
+    /// working directory at each dial), keyed by the path as written. It
+    /// is dialed with no name resolution and no Happy Eyeballs.
+    ///
+    /// Fails with [`Error::InvalidEndpoint`] when the path is empty, is not
+    /// UTF-8, holds a NUL byte, or is longer than the 107 bytes a socket
+    /// address holds.
+    ///
+    /// ```
+    /// use conpool::Endpoint;
+    ///
+    /// let redis = Endpoint::unix("/run/redis/redis.sock")?;
+    /// assert_eq!(redis.to_string(), "unix:///run/redis/redis.sock");
+    /// assert_eq!(Endpoint::unix("app.sock")?.to_string(), "unix:app.sock");
+    /// assert_eq!(
+    ///     Endpoint::unix("").unwrap_err().to_string(),
+    ///     "invalid endpoint: the Unix socket path is empty"
+    /// );
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn unix(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = unix_path(path.as_ref())?;
+        Ok(Self::unix_with(path, Scheme::Tcp, None))
+    }
+
+    /// TLS over the Unix domain socket at `path` (absolute: see below),
+    /// the server's certificate verified against `server_name` (a DNS name
+    /// or an IP address), which is also sent as SNI; a socket has no host
+    /// to take the name from. The endpoint's name is used whatever the
+    /// config's `tls_server_name` says.
+    ///
+    /// Its text form is `unix+tls://server_name/abs/path`, which has room
+    /// only for an absolute path: a relative one is refused, as are the
+    /// paths [`Endpoint::unix`] refuses and a name that is neither a DNS
+    /// name nor an IP address.
+    ///
+    /// ```
+    /// use conpool::Endpoint;
+    ///
+    /// let db = Endpoint::unix_tls("/run/db/tls.sock", "db.internal")?;
+    /// assert!(db.is_tls());
+    /// assert_eq!(db.to_string(), "unix+tls://db.internal/run/db/tls.sock");
+    /// assert_eq!(db.to_string().parse::<Endpoint>()?, db);
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn unix_tls(path: impl AsRef<Path>, server_name: &str) -> Result<Self, Error> {
+        let path = unix_path(path.as_ref())?;
+        if !path.starts_with('/') {
+            return Err(invalid(format!(
+                "the TLS Unix socket path {path:?} is relative; it must be absolute (start with '/')"
+            )));
+        }
+        if ServerName::try_from(server_name).is_err() {
+            return Err(invalid(format!(
+                "server name {server_name:?} of the TLS Unix socket {path:?} is neither a DNS name nor an IP address"
+            )));
+        }
+        Ok(Self::unix_with(
+            path,
+            Scheme::Tls,
+            Some(Arc::from(server_name)),
+        ))
+    }
+
+    fn unix_with(path: &str, scheme: Scheme, server_name: Option<Arc<str>>) -> Self {
+        Endpoint {
+            hash: endpoint_hash(path, 0, scheme, server_name.as_deref()),
+            host: Arc::from(path),
+            port: 0,
+            scheme,
+            unix: Some(Arc::new(UnixSocket { server_name })),
+        }
+    }
+
+    /// The socket's path, for a Unix socket endpoint.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|_| Path::new(&*self.host))
+    }
+
+    /// The name a TLS Unix socket endpoint's certificate is verified
+    /// against ([`Endpoint::unix_tls`]): a DNS name or an IP address.
+    pub fn unix_server_name(&self) -> Option<&str> {
+        self.unix
+            .as_ref()
+            .and_then(|unix| unix.server_name.as_deref())
+    }
+
+    /// The host name or IP literal (IPv6 without brackets); a Unix
+    /// socket endpoint's path.
     pub fn host(&self) -> &str {
         &self.host
     }
 
-    /// The TCP port.
+    /// The TCP port; 0 for a Unix socket.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -193,8 +320,40 @@ impl Endpoint {
 
     /// The host as an IP address, when it is an IP literal.
     pub fn ip(&self) -> Option<IpAddr> {
+        if self.unix.is_some() {
+            return None;
+        }
         self.host.parse().ok()
     }
+}
+
+/// The longest Unix socket path: `sun_path` holds 108 bytes on Linux, the
+/// last for the NUL.
+const MAX_UNIX_PATH: usize = 107;
+
+/// Checks a Unix socket path: UTF-8 (it is also the endpoint's text form),
+/// not empty, no NUL, short enough for a socket address.
+fn unix_path(path: &Path) -> Result<&str, Error> {
+    let text = path.to_str().ok_or_else(|| {
+        invalid(format!(
+            "the Unix socket path {path:?} is not UTF-8; conpool takes UTF-8 paths"
+        ))
+    })?;
+    if text.is_empty() {
+        return Err(invalid("the Unix socket path is empty".into()));
+    }
+    if text.contains('\0') {
+        return Err(invalid(format!(
+            "the Unix socket path {text:?} contains a NUL byte"
+        )));
+    }
+    if text.len() > MAX_UNIX_PATH {
+        return Err(invalid(format!(
+            "the Unix socket path {text:?} is {} bytes long; a socket address holds at most {MAX_UNIX_PATH}",
+            text.len()
+        )));
+    }
+    Ok(text)
 }
 
 fn invalid(reason: String) -> Error {
@@ -262,15 +421,39 @@ fn validate_host(host: &str) -> Result<(), Error> {
 impl FromStr for Endpoint {
     type Err = Error;
 
-    /// Parses `host:port`, `[v6addr]:port`, `tcp://host:port` or
-    /// `tls://host:port`.
+    /// Parses `host:port`, `[v6addr]:port`, `tcp://host:port`,
+    /// `tls://host:port`, or a Unix socket: `unix:///abs/path`,
+    /// `unix:relative/path`, `unix+tls://server_name/abs/path`.
     fn from_str(s: &str) -> Result<Self, Error> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.is_empty() && !path.starts_with('/') {
+                return Err(invalid(format!(
+                    "{s:?} has the relative path {path:?} after unix://, where only absolute ones are allowed; write unix:///abs/path, or unix:{path} for a relative path"
+                )));
+            }
+            return Endpoint::unix(path);
+        }
+        if let Some(rest) = s.strip_prefix("unix+tls://") {
+            let (name, path) = match rest.find('/') {
+                Some(slash) => rest.split_at(slash),
+                None => (rest, ""),
+            };
+            if name.is_empty() {
+                return Err(invalid(format!(
+                    "{s:?} names no server to verify; write unix+tls://server_name/abs/path"
+                )));
+            }
+            return Endpoint::unix_tls(path, name);
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Endpoint::unix(path);
+        }
         let (scheme, rest) = match s.split_once("://") {
             Some(("tcp", rest)) => (Scheme::Tcp, rest),
             Some(("tls", rest)) => (Scheme::Tls, rest),
             Some((other, _)) => {
                 return Err(invalid(format!(
-                    "{s:?} has scheme {other:?}; use tcp:// or tls://"
+                    "{s:?} has scheme {other:?}; use tcp://, tls://, unix:// or unix+tls://"
                 )));
             }
             None => (Scheme::Tcp, s),
@@ -312,8 +495,17 @@ impl FromStr for Endpoint {
 
 impl fmt::Display for Endpoint {
     /// `host:port` for TCP, `tls://host:port` for TLS; IPv6 literals are
-    /// bracketed. The output parses back to an equal endpoint.
+    /// bracketed; `unix:///abs/path` or `unix:relative/path` for a Unix
+    /// socket, `unix+tls://server_name/abs/path` for TLS over one. The
+    /// output parses back to an equal endpoint.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(unix) = &self.unix {
+            return match &unix.server_name {
+                Some(name) => write!(f, "unix+tls://{name}{}", self.host),
+                None if self.host.starts_with('/') => write!(f, "unix://{}", self.host),
+                None => write!(f, "unix:{}", self.host),
+            };
+        }
         if self.scheme == Scheme::Tls {
             f.write_str("tls://")?;
         }
@@ -440,7 +632,7 @@ mod tests {
         );
         assert_eq!(
             err("http://a:1"),
-            "invalid endpoint: \"http://a:1\" has scheme \"http\"; use tcp:// or tls://"
+            "invalid endpoint: \"http://a:1\" has scheme \"http\"; use tcp://, tls://, unix:// or unix+tls://"
         );
         assert_eq!(
             err("::1:80"),

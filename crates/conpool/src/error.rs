@@ -14,7 +14,8 @@ use crate::stats::PoolState;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The system resolver found no address for the host.
+    /// The resolver found no address for the host (or could not ask);
+    /// never retried.
     #[error("DNS resolution failed for host {host:?}")]
     DnsResolutionFailed {
         /// The host name that did not resolve.

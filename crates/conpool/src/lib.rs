@@ -97,12 +97,12 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`endpoint`] | the pool's keys: host, port, TCP or TLS |
+//! | [`endpoint`] | the pool's keys: host, port, TCP or TLS; or a Unix socket's path |
 //! | [`config`] | every limit, timeout and hook, validated once |
 //! | `cli` | (feature `clap`) `PoolArgs`: the config as flags of a clap program |
 //! | [`error`] | the one error type |
 //! | [`stats`] | counters, snapshots and close reasons |
-//! | [`dial`] | resolve, TCP connect, TLS handshake, retry with backoff |
+//! | [`dial`] | resolve (and cache), race the addresses, TCP or Unix connect, TLS handshake, retry with backoff |
 //! | `pool` | the map of endpoints and each endpoint's slots and queue |
 //! | [`lease`] | the RAII guard that returns or closes a connection |
 //! | `maintenance` | the background task: eviction, warm-up, leak warnings, and which runtime runs it |

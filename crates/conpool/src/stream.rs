@@ -1,8 +1,9 @@
 //! The byte stream under a pooled connection.
 //!
 //! A [`Stream`] is plain TCP, TLS over TCP, or any other
-//! `AsyncRead + AsyncWrite` a custom [`Dial`](crate::dial::Dial)
-//! produces (Unix sockets, in-memory test doubles). The two built-in kinds
+//! `AsyncRead + AsyncWrite` a dialer produces: the default dialer's Unix
+//! sockets (plain or TLS), a custom [`Dial`](crate::dial::Dial)'s
+//! streams, in-memory test doubles. The two built-in kinds
 //! are enum variants rather than trait objects so that the common case pays
 //! no virtual call per read or write.
 

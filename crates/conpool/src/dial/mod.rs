@@ -4,9 +4,10 @@
 //! pool core:
 //!
 //! - a [`Dial`] makes **one attempt**: endpoint in, stream out. The default,
-//!   [`TcpTlsDialer`], resolves the host ([`resolve`]), connects over TCP to
-//!   each address in turn ([`tcp`]) and runs the TLS handshake for TLS
-//!   endpoints ([`tls`]). Unix sockets, proxies and test doubles are other
+//!   [`TcpTlsDialer`], resolves the host through the pool's cache of a
+//!   [`Resolve`]r's answers ([`resolve`]), races TCP connects to its
+//!   addresses ([`happy_eyeballs`], [`tcp`]) and runs the TLS handshake for
+//!   TLS endpoints ([`tls`]) inside each racer. Unix sockets, proxies and test doubles are other
 //!   implementations.
 //! - the pool wraps every attempt in the configured `connect_timeout` and
 //!   retries what can succeed on retry (a refused or timed-out connect), with
@@ -14,21 +15,24 @@
 //!   does not resolve, a certificate that does not verify) fails at once.
 //!
 //! The default dialer as [`Pool::new`](crate::Pool::new) makes it
-//! ([`TcpTlsDialer::from_config`]) keeps `connect_timeout` too, to share it
-//! out inside the attempt: the attempt's deadline is `connect_timeout` from
-//! its start, resolving counts against it, each address gets the time left
-//! divided by the addresses left (at least 500 ms, or all that is left; see
-//! [`tcp`]) and the TLS handshake gets whatever is left. A first address
-//! that drops SYNs (a broken IPv6 route) thus leaves the next one time to
-//! connect. The pool's own timeout still bounds every attempt, whatever the
-//! dialer.
+//! ([`TcpTlsDialer::from_config`]) keeps `connect_timeout` too, to bound
+//! what happens inside the attempt: the attempt's deadline is
+//! `connect_timeout` from its start, resolving counts against it, and every
+//! racer (connect and handshake) ends by it. A first address that drops
+//! SYNs (a broken IPv6 route) thus costs `happy_eyeballs_delay`, not the
+//! timeout: the next address starts racing it then. With
+//! `happy_eyeballs_delay` 0 or `None` the addresses are tried one at a
+//! time, each with a share of the time left (see [`happy_eyeballs`]). The
+//! pool's own timeout still bounds every attempt, whatever the dialer.
 
 mod backoff;
+pub mod happy_eyeballs;
 pub mod resolve;
 pub mod tcp;
 pub mod tls;
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +40,7 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 pub use backoff::backoff_delay;
+pub use resolve::Resolve;
 
 use crate::config::BoxFuture;
 use crate::{Config, Endpoint, Error, Stream};
@@ -84,6 +89,9 @@ pub enum DialErrorKind {
     Connect,
     /// The TLS handshake's verdict: not retried.
     Tls,
+    /// No address of the host can be reached from this side (none of the
+    /// family of the config's `local_address`): not retried.
+    Unreachable,
 }
 
 impl DialError {
@@ -108,6 +116,13 @@ impl DialError {
             source,
         }
     }
+    /// No address can be reached from here, whatever a retry does.
+    pub fn unreachable(source: io::Error) -> Self {
+        DialError {
+            kind: DialErrorKind::Unreachable,
+            source,
+        }
+    }
     /// Which step failed.
     pub fn kind(&self) -> DialErrorKind {
         self.kind
@@ -122,14 +137,22 @@ impl DialError {
     }
 }
 
-/// The default dialer: system resolver, TCP with `TCP_NODELAY`, and rustls
-/// for TLS endpoints, optionally under a connect timeout of its own.
+/// The default dialer: a cached resolver (the system's unless the config
+/// names one), TCP with `TCP_NODELAY`, and rustls for TLS endpoints,
+/// optionally under a connect timeout of its own.
+///
+/// Clones share one cache of resolved names ([`resolve::CachedResolver`]).
+///
+/// A host's addresses are raced ([`happy_eyeballs`]): an attempt on the
+/// next address starts every `happy_eyeballs_delay`, or as soon as the
+/// previous one fails; the first to connect (for TLS, to complete its
+/// handshake) wins, and the address that won goes first next time.
 ///
 /// With a connect timeout, an attempt's deadline is that timeout from the
-/// attempt's start: resolving counts against it, each resolved address gets
-/// a share of the time left (see [`tcp`]), and the TLS handshake gets what
-/// is left; an attempt out of time fails with a retryable error whose
-/// source is [`io::ErrorKind::TimedOut`].
+/// attempt's start: resolving counts against it, and each racer ends by it
+/// (one at a time, with `happy_eyeballs_delay` 0 or `None`, each address
+/// gets a share of the time left); an attempt out of time fails with a
+/// retryable error whose source is [`io::ErrorKind::TimedOut`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -148,30 +171,58 @@ pub struct TcpTlsDialer {
     connect_timeout: Option<Duration>,
     /// Verified instead of each endpoint's host.
     server_name: Option<ServerName<'static>>,
+    resolver: Arc<resolve::CachedResolver>,
+    happy_eyeballs_delay: Option<Duration>,
+    last_good: Arc<happy_eyeballs::LastGood>,
+    socket_options: tcp::SocketOptions,
 }
 
 impl TcpTlsDialer {
     /// A dialer that uses `tls` for TLS endpoints, verifies each as its
     /// host, and keeps no timeout of its own: each address waits as long as
     /// the OS does, and only a pool's `connect_timeout` cuts the attempt,
-    /// whatever address it is on. Use [`TcpTlsDialer::from_config`] for a
-    /// dialer that shares the timeout between a host's addresses.
+    /// whatever address it is on. Addresses are raced every 250 ms (the
+    /// default `happy_eyeballs_delay`). Use [`TcpTlsDialer::from_config`]
+    /// for a dialer that bounds the race by a timeout of its own. Names
+    /// are resolved by the [default resolver](resolve::default_resolver)
+    /// and its answers kept for the default `dns_cache_ttl`, 30 s.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        let defaults = Config::default();
         TcpTlsDialer {
             tls,
             connect_timeout: None,
             server_name: None,
+            resolver: Arc::new(resolve::CachedResolver::from_arc(
+                resolve::default_resolver(),
+                defaults.dns_cache_ttl(),
+            )),
+            happy_eyeballs_delay: defaults.happy_eyeballs_delay(),
+            last_good: Arc::default(),
+            socket_options: tcp::SocketOptions::default(),
         }
     }
 
     /// The dialer [`Pool::new`](crate::Pool::new) makes: TLS with the
     /// config's `tls_config` and `tls_server_name`, and the config's
-    /// `connect_timeout` shared between a host's addresses.
+    /// `connect_timeout` bounding the race between a host's addresses
+    /// started every `happy_eyeballs_delay`, and the config's `resolver`
+    /// behind a cache of `dns_cache_ttl`.
     pub fn from_config(config: &Config) -> Self {
+        let resolver = config
+            .resolver()
+            .cloned()
+            .unwrap_or_else(resolve::default_resolver);
         TcpTlsDialer {
             tls: config.tls_config().clone(),
             connect_timeout: config.connect_timeout(),
             server_name: config.tls_server_name().cloned(),
+            resolver: Arc::new(resolve::CachedResolver::from_arc(
+                resolver,
+                config.dns_cache_ttl(),
+            )),
+            happy_eyeballs_delay: config.happy_eyeballs_delay(),
+            last_good: Arc::default(),
+            socket_options: tcp::SocketOptions::from_config(config),
         }
     }
 }
@@ -197,7 +248,10 @@ impl Dial for TcpTlsDialer {
             let deadline = self
                 .connect_timeout
                 .and_then(|limit| Instant::now().checked_add(limit));
-            let addrs = within(deadline, resolve::resolve(endpoint))
+            if let Some(path) = endpoint.unix_path() {
+                return self.dial_unix(endpoint, path, deadline).await;
+            }
+            let addrs = within(deadline, self.resolver.resolve(endpoint))
                 .await
                 .ok_or_else(|| {
                     out_of_time(format!(
@@ -206,31 +260,134 @@ impl Dial for TcpTlsDialer {
                     ))
                 })?
                 .map_err(DialError::resolve)?;
-            let tcp = tcp::connect_any(&addrs, deadline)
-                .await
-                .map_err(DialError::connect)?;
-            if !endpoint.is_tls() {
-                return Ok(Stream::tcp(tcp));
+            let addrs = self.reachable(endpoint, addrs)?;
+            let order = happy_eyeballs::order(&addrs, self.last_good.get(endpoint));
+            let (addr, stream) = happy_eyeballs::race(
+                &order,
+                self.happy_eyeballs_delay,
+                deadline,
+                |addr, until| Box::pin(self.attempt(endpoint, addr, until)),
+            )
+            .await?;
+            if addrs.len() > 1 {
+                self.last_good.set(endpoint, addr);
             }
-            let name = match &self.server_name {
-                Some(name) => name.clone(),
-                None => tls::server_name(endpoint).map_err(DialError::tls)?,
-            };
-            let handshake = within(deadline, tls::handshake(&self.tls, name, tcp))
-                .await
-                .ok_or_else(|| {
-                    out_of_time(format!(
-                        "the TLS handshake with {endpoint} ran out of the connect timeout"
-                    ))
-                })?;
-            match handshake {
-                Ok(tls) => Ok(Stream::tls(tls)),
-                Err(err) if tls::is_tls_failure(&err).is_some() => Err(DialError::tls(err)),
-                Err(err) if err.kind() == io::ErrorKind::InvalidInput => Err(DialError::tls(err)),
-                // A reset or EOF mid-handshake is the network's doing.
-                Err(err) => Err(DialError::connect(err)),
-            }
+            Ok(stream)
         })
+    }
+}
+
+impl TcpTlsDialer {
+    /// One address: the TCP connect, then the TLS handshake for a TLS
+    /// endpoint, both by `deadline`.
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        addr: SocketAddr,
+        deadline: Option<Instant>,
+    ) -> Result<Stream, DialError> {
+        let tcp = tcp::connect(addr, deadline, &self.socket_options)
+            .await
+            .map_err(DialError::connect)?;
+        if !endpoint.is_tls() {
+            return Ok(Stream::tcp(tcp));
+        }
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => tls::server_name(endpoint).map_err(DialError::tls)?,
+        };
+        self.secure(endpoint, name, tcp, deadline)
+            .await
+            .map(Stream::tls)
+    }
+
+    /// The addresses a connection can be made to from the configured
+    /// local address: those of its family.
+    fn reachable(
+        &self,
+        endpoint: &Endpoint,
+        mut addrs: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, DialError> {
+        let Some(local) = self.socket_options.local_address() else {
+            return Ok(addrs);
+        };
+        addrs.retain(|addr| self.socket_options.can_reach(addr));
+        if addrs.is_empty() {
+            return Err(DialError::unreachable(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "no address of {} is of the family of local_address {local}",
+                    endpoint.host()
+                ),
+            )));
+        }
+        Ok(addrs)
+    }
+
+    /// A Unix socket endpoint: connect by path, and the TLS handshake
+    /// verifying the endpoint's own server name for a TLS one; no
+    /// resolving, no race.
+    #[cfg(unix)]
+    async fn dial_unix(
+        &self,
+        endpoint: &Endpoint,
+        path: &std::path::Path,
+        deadline: Option<Instant>,
+    ) -> Result<Stream, DialError> {
+        let socket = within(deadline, tokio::net::UnixStream::connect(path))
+            .await
+            .ok_or_else(|| out_of_time(format!("connect to {endpoint} timed out")))?
+            .map_err(|err| {
+                DialError::connect(io::Error::new(
+                    err.kind(),
+                    format!("connect to {endpoint}: {err}"),
+                ))
+            })?;
+        let Some(name) = endpoint.unix_server_name() else {
+            return Ok(Stream::custom(socket));
+        };
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|e| DialError::tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let tls = self.secure(endpoint, name, socket, deadline).await?;
+        Ok(Stream::custom(tls))
+    }
+
+    #[cfg(not(unix))]
+    async fn dial_unix(
+        &self,
+        endpoint: &Endpoint,
+        _path: &std::path::Path,
+        _deadline: Option<Instant>,
+    ) -> Result<Stream, DialError> {
+        Err(DialError::tls(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{endpoint}: Unix domain sockets are not supported on this platform"),
+        )))
+    }
+
+    /// The TLS handshake over `io` by `deadline`, its failure sorted into
+    /// what a retry may fix (the network's doing) and what it cannot.
+    async fn secure<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        endpoint: &Endpoint,
+        name: ServerName<'static>,
+        io: IO,
+        deadline: Option<Instant>,
+    ) -> Result<tokio_rustls::client::TlsStream<IO>, DialError> {
+        let handshake = within(deadline, tls::handshake(&self.tls, name, io))
+            .await
+            .ok_or_else(|| {
+                out_of_time(format!(
+                    "the TLS handshake with {endpoint} ran out of the connect timeout"
+                ))
+            })?;
+        match handshake {
+            Ok(tls) => Ok(tls),
+            Err(err) if tls::is_tls_failure(&err).is_some() => Err(DialError::tls(err)),
+            Err(err) if err.kind() == io::ErrorKind::InvalidInput => Err(DialError::tls(err)),
+            // A reset or EOF mid-handshake is the network's doing.
+            Err(err) => Err(DialError::connect(err)),
+        }
     }
 }
 
@@ -271,7 +428,9 @@ pub(crate) async fn dial_with_retry(
         };
         let failure = match outcome {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(err)) if !err.is_retryable() => return Err(final_error(endpoint, err)),
+            Ok(Err(err)) if !err.is_retryable() => {
+                return Err(final_error(endpoint, err, attempt));
+            }
             Ok(Err(err)) => {
                 tracing::warn!(%endpoint, attempt, attempts, error = %err.source, "connect attempt failed");
                 Failure::Io(err.source)
@@ -305,8 +464,16 @@ enum Failure {
     TimedOut(Duration),
 }
 
-fn final_error(endpoint: &Endpoint, err: DialError) -> Error {
+fn final_error(endpoint: &Endpoint, err: DialError, attempts: u32) -> Error {
     match err.kind {
+        DialErrorKind::Unreachable => {
+            tracing::warn!(%endpoint, error = %err.source, "no address can be reached");
+            Error::ConnectionFailed {
+                endpoint: endpoint.clone(),
+                attempts,
+                source: err.source,
+            }
+        }
         DialErrorKind::Resolve => {
             tracing::warn!(host = endpoint.host(), error = %err.source, "DNS resolution failed");
             Error::DnsResolutionFailed {

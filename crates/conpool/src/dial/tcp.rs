@@ -1,39 +1,34 @@
-//! TCP connect: one address after another under one deadline, `TCP_NODELAY`
-//! on.
-//!
-//! A host's first address may drop SYNs (a broken IPv6 route is the usual
-//! case), and then its connect hangs until someone gives up. So that such an
-//! address cannot use up the whole deadline, each address gets a share of
-//! the time left: the time left divided by the number of addresses left, but
-//! at least 500 ms (or all that is left, if less). The 500 ms floor lets a
-//! SYN and its answer cross any but a satellite path; when shares would be
-//! shorter (many addresses, a short deadline), the first addresses keep 500
-//! ms each and the last ones may get no time at all. Go's `net.Dialer`
-//! splits its deadline the same way, with a 2 s floor; conpool's is lower
-//! because connection pools for caches and databases often run with connect
-//! timeouts of a second or less, where a 2 s floor would let a black-holed
-//! first address of two take the whole attempt again.
+//! TCP connect: one address, or a host's addresses one after another under
+//! one deadline; `TCP_NODELAY` on, and the config's socket options
+//! ([`SocketOptions`]) set before the connect.
 //!
 //! Request/response protocols write small messages and wait for the reply;
 //! Nagle's algorithm would hold each one back for an ACK, so it is off.
+//!
+//! The default dialer races a host's addresses ([`happy_eyeballs`]);
+//! [`connect_any`] is that race with no stagger, one address at a time,
+//! each with its share of the deadline.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-/// The shortest share of the deadline an address gets, unless less is left.
-const MIN_ADDRESS_SHARE: Duration = Duration::from_millis(500);
+use crate::Config;
+
+use super::{DialError, happy_eyeballs};
 
 /// Connects to the first address that accepts, trying them in order; the
 /// error is the last address's.
 ///
-/// With a `deadline`, each address gets its share of the time left (see the
-/// [module docs](self)), and the connect fails with
-/// [`io::ErrorKind::TimedOut`] once the deadline has passed. With `None`,
-/// each address waits as long as the OS does.
+/// With a `deadline`, each address gets its share of the time left (the
+/// time left divided by the addresses left, but at least 500 ms, or all
+/// that is left), and the connect fails with [`io::ErrorKind::TimedOut`]
+/// once the deadline has passed. With `None`, each address waits as long
+/// as the OS does.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -47,75 +42,123 @@ const MIN_ADDRESS_SHARE: Duration = Duration::from_millis(500);
 /// # Ok(()) }
 /// ```
 pub async fn connect_any(addrs: &[SocketAddr], deadline: Option<Instant>) -> io::Result<TcpStream> {
-    let mut last_err = None;
-    for (tried, addr) in addrs.iter().enumerate() {
-        let connected = match deadline {
-            None => TcpStream::connect(addr).await,
-            Some(deadline) => {
-                let now = Instant::now();
-                let left = deadline.saturating_duration_since(now);
-                if left.is_zero() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the connect deadline passed with {} of {} addresses not tried",
-                            addrs.len() - tried,
-                            addrs.len()
-                        ),
-                    ));
-                }
-                let share = address_share(left, addrs.len() - tried);
-                tokio::time::timeout_at(now + share, TcpStream::connect(addr))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("connect to {addr} timed out after {share:?}"),
-                        ))
-                    })
-            }
-        };
-        match connected {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                return Ok(stream);
-            }
-            Err(err) => {
-                tracing::debug!(%addr, error = %err, "connect to one address failed");
-                last_err = Some(err);
-            }
+    let options = SocketOptions::default();
+    happy_eyeballs::race(addrs, None, deadline, |addr, until| {
+        let options = &options;
+        Box::pin(async move {
+            connect(addr, until, options)
+                .await
+                .map_err(DialError::connect)
+        })
+    })
+    .await
+    .map(|(_, stream)| stream)
+    .map_err(DialError::into_io)
+}
+
+/// The socket options the default dialer sets on each TCP socket before it
+/// connects: the config's keepalive, buffer sizes, local address and
+/// `TCP_USER_TIMEOUT`. The default sets none (the OS's own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    keepalive: Option<Duration>,
+    keepalive_interval: Option<Duration>,
+    keepalive_retries: Option<u32>,
+    recv_buffer_size: Option<usize>,
+    send_buffer_size: Option<usize>,
+    local_address: Option<IpAddr>,
+    user_timeout: Option<Duration>,
+}
+
+impl SocketOptions {
+    /// The options `config` asks for.
+    pub fn from_config(config: &Config) -> Self {
+        SocketOptions {
+            keepalive: config.tcp_keepalive(),
+            keepalive_interval: config.tcp_keepalive_interval(),
+            keepalive_retries: config.tcp_keepalive_retries(),
+            recv_buffer_size: config.recv_buffer_size(),
+            send_buffer_size: config.send_buffer_size(),
+            local_address: config.local_address(),
+            user_timeout: config.tcp_user_timeout(),
         }
     }
-    Err(last_err
-        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
+
+    /// Whether a connection to `addr` can be made from the local address:
+    /// one of the same family (any, without one).
+    pub fn can_reach(&self, addr: &SocketAddr) -> bool {
+        self.local_address
+            .is_none_or(|local| local.is_ipv4() == addr.is_ipv4())
+    }
+
+    /// The local address, if the options bind one.
+    pub fn local_address(&self) -> Option<IpAddr> {
+        self.local_address
+    }
+
+    /// A TCP socket for `addr` with every option set.
+    fn socket_for(&self, addr: SocketAddr) -> io::Result<TcpSocket> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        let sock = SockRef::from(&socket);
+        if let Some(idle) = self.keepalive {
+            let mut keepalive = TcpKeepalive::new().with_time(idle);
+            if let Some(every) = self.keepalive_interval {
+                keepalive = keepalive.with_interval(every);
+            }
+            if let Some(probes) = self.keepalive_retries {
+                keepalive = keepalive.with_retries(probes);
+            }
+            sock.set_tcp_keepalive(&keepalive)?;
+        }
+        if let Some(bytes) = self.recv_buffer_size {
+            sock.set_recv_buffer_size(bytes)?;
+        }
+        if let Some(bytes) = self.send_buffer_size {
+            sock.set_send_buffer_size(bytes)?;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(timeout) = self.user_timeout {
+            sock.set_tcp_user_timeout(Some(timeout))?;
+        }
+        if let Some(local) = self.local_address {
+            socket.bind(SocketAddr::new(local, 0)).map_err(|err| {
+                io::Error::new(
+                    err.kind(),
+                    format!("binding to local_address {local}: {err}"),
+                )
+            })?;
+        }
+        Ok(socket)
+    }
 }
 
-/// The time the next address gets when `left` remains for `addresses`
-/// (at least one) addresses.
-fn address_share(left: Duration, addresses: usize) -> Duration {
-    let even = left / u32::try_from(addresses).unwrap_or(u32::MAX);
-    even.max(MIN_ADDRESS_SHARE.min(left))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn each_address_gets_the_time_left_divided_by_the_addresses_left() {
-        assert_eq!(address_share(ms(10_000), 2), ms(5_000));
-        assert_eq!(address_share(ms(1_000), 2), ms(500));
-        assert_eq!(address_share(ms(3_000), 1), ms(3_000));
-    }
-
-    #[test]
-    fn a_share_is_at_least_500ms_or_all_that_is_left() {
-        assert_eq!(address_share(ms(1_000), 4), ms(500));
-        assert_eq!(address_share(ms(300), 2), ms(300));
-        assert_eq!(address_share(ms(10_000), usize::MAX), ms(500));
-    }
+/// Connects to `addr` with `options` set, failing with
+/// [`io::ErrorKind::TimedOut`] at `deadline`, and turns Nagle's algorithm
+/// off.
+pub async fn connect(
+    addr: SocketAddr,
+    deadline: Option<Instant>,
+    options: &SocketOptions,
+) -> io::Result<TcpStream> {
+    let connecting = options.socket_for(addr)?.connect(addr);
+    let stream = match deadline {
+        None => connecting.await?,
+        Some(deadline) => {
+            let given = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout_at(deadline, connecting)
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {addr} timed out after {given:?}"),
+                    )
+                })??
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

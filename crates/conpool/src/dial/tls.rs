@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -27,13 +27,14 @@ pub fn server_name(endpoint: &Endpoint) -> io::Result<ServerName<'static>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-/// Runs the client handshake over `tcp`, verifying the server as `name`.
-pub async fn handshake(
+/// Runs the client handshake over `io` (TCP, or a Unix socket), verifying
+/// the server as `name`.
+pub async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     config: &Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
-    tcp: TcpStream,
-) -> io::Result<TlsStream<TcpStream>> {
-    TlsConnector::from(config.clone()).connect(name, tcp).await
+    io: IO,
+) -> io::Result<TlsStream<IO>> {
+    TlsConnector::from(config.clone()).connect(name, io).await
 }
 
 /// Whether an I/O error from the handshake is TLS's own verdict (a

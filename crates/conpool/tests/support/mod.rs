@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub mod hosts;
 pub mod proxy;
 pub mod redis;
 pub mod servers;
@@ -40,6 +41,17 @@ impl EchoServer {
         Self::start_with(None).await
     }
 
+    /// An echo server on `addr` (any 127.0.0.0/8 address; port 0 for one
+    /// the kernel picks), for a test host whose addresses share a port.
+    pub async fn start_at(addr: SocketAddr) -> EchoServer {
+        Self::start_on(addr, None).await
+    }
+
+    /// A TLS echo server on `addr`, its certificate `cert`'s.
+    pub async fn start_tls_at(addr: SocketAddr, cert: &TlsCert) -> EchoServer {
+        Self::start_on(addr, Some(cert.acceptor())).await
+    }
+
     /// A TLS echo server whose certificate is valid for `localhost`; use
     /// [`TlsCert::client_config`] to trust it.
     pub async fn start_tls(cert: &TlsCert) -> EchoServer {
@@ -47,7 +59,11 @@ impl EchoServer {
     }
 
     async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> EchoServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), tls).await
+    }
+
+    async fn start_on(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> EchoServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
@@ -255,11 +271,15 @@ pub struct FullBacklog {
 
 impl FullBacklog {
     pub fn start() -> FullBacklog {
+        Self::start_at("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// A black hole on `addr` (an IPv4 loopback address; port 0 for one
+    /// the kernel picks).
+    pub fn start_at(addr: SocketAddr) -> FullBacklog {
         use socket2::{Domain, Socket, Type};
         let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        listener
-            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
+        listener.bind(&addr.into()).unwrap();
         listener.listen(0).unwrap();
         let addr = listener.local_addr().unwrap().as_socket().unwrap();
         let mut fillers = Vec::new();
@@ -409,6 +429,17 @@ pub async fn wait_for_port(port: u16, what: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{what} did not start listening on port {port}");
+}
+
+/// Waits until a server accepts connections on the Unix socket at `path`.
+pub async fn wait_for_socket(path: &std::path::Path, what: &str) {
+    for _ in 0..500 {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not start listening on {}", path.display());
 }
 
 /// A free loopback port for a server we start ourselves.

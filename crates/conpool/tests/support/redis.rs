@@ -1,15 +1,21 @@
-//! A real redis-server on a free loopback port, and just enough RESP to
-//! talk to it (written by hand: the tests check the pool, not a client).
+//! A real redis-server on a free loopback port and a Unix socket, and just
+//! enough RESP to talk to it (written by hand: the tests check the pool,
+//! not a client).
 
+use std::path::PathBuf;
 use std::process::Child;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::{free_port, spawn_server, wait_for_port};
+use super::servers::TempDir;
+use super::{free_port, spawn_server, wait_for_port, wait_for_socket};
 
 pub struct RedisServer {
     pub port: u16,
+    /// The Unix socket it also listens on.
+    pub socket: PathBuf,
     child: Child,
+    _dir: TempDir,
 }
 
 impl RedisServer {
@@ -18,7 +24,14 @@ impl RedisServer {
     pub async fn start(extra: &[&str]) -> RedisServer {
         let port = free_port();
         let port_s = port.to_string();
+        let dir = TempDir::new("redis");
+        let socket = dir.path.join("redis.sock");
+        let socket_s = socket.to_str().unwrap().to_owned();
         let mut args = vec![
+            "--unixsocket",
+            &socket_s,
+            "--unixsocketperm",
+            "700",
             "--port",
             &port_s,
             "--bind",
@@ -35,7 +48,13 @@ impl RedisServer {
         args.extend_from_slice(extra);
         let child = spawn_server("redis-server", "redis-server", &args);
         wait_for_port(port, "redis-server").await;
-        RedisServer { port, child }
+        wait_for_socket(&socket, "redis-server").await;
+        RedisServer {
+            port,
+            socket,
+            child,
+            _dir: dir,
+        }
     }
 }
 

@@ -1,25 +1,31 @@
-//! Real servers for the suite: nginx (plain and TLS, short keep-alive) and
-//! memcached, each started on free loopback ports in a private directory
-//! and stopped when dropped.
+//! Real servers for the suite: nginx (plain and TLS, on loopback ports and
+//! on Unix sockets, short keep-alive) and memcached, each started on free
+//! loopback ports in a private directory and stopped when dropped.
 
+use std::path::PathBuf;
 use std::process::Child;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::{TlsCert, free_port, spawn_server, wait_for_port};
+use super::{TlsCert, free_port, spawn_server, wait_for_port, wait_for_socket};
 
 /// The length of the body nginx serves at `/big`: long enough to arrive
 /// over many reads.
 pub const BIG_BODY: usize = 4 << 20;
 
 /// nginx serving `200 ok` on a plain and a TLS port (HTTP/1.1, and HTTP/2
-/// by ALPN), and HTTP/2 with prior knowledge on an h2c port, closing idle
-/// keep-alive connections after `keepalive_timeout`. `/close` answers with
-/// `Connection: close`; `/big` serves [`BIG_BODY`] bytes.
+/// by ALPN), HTTP/2 with prior knowledge on an h2c port, and on a plain
+/// and a TLS Unix socket, closing idle keep-alive connections after
+/// `keepalive_timeout`. `/close` answers with `Connection: close`; `/big`
+/// serves [`BIG_BODY`] bytes.
 pub struct Nginx {
     pub port: u16,
     pub tls_port: u16,
     pub h2c_port: u16,
+    /// Plain HTTP on a Unix socket.
+    pub socket: PathBuf,
+    /// HTTPS on a Unix socket, with the suite's certificate for `localhost`.
+    pub tls_socket: PathBuf,
     child: Child,
     _dir: TempDir,
 }
@@ -38,6 +44,8 @@ impl Nginx {
     pub async fn start(cert: &TlsCert, keepalive_timeout: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let (port, tls_port, h2c_port) = (free_port(), free_port(), free_port());
+        let socket = dir.path.join("http.sock");
+        let tls_socket = dir.path.join("https.sock");
         let d = dir.path.display();
         std::fs::write(dir.path.join("cert.pem"), &cert.cert_pem).unwrap();
         std::fs::write(dir.path.join("key.pem"), &cert.key_pem).unwrap();
@@ -63,6 +71,8 @@ http {{
         listen 127.0.0.1:{port};
         listen 127.0.0.1:{tls_port} ssl http2;
         listen 127.0.0.1:{h2c_port} http2;
+        listen unix:{d}/http.sock;
+        listen unix:{d}/https.sock ssl;
         server_name localhost;
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
@@ -88,10 +98,14 @@ http {{
         wait_for_port(port, "nginx").await;
         wait_for_port(tls_port, "nginx (TLS)").await;
         wait_for_port(h2c_port, "nginx (h2c)").await;
+        wait_for_socket(&socket, "nginx (Unix socket)").await;
+        wait_for_socket(&tls_socket, "nginx (TLS Unix socket)").await;
         Nginx {
             port,
             tls_port,
             h2c_port,
+            socket,
+            tls_socket,
             child,
             _dir: dir,
         }
