@@ -142,7 +142,11 @@ impl<P: Protocol> ShareSet<P> {
             if !c.open || c.in_flight >= c.max {
                 continue;
             }
-            let handle = if c.lease.share_verdict(now).is_some() || !c.lease.is_current() {
+            // The core judged the connection fit by age and use count as
+            // it leased it out, and counted that use: the first share's.
+            let first = c.handed == 0;
+            let spent = !first && c.lease.share_verdict(now).is_some();
+            let handle = if spent || !c.lease.is_current() {
                 None
             } else {
                 let live = live_mut::<P>(&mut c.lease);
@@ -157,7 +161,9 @@ impl<P: Protocol> ShareSet<P> {
                 continue;
             };
             c.in_flight += 1;
-            c.lease.count_use();
+            if !first {
+                c.lease.count_use();
+            }
             let reused = c.handed > 0 || c.lease.is_reused();
             c.handed += 1;
             let share = Share {
