@@ -1278,7 +1278,7 @@ async fn fuzz_one(seed: u64) {
                 while let Some(out) = set.join_next().await {
                     burst.extend(out.unwrap());
                 }
-                burst.extend(held.drain(..));
+                burst.append(&mut held);
                 check_invariants(seed, step, &pp, &burst, max_shares, max_conns);
                 held = burst;
             }

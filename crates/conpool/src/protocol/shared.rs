@@ -188,6 +188,7 @@ impl<P: Protocol> ShareSet<P> {
         share.armed = false;
         if let Some(c) = st.conns.iter_mut().find(|c| c.lease.id() == share.id) {
             c.in_flight -= 1;
+            c.handed -= 1;
         }
         st.shares -= 1;
         st.check_books();
@@ -196,7 +197,16 @@ impl<P: Protocol> ShareSet<P> {
     /// Hands shares to waiters, first come first served, while an open
     /// connection has room.
     fn serve_waiters(self: &Arc<Self>, st: &mut SetState<P>, books: &Arc<Books<P>>, now: Instant) {
-        while !st.waiters.is_empty() {
+        loop {
+            // Places of callers that left (the turn's holder's, once it
+            // has its connection, among them) go first, so that no share
+            // is taken, and counted as a use, for nobody.
+            while st.waiters.front().is_some_and(|w| w.is_closed()) {
+                st.waiters.pop_front();
+            }
+            if st.waiters.is_empty() {
+                return;
+            }
             let Some(mut share) = self.take_share(st, books, now) else {
                 return;
             };
@@ -338,8 +348,23 @@ impl<P: Protocol> Drop for Waiting<P> {
 
 enum Next<P: Protocol> {
     Leased(Share<P>),
-    Acquire(AcquireTurn<P>),
+    /// The turn, and a place at the head of the waiters while it is used.
+    Acquire(AcquireTurn<P>, Waiting<P>),
     Wait(Waiting<P>),
+}
+
+/// A place at the head of the waiters for the caller holding the turn
+/// while it leases from the core (which may wait, at the endpoint's
+/// limit): it came before every waiter, so a share coming back meanwhile
+/// is its, not theirs. Under the lock, with the turn held: no other place
+/// is put first meanwhile, and no turn is sent to this one.
+fn place_first<P: Protocol>(st: &mut SetState<P>, set: &Arc<ShareSet<P>>) -> Waiting<P> {
+    let (tx, rx) = oneshot::channel();
+    st.waiters.push_front(tx);
+    Waiting {
+        rx,
+        set: set.clone(),
+    }
 }
 
 /// [`ProtocolPool::get`] for a shared protocol.
@@ -364,10 +389,10 @@ pub(super) async fn get<P: Protocol>(
                     turn = unused;
                     Next::Leased(share)
                 }
-                (None, Some(turn)) => Next::Acquire(turn),
+                (None, Some(turn)) => Next::Acquire(turn, place_first(&mut st, &set)),
                 (None, None) if !st.acquiring => {
                     st.acquiring = true;
-                    Next::Acquire(AcquireTurn::new(&set))
+                    Next::Acquire(AcquireTurn::new(&set), place_first(&mut st, &set))
                 }
                 (None, None) => {
                     let (tx, rx) = oneshot::channel();
@@ -384,8 +409,25 @@ pub(super) async fn get<P: Protocol>(
         drop(turn.take());
         match next {
             Next::Leased(share) => return Ok(shared_lease(share)),
-            Next::Acquire(turn) => {
-                let lease = within(deadline, pp.pool.get_in(&pp.ctx, endpoint, caller)).await;
+            Next::Acquire(turn, mut place) => {
+                let leased = {
+                    let core =
+                        std::pin::pin!(within(deadline, pp.pool.get_in(&pp.ctx, endpoint, caller)));
+                    tokio::select! {
+                        biased;
+                        lease = core => Ok(lease),
+                        Ok(Turn::Share(share)) = &mut place.rx => Err(share),
+                    }
+                };
+                // Before the connection is added, so that its shares go to
+                // those still waiting.
+                drop(place);
+                let lease = match leased {
+                    // A share came back first: the core's lease is given
+                    // up (a dial goes on, to idle) and the turn passes on.
+                    Err(share) => return Ok(shared_lease(share)),
+                    Ok(lease) => lease,
+                };
                 match lease {
                     Some(Ok(lease)) => {
                         if let Some(share) = set.add(lease, &pp.books, turn) {
