@@ -733,6 +733,67 @@ async fn the_caller_holding_the_turn_is_not_starved_by_later_callers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shared_waiters_beyond_max_waiters_per_endpoint_are_refused_at_once() {
+    let dialer = MemDialer::default();
+    let config = base()
+        .max_connections_per_endpoint(1)
+        .max_waiters_per_endpoint(2)
+        .acquire_timeout(Duration::from_secs(10));
+    let (_pool, pp) = pools(config, &dialer, SharedProto::shared(1));
+    let held = pp.get(&ep()).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let pp = pp.clone();
+        waiters.push(tokio::spawn(async move { pp.get(&ep()).await.map(drop) }));
+    }
+    settle().await;
+    let start = Instant::now();
+    let err = pp.get(&ep()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TooManyWaiters { max_waiters: 2, state, .. } if state.waiting == 2),
+        "{err}"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO, "refused without waiting");
+    drop(held);
+    for w in waiters {
+        w.await
+            .unwrap()
+            .expect("the two within the limit are served");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_fails_the_shared_callers_waiting_at_once() {
+    let dialer = MemDialer::default();
+    let config = base()
+        .max_connections_per_endpoint(1)
+        .acquire_timeout(Duration::from_secs(10));
+    let (pool, pp) = pools(config, &dialer, SharedProto::shared(1));
+    let held = pp.get(&ep()).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let pp = pp.clone();
+        waiters.push(tokio::spawn(async move { pp.get(&ep()).await.map(drop) }));
+    }
+    settle().await;
+    let start = Instant::now();
+    pool.close().await;
+    for w in waiters {
+        let err = w.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::PoolClosed), "{err}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(held);
+    let stats = pp.stats(&ep());
+    assert_eq!((stats.shares, stats.active), (0, 0));
+    assert_eq!(stats.closed_for(CloseReason::PoolClosed), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cancelled_acquirer_mid_dial_does_not_wedge_the_others() {
     let dialer = MemDialer::gated();
     let config = base().acquire_timeout(Duration::from_secs(10));

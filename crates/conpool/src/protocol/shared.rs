@@ -116,6 +116,15 @@ enum Turn<P: Protocol> {
 }
 
 impl<P: Protocol> SetState<P> {
+    /// How many callers wait for a share (the turn's holder, which keeps
+    /// a place at the head, among them) if that is `max` or more, as
+    /// `max_waiters_per_endpoint` counts them.
+    fn too_many_waiters(&self, max: Option<usize>) -> Option<usize> {
+        let max = max?;
+        let waiting = self.waiters.iter().filter(|w| !w.is_closed()).count();
+        (waiting >= max).then_some(waiting)
+    }
+
     fn check_books(&self) {
         debug_assert_eq!(
             self.shares,
@@ -351,6 +360,8 @@ enum Next<P: Protocol> {
     /// The turn, and a place at the head of the waiters while it is used.
     Acquire(AcquireTurn<P>, Waiting<P>),
     Wait(Waiting<P>),
+    /// `max_waiters_per_endpoint` callers wait already: this many.
+    TooManyWaiters(usize),
 }
 
 /// A place at the head of the waiters for the caller holding the turn
@@ -378,6 +389,7 @@ pub(super) async fn get<P: Protocol>(
     }
     let set = pp.books.shares.set(endpoint);
     let deadline = deadline(&pp.ctx.config);
+    let max_waiters = pp.ctx.config.max_waiters_per_endpoint();
     let mut turn: Option<AcquireTurn<P>> = None;
     loop {
         let (next, finished) = {
@@ -394,6 +406,9 @@ pub(super) async fn get<P: Protocol>(
                     st.acquiring = true;
                     Next::Acquire(AcquireTurn::new(&set), place_first(&mut st, &set))
                 }
+                (None, None) if st.too_many_waiters(max_waiters).is_some() => {
+                    Next::TooManyWaiters(st.too_many_waiters(max_waiters).unwrap_or_default())
+                }
                 (None, None) => {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(tx);
@@ -409,6 +424,9 @@ pub(super) async fn get<P: Protocol>(
         drop(turn.take());
         match next {
             Next::Leased(share) => return Ok(shared_lease(share)),
+            Next::TooManyWaiters(waiting) => {
+                return Err(too_many_waiters_error(pp, endpoint, waiting));
+            }
             Next::Acquire(turn, mut place) => {
                 let leased = {
                     let core =
@@ -461,6 +479,24 @@ async fn within<F: Future>(deadline: Option<Instant>, step: F) -> Option<F::Outp
     match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, step).await.ok(),
         None => Some(step.await),
+    }
+}
+
+fn too_many_waiters_error<P: Protocol>(
+    pp: &ProtocolPool<P>,
+    endpoint: &Endpoint,
+    waiting: usize,
+) -> Error {
+    let stats = pp.stats(endpoint);
+    let mut state = crate::PoolState::default();
+    state.active = stats.active;
+    state.idle = stats.idle;
+    state.dialing = stats.dialing;
+    state.waiting = waiting;
+    Error::TooManyWaiters {
+        endpoint: endpoint.clone(),
+        max_waiters: pp.ctx.config.max_waiters_per_endpoint().unwrap_or(0),
+        state,
     }
 }
 
