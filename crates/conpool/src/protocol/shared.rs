@@ -488,11 +488,12 @@ fn too_many_waiters_error<P: Protocol>(
     waiting: usize,
 ) -> Error {
     let stats = pp.stats(endpoint);
-    let mut state = crate::PoolState::default();
-    state.active = stats.active;
-    state.idle = stats.idle;
-    state.dialing = stats.dialing;
-    state.waiting = waiting;
+    let state = crate::PoolState {
+        active: stats.active,
+        idle: stats.idle,
+        dialing: stats.dialing,
+        waiting,
+    };
     Error::TooManyWaiters {
         endpoint: endpoint.clone(),
         max_waiters: pp.ctx.config.max_waiters_per_endpoint().unwrap_or(0),
