@@ -1397,3 +1397,40 @@ fn randomized_shared_gets_drops_discards_and_clears_keep_the_books() {
             .block_on(fuzz_one(seed));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_stay_within_the_limits_under_concurrent_tasks() {
+    let dialer = MemDialer::default();
+    let config = base()
+        .max_connections_per_endpoint(3)
+        .acquire_timeout(Duration::from_secs(30));
+    let (_pool, pp) = pools(config, &dialer, SharedProto::shared_driven(4));
+    let in_use: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let pp = pp.clone();
+        let in_use = in_use.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let share = pp.get(&ep()).await.unwrap();
+                share.call();
+                {
+                    let mut in_use = in_use.lock().unwrap();
+                    let n = in_use.entry(share.id()).or_default();
+                    *n += 1;
+                    assert!(*n <= 4, "{n} shares of one connection");
+                    assert!(in_use.values().filter(|&&n| n > 0).count() <= 3);
+                }
+                tokio::task::yield_now().await;
+                *in_use.lock().unwrap().get_mut(&share.id()).unwrap() -= 1;
+                drop(share);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = pp.stats(&ep());
+    assert_eq!((stats.shares, stats.active), (0, 0));
+    assert!(stats.total_created <= 3, "{stats:?}");
+}
