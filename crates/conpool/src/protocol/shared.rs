@@ -19,7 +19,10 @@
 //!   however its holder ends, cancelled included;
 //! - the callers waiting for a share, served first come, first served, as
 //!   shares come back or a new connection arrives, within
-//!   `acquire_timeout`.
+//!   `acquire_timeout`, and at most `max_waiters_per_endpoint` of them; the
+//!   turn's holder came before them all, so it keeps a place at their head
+//!   while it leases from the core (which may queue it at the endpoint's
+//!   limit), and takes a share that comes back first.
 //!
 //! Lock order: an endpoint's share lock, then the core's endpoint lock
 //! (asked whether a connection is of the current generation). Nothing the
