@@ -19,7 +19,10 @@
 //!   however its holder ends, cancelled included;
 //! - the callers waiting for a share, served first come, first served, as
 //!   shares come back or a new connection arrives, within
-//!   `acquire_timeout`.
+//!   `acquire_timeout`, and at most `max_waiters_per_endpoint` of them; the
+//!   turn's holder came before them all, so it keeps a place at their head
+//!   while it leases from the core (which may queue it at the endpoint's
+//!   limit), and takes a share that comes back first.
 //!
 //! Lock order: an endpoint's share lock, then the core's endpoint lock
 //! (asked whether a connection is of the current generation). Nothing the
@@ -116,6 +119,15 @@ enum Turn<P: Protocol> {
 }
 
 impl<P: Protocol> SetState<P> {
+    /// How many callers wait for a share (the turn's holder, which keeps
+    /// a place at the head, among them) if that is `max` or more, as
+    /// `max_waiters_per_endpoint` counts them.
+    fn too_many_waiters(&self, max: Option<usize>) -> Option<usize> {
+        let max = max?;
+        let waiting = self.waiters.iter().filter(|w| !w.is_closed()).count();
+        (waiting >= max).then_some(waiting)
+    }
+
     fn check_books(&self) {
         debug_assert_eq!(
             self.shares,
@@ -142,7 +154,11 @@ impl<P: Protocol> ShareSet<P> {
             if !c.open || c.in_flight >= c.max {
                 continue;
             }
-            let handle = if c.lease.share_verdict(now).is_some() || !c.lease.is_current() {
+            // The core judged the connection fit by age and use count as
+            // it leased it out, and counted that use: the first share's.
+            let first = c.handed == 0;
+            let spent = !first && c.lease.share_verdict(now).is_some();
+            let handle = if spent || !c.lease.is_current() {
                 None
             } else {
                 let live = live_mut::<P>(&mut c.lease);
@@ -157,7 +173,9 @@ impl<P: Protocol> ShareSet<P> {
                 continue;
             };
             c.in_flight += 1;
-            c.lease.count_use();
+            if !first {
+                c.lease.count_use();
+            }
             let reused = c.handed > 0 || c.lease.is_reused();
             c.handed += 1;
             let share = Share {
@@ -182,6 +200,7 @@ impl<P: Protocol> ShareSet<P> {
         share.armed = false;
         if let Some(c) = st.conns.iter_mut().find(|c| c.lease.id() == share.id) {
             c.in_flight -= 1;
+            c.handed -= 1;
         }
         st.shares -= 1;
         st.check_books();
@@ -190,7 +209,16 @@ impl<P: Protocol> ShareSet<P> {
     /// Hands shares to waiters, first come first served, while an open
     /// connection has room.
     fn serve_waiters(self: &Arc<Self>, st: &mut SetState<P>, books: &Arc<Books<P>>, now: Instant) {
-        while !st.waiters.is_empty() {
+        loop {
+            // Places of callers that left (the turn's holder's, once it
+            // has its connection, among them) go first, so that no share
+            // is taken, and counted as a use, for nobody.
+            while st.waiters.front().is_some_and(|w| w.is_closed()) {
+                st.waiters.pop_front();
+            }
+            if st.waiters.is_empty() {
+                return;
+            }
             let Some(mut share) = self.take_share(st, books, now) else {
                 return;
             };
@@ -332,8 +360,25 @@ impl<P: Protocol> Drop for Waiting<P> {
 
 enum Next<P: Protocol> {
     Leased(Share<P>),
-    Acquire(AcquireTurn<P>),
+    /// The turn, and a place at the head of the waiters while it is used.
+    Acquire(AcquireTurn<P>, Waiting<P>),
     Wait(Waiting<P>),
+    /// `max_waiters_per_endpoint` callers wait already: this many.
+    TooManyWaiters(usize),
+}
+
+/// A place at the head of the waiters for the caller holding the turn
+/// while it leases from the core (which may wait, at the endpoint's
+/// limit): it came before every waiter, so a share coming back meanwhile
+/// is its, not theirs. Under the lock, with the turn held: no other place
+/// is put first meanwhile, and no turn is sent to this one.
+fn place_first<P: Protocol>(st: &mut SetState<P>, set: &Arc<ShareSet<P>>) -> Waiting<P> {
+    let (tx, rx) = oneshot::channel();
+    st.waiters.push_front(tx);
+    Waiting {
+        rx,
+        set: set.clone(),
+    }
 }
 
 /// [`ProtocolPool::get`] for a shared protocol.
@@ -347,6 +392,7 @@ pub(super) async fn get<P: Protocol>(
     }
     let set = pp.books.shares.set(endpoint);
     let deadline = deadline(&pp.ctx.config);
+    let max_waiters = pp.ctx.config.max_waiters_per_endpoint();
     let mut turn: Option<AcquireTurn<P>> = None;
     loop {
         let (next, finished) = {
@@ -358,10 +404,13 @@ pub(super) async fn get<P: Protocol>(
                     turn = unused;
                     Next::Leased(share)
                 }
-                (None, Some(turn)) => Next::Acquire(turn),
+                (None, Some(turn)) => Next::Acquire(turn, place_first(&mut st, &set)),
                 (None, None) if !st.acquiring => {
                     st.acquiring = true;
-                    Next::Acquire(AcquireTurn::new(&set))
+                    Next::Acquire(AcquireTurn::new(&set), place_first(&mut st, &set))
+                }
+                (None, None) if st.too_many_waiters(max_waiters).is_some() => {
+                    Next::TooManyWaiters(st.too_many_waiters(max_waiters).unwrap_or_default())
                 }
                 (None, None) => {
                     let (tx, rx) = oneshot::channel();
@@ -378,8 +427,28 @@ pub(super) async fn get<P: Protocol>(
         drop(turn.take());
         match next {
             Next::Leased(share) => return Ok(shared_lease(share)),
-            Next::Acquire(turn) => {
-                let lease = within(deadline, pp.pool.get_in(&pp.ctx, endpoint, caller)).await;
+            Next::TooManyWaiters(waiting) => {
+                return Err(too_many_waiters_error(pp, endpoint, waiting));
+            }
+            Next::Acquire(turn, mut place) => {
+                let leased = {
+                    let core =
+                        std::pin::pin!(within(deadline, pp.pool.get_in(&pp.ctx, endpoint, caller)));
+                    tokio::select! {
+                        biased;
+                        lease = core => Ok(lease),
+                        Ok(Turn::Share(share)) = &mut place.rx => Err(share),
+                    }
+                };
+                // Before the connection is added, so that its shares go to
+                // those still waiting.
+                drop(place);
+                let lease = match leased {
+                    // A share came back first: the core's lease is given
+                    // up (a dial goes on, to idle) and the turn passes on.
+                    Err(share) => return Ok(shared_lease(share)),
+                    Ok(lease) => lease,
+                };
                 match lease {
                     Some(Ok(lease)) => {
                         if let Some(share) = set.add(lease, &pp.books, turn) {
@@ -413,6 +482,25 @@ async fn within<F: Future>(deadline: Option<Instant>, step: F) -> Option<F::Outp
     match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, step).await.ok(),
         None => Some(step.await),
+    }
+}
+
+fn too_many_waiters_error<P: Protocol>(
+    pp: &ProtocolPool<P>,
+    endpoint: &Endpoint,
+    waiting: usize,
+) -> Error {
+    let stats = pp.stats(endpoint);
+    let state = crate::PoolState {
+        active: stats.active,
+        idle: stats.idle,
+        dialing: stats.dialing,
+        waiting,
+    };
+    Error::TooManyWaiters {
+        endpoint: endpoint.clone(),
+        max_waiters: pp.ctx.config.max_waiters_per_endpoint().unwrap_or(0),
+        state,
     }
 }
 
