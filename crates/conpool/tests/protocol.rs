@@ -955,6 +955,44 @@ async fn clear_endpoint_drains_a_shared_connection() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_pools_clear_endpoint_reaches_its_protocol_pools_too() {
+    let dialer = MemDialer::default();
+    let (pool, pp) = pools(base(), &dialer, Exclusive::exclusive());
+    drop(pp.get(&ep()).await.unwrap());
+    assert_eq!(pp.stats(&ep()).idle, 1);
+    pool.clear_endpoint(&ep());
+    let stats = pp.stats(&ep());
+    assert_eq!(
+        (stats.idle, stats.closed_for(CloseReason::Cleared)),
+        (0, 1),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_waiting_for_a_share_count_as_waiting() {
+    let dialer = MemDialer::default();
+    let config = base()
+        .max_connections_per_endpoint(1)
+        .acquire_timeout(Duration::from_secs(10));
+    let (_pool, pp) = pools(config, &dialer, SharedProto::shared(1));
+    let held = pp.get(&ep()).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let pp = pp.clone();
+        waiters.push(tokio::spawn(async move { pp.get(&ep()).await.map(drop) }));
+    }
+    settle().await;
+    let stats = pp.stats(&ep());
+    assert_eq!((stats.shares, stats.waiting), (1, 3), "{stats:?}");
+    drop(held);
+    for w in waiters {
+        w.await.unwrap().expect("served in turn");
+    }
+    assert_eq!(pp.stats(&ep()).waiting, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_discarded_share_drains_its_connection() {
     let dialer = MemDialer::default();
     let (_pool, pp) = pools(base(), &dialer, SharedProto::shared(10));

@@ -502,7 +502,12 @@ impl EndpointPool {
         }
         if let Some(protocol) = &self.ctx.protocol {
             stats.protocol = Some(protocol.name());
-            stats.shares = protocol.shares_in_flight(&self.endpoint);
+            let (shares, waiting) = protocol.share_counts(&self.endpoint);
+            stats.shares = shares;
+            // A shared endpoint's callers wait for a share; the one among
+            // them whose turn it is to lease a connection may wait in this
+            // endpoint's queue too, and is counted once.
+            stats.waiting = stats.waiting.max(waiting);
         }
         stats
     }

@@ -313,15 +313,23 @@ impl Pool {
         all
     }
 
-    /// Closes every idle connection to `endpoint` now; connections leased
-    /// out close when they come back instead of being reused. Waiting
+    /// Closes every idle connection to `endpoint` now, the protocol pools'
+    /// included; connections leased out close when they come back instead
+    /// of being reused (a shared protocol's take no new shares). Waiting
     /// callers keep waiting and are served by new connections. The
     /// endpoint's counters are kept.
     pub fn clear_endpoint(&self, endpoint: &Endpoint) {
-        let pool = self.shared.ctx.endpoints.get(endpoint);
-        match pool {
-            Some(pool) => pool.clear(),
-            None => tracing::debug!(%endpoint, "clear_endpoint: no pool for this endpoint"),
+        let pools: Vec<_> = self
+            .shared
+            .contexts()
+            .iter()
+            .filter_map(|ctx| ctx.endpoints.get(endpoint))
+            .collect();
+        if pools.is_empty() {
+            tracing::debug!(%endpoint, "clear_endpoint: no pool for this endpoint");
+        }
+        for pool in pools {
+            pool.clear();
         }
     }
 

@@ -251,9 +251,9 @@ pub(crate) trait ErasedProtocol: Send + Sync + 'static {
         endpoint: Endpoint,
     ) -> BoxFuture<'static, Result<Box<dyn ProtocolConn>, HandshakeFailure>>;
 
-    /// Shares of `endpoint`'s connections in flight (0 for exclusive
-    /// protocols).
-    fn shares_in_flight(&self, endpoint: &Endpoint) -> usize;
+    /// Shares of `endpoint`'s connections in flight, and callers waiting
+    /// for one (both 0 for exclusive protocols).
+    fn share_counts(&self, endpoint: &Endpoint) -> (usize, usize);
 }
 
 pub(crate) struct HandshakeFailure {
@@ -300,8 +300,8 @@ impl<P: Protocol> ErasedProtocol for Books<P> {
         })
     }
 
-    fn shares_in_flight(&self, endpoint: &Endpoint) -> usize {
-        self.shares.in_flight(endpoint)
+    fn share_counts(&self, endpoint: &Endpoint) -> (usize, usize) {
+        self.shares.counts(endpoint)
     }
 }
 

@@ -73,9 +73,15 @@ impl<P: Protocol> Shares<P> {
             .clone()
     }
 
-    pub(crate) fn in_flight(&self, endpoint: &Endpoint) -> usize {
+    /// `endpoint`'s shares in flight, and the callers waiting for one
+    /// (the turn's holder among them).
+    pub(crate) fn counts(&self, endpoint: &Endpoint) -> (usize, usize) {
         let set = self.sets.lock().get(endpoint).cloned();
-        set.map_or(0, |set| set.state.lock().shares)
+        set.map_or((0, 0), |set| {
+            let st = set.state.lock();
+            let waiting = st.waiters.iter().filter(|w| !w.is_closed()).count();
+            (st.shares, waiting)
+        })
     }
 }
 
