@@ -5,7 +5,13 @@
 //! A request is an echo exchange: lease a connection, write 32 bytes, read
 //! them back, compare, drop the lease (or discard it, with `--no-reuse`).
 //! Its latency runs from before the lease is asked for to after the reply
-//! is read, so time spent waiting for a free connection counts. Each task
+//! is read, so time spent waiting for a free connection counts. With
+//! `--rate`, requests are due on a fixed schedule instead (request k at
+//! k / rate seconds from the start, taken by whichever task is free) and a
+//! request that starts late, because every task was busy, has its latency
+//! run from when it was due, as wrk2 measures: a server that stalls is
+//! charged for the requests that queued behind the stall, not only for the
+//! one it stalled (coordinated omission). Each task
 //! keeps its own counts, merged at the end, and hands its latencies to one
 //! shared histogram a batch at a time, so that the tasks share little
 //! while they run but the pool itself and the budget, and a task costs a
@@ -31,6 +37,10 @@ use crate::report::{ErrorCount, Latency, PoolView, Report};
 /// default limit per endpoint, beyond which the tasks' own memory and
 /// scheduling, not the pool, is what would be measured.
 const MAX_CONCURRENCY: u32 = 10_000;
+
+/// The highest `--rate`: a request due every 100 ns, past what one process
+/// on loopback gets near.
+const MAX_RATE: u64 = 10_000_000;
 
 /// Latencies a task collects before it takes the shared histogram's lock.
 const LATENCY_BATCH: usize = 128;
@@ -81,6 +91,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", value_parser = run_time, default_value = "10s")]
     request_timeout: Duration,
 
+    /// Start requests at this fixed rate, in requests per second over all
+    /// tasks, each latency measured from when its request was due; 1 to
+    /// 10000000 [default: as fast as the tasks go]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = value_parser!(u64).range(1..=MAX_RATE)
+    )]
+    rate: Option<u64>,
+
     /// Close every connection after its one request, so that each request
     /// dials a new one (a connection per request, to compare pooling with)
     #[arg(long)]
@@ -115,21 +135,58 @@ fn run_time(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Which requests the tasks take, and when each is due.
+struct Budget {
+    limit: Limit,
+    /// Requests handed out so far: the next one's number.
+    taken: AtomicU64,
+    /// With `--rate`: when each request is due.
+    schedule: Option<Schedule>,
+}
+
 /// When the tasks stop taking requests.
-enum Budget {
+enum Limit {
     /// After this many have been taken.
-    Requests { total: u64, taken: AtomicU64 },
-    /// Once the flag is set, by a timer.
-    Until { stopped: AtomicBool },
+    Requests(u64),
+    /// When the run time is over: with a schedule, once the next request
+    /// would be due after it; without, once the flag is set, by a timer.
+    Until {
+        run_time: Duration,
+        stopped: AtomicBool,
+    },
+}
+
+/// A fixed rate: request k is due `k * interval` after `start`.
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+}
+
+impl Schedule {
+    fn offset(&self, request: u64) -> Duration {
+        // Exact in nanoseconds for any run of fewer than 584 years.
+        Duration::from_nanos(
+            u64::try_from(self.interval.as_nanos().saturating_mul(u128::from(request)))
+                .unwrap_or(u64::MAX),
+        )
+    }
 }
 
 impl Budget {
-    /// Takes one request from the budget; false once it is spent.
-    fn take(&self) -> bool {
-        match self {
-            Budget::Requests { total, taken } => taken.fetch_add(1, Ordering::Relaxed) < *total,
-            Budget::Until { stopped } => !stopped.load(Ordering::Relaxed),
-        }
+    /// Takes the next request: when it is due (now, without a schedule);
+    /// `None` once the budget is spent.
+    fn take(&self) -> Option<Instant> {
+        let request = self.taken.fetch_add(1, Ordering::Relaxed);
+        let offset = self.schedule.as_ref().map(|s| s.offset(request));
+        let within = match &self.limit {
+            Limit::Requests(total) => request < *total,
+            Limit::Until { run_time, .. } if offset.is_some() => offset < Some(*run_time),
+            Limit::Until { stopped, .. } => !stopped.load(Ordering::Relaxed),
+        };
+        within.then(|| match (&self.schedule, offset) {
+            (Some(schedule), Some(offset)) => schedule.start + offset,
+            _ => Instant::now(),
+        })
     }
 }
 
@@ -191,14 +248,20 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let handle = Arc::new(pool.endpoint(&endpoint).map_err(|e| e.to_string())?);
 
     let run_time = args.duration.unwrap_or(DEFAULT_DURATION);
-    let budget = Arc::new(match args.requests {
-        Some(total) => Budget::Requests {
-            total,
-            taken: AtomicU64::new(0),
+    let started = Instant::now();
+    let budget = Arc::new(Budget {
+        limit: match args.requests {
+            Some(total) => Limit::Requests(total),
+            None => Limit::Until {
+                run_time,
+                stopped: AtomicBool::new(false),
+            },
         },
-        None => Budget::Until {
-            stopped: AtomicBool::new(false),
-        },
+        taken: AtomicU64::new(0),
+        schedule: args.rate.map(|rate| Schedule {
+            start: started,
+            interval: Duration::from_nanos(1_000_000_000 / rate),
+        }),
     });
     let progress = std::io::stdout()
         .is_terminal()
@@ -209,7 +272,6 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let latency = Arc::new(Mutex::new(
         Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
     ));
-    let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.concurrency {
         tasks.spawn(load(
@@ -221,12 +283,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             args.request_timeout,
         ));
     }
-    if let Budget::Until { .. } = &*budget {
+    if let (Limit::Until { .. }, None) = (&budget.limit, &budget.schedule) {
         let budget = budget.clone();
         tokio::spawn(async move {
             // tokio takes a sleep too long for an `Instant` as forever.
             tokio::time::sleep(run_time).await;
-            if let Budget::Until { stopped } = &*budget {
+            if let Limit::Until { stopped, .. } = &budget.limit {
                 stopped.store(true, Ordering::Relaxed);
             }
         });
@@ -280,6 +342,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         server: if embedded { "embedded" } else { "external" },
         protocol: "echo",
         concurrency: args.concurrency,
+        rate: args.rate,
         reuse: !args.no_reuse,
         requests,
         successes,
@@ -330,11 +393,21 @@ async fn load(
     // reply meant for another request is seen as wrong.
     let mut request = *b"conpool bench 0000000000000000\r\n";
     let mut sequence: u64 = 0;
-    while budget.take() {
+    while let Some(due) = budget.take() {
         let id = (u64::from(task) << 40) | (sequence & ((1 << 40) - 1));
         sequence += 1;
         request[14..30].copy_from_slice(format!("{id:016x}").as_bytes());
-        let start = Instant::now();
+        // A request not yet due waits, and its latency runs from when the
+        // task woke: tokio's timer wakes up to a millisecond late, which is
+        // the load generator's own delay, not the server's. One already
+        // due (the tasks have fallen behind) goes at once, its latency
+        // from its due time.
+        let start = if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+            Instant::now()
+        } else {
+            due
+        };
         match exchange(&handle, &request, reuse, request_timeout).await {
             Ok(()) => {
                 let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -463,9 +536,9 @@ async fn show_progress(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        bar.set_position(match &*budget {
-            Budget::Until { .. } => millis(started.elapsed().min(run_time)),
-            Budget::Requests { total, taken } => taken.load(Ordering::Relaxed).min(*total),
+        bar.set_position(match &budget.limit {
+            Limit::Until { .. } => millis(started.elapsed().min(run_time)),
+            Limit::Requests(total) => budget.taken.load(Ordering::Relaxed).min(*total),
         });
     }
 }

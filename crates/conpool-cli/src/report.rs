@@ -18,6 +18,9 @@ pub struct Report {
     /// `"echo"`.
     pub protocol: &'static str,
     pub concurrency: u32,
+    /// `--rate`: requests due per second; latencies then run from each
+    /// request's due time. `None`: as fast as the tasks go.
+    pub rate: Option<u64>,
     /// False with `--no-reuse`.
     pub reuse: bool,
     /// Requests made: `successes + errors`.
@@ -105,12 +108,18 @@ impl Report {
         line(
             "load",
             format!(
-                "{} tasks, {}",
+                "{} tasks, {}{}",
                 self.concurrency,
                 if self.reuse {
                     "connections reused"
                 } else {
                     "a connection per request (--no-reuse)"
+                },
+                match self.rate {
+                    Some(rate) => {
+                        format!(", {rate} requests/s due (a late one's latency from its due time)")
+                    }
+                    None => String::new(),
                 }
             ),
         );

@@ -120,6 +120,20 @@ fn a_timed_run_ends_by_itself_and_counts_what_it_made() {
     assert_eq!(u(&report, "/errors"), 0, "{report:#}");
 }
 
+#[test]
+fn a_fixed_rate_run_makes_the_requests_the_rate_and_duration_call_for() {
+    // 400 requests/s for 2 s: 800 requests, on a loopback echo server that
+    // could answer a hundred times as many were they not held to the rate.
+    let report = bench_json(&["--rate", "400", "--duration", "2s", "--concurrency", "8"]);
+    assert_counts_add_up(&report);
+    assert_eq!(report["rate"], 400, "{report:#}");
+    let requests = u(&report, "/requests") as f64;
+    assert!((720.0..=880.0).contains(&requests), "{report:#}");
+    let per_s = report["requests_per_s"].as_f64().expect("requests_per_s");
+    assert!((360.0..=440.0).contains(&per_s), "{report:#}");
+    assert_eq!(u(&report, "/errors"), 0, "{report:#}");
+}
+
 /// An echo server on a thread of the test, counting the connections it
 /// accepts.
 fn echo_server() -> (u16, Arc<AtomicU64>) {
@@ -255,6 +269,10 @@ fn bad_input_is_one_line_naming_the_value_and_the_rule_with_exit_code_2() {
             &["bench", "--duration", "5min"],
             "error: invalid value '5min' for '--duration <DURATION>': unknown unit \"min\"; \
              the units are ns, us, ms, s, m, h and d, as in 500ms, 2s or 1m30s",
+        ),
+        (
+            &["bench", "--rate", "0"],
+            "error: invalid value '0' for '--rate <N>': 0 is not in 1..=10000000",
         ),
         (
             &["bench", "--requests", "5", "--duration", "1s"],
