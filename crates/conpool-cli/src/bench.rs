@@ -2,8 +2,9 @@
 //!
 //! `--concurrency` tasks each make one request at a time through one
 //! [`Pool`], until `--requests` have been made or `--duration` has passed.
-//! A request is an echo exchange: lease a connection, write 32 bytes, read
-//! them back, compare, drop the lease (or discard it, with `--no-reuse`).
+//! A request leases a connection, makes one exchange of the target's
+//! protocol on it (`protocol.rs`), checks the reply and gives the lease
+//! back (or discards it, with `--no-reuse`).
 //! Its latency runs from before the lease is asked for to after the reply
 //! is read, so time spent waiting for a free connection counts. With
 //! `--rate`, requests are due on a fixed schedule instead (request k at
@@ -25,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use clap::value_parser;
 use conpool::cli::{PoolArgs, parse_duration};
-use conpool::{CloseReason, Endpoint, EndpointHandle, Error, Pool, Scheme};
+use conpool::{CloseReason, Endpoint, EndpointHandle, Error, Pool};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::Exit;
 use crate::echo;
+use crate::protocol::{self, Failure, MAX_KEYS, Protocol, Target, with_causes};
 use crate::report::{ErrorCount, Latency, PoolView, Report};
 
 /// The most tasks `--concurrency` starts: a thousand times the pool's
@@ -48,16 +50,26 @@ const LATENCY_BATCH: usize = 128;
 /// How long a run lasts when neither `--requests` nor `--duration` is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 
-/// The length of every request, and of its echo.
-const REQUEST_LEN: usize = 32;
-
 /// The options of `conpool bench`, and every pool setting as a flag.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// The echo server to load: tcp://host:port or tls://host:port
-    /// [default: an echo server started inside this process, on 127.0.0.1]
-    #[arg(value_name = "TARGET", value_parser = target)]
-    target: Option<Endpoint>,
+    /// The server to load, its protocol named by the scheme: tcp:// or
+    /// tls:// (echo), redis:// or rediss:// (PING; GET with --keys),
+    /// memcached:// (get), http:// or https:// (GET of the URL's path);
+    /// host:port, the port optional but for echo [default: an echo server
+    /// started inside this process, on 127.0.0.1]
+    #[arg(value_name = "TARGET", value_parser = protocol::parse_target)]
+    target: Option<Target>,
+
+    /// Redis and memcached: store this many keys before the load (on a
+    /// connection of their own), then GET them in turn; 1 to 1000000
+    /// [default: redis PINGs; memcached gets 1 key]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = value_parser!(u32).range(1..=i64::from(MAX_KEYS))
+    )]
+    keys: Option<u32>,
 
     /// Requests in flight at once, each task making one at a time; 1 to
     /// 10000
@@ -113,17 +125,6 @@ pub struct BenchArgs {
 
     #[command(flatten)]
     pool: PoolArgs,
-}
-
-/// A target on the command line: an echo server over TCP or TLS.
-fn target(text: &str) -> Result<Endpoint, String> {
-    match text.split_once("://") {
-        Some(("tcp" | "tls", _)) => text.parse().map_err(|e: Error| e.to_string()),
-        Some((scheme, _)) => Err(format!(
-            "unknown scheme {scheme:?}; conpool bench speaks echo over tcp://host:port or tls://host:port"
-        )),
-        None => Err("it has no scheme; write tcp://host:port or tls://host:port".to_owned()),
-    }
 }
 
 /// A duration that must be above zero, in the pool flags' grammar.
@@ -205,25 +206,26 @@ struct Tally {
     errors: BTreeMap<&'static str, ErrorCount>,
 }
 
-/// A request that failed: the kind it is counted under, and its error.
-struct Failure {
-    kind: &'static str,
-    message: String,
-}
-
 /// Runs `conpool bench` and prints its report on stdout.
-pub async fn run(args: BenchArgs) -> Result<(), String> {
-    let (endpoint, embedded) = match args.target {
-        Some(endpoint) => (endpoint, false),
+pub async fn run(args: BenchArgs) -> Result<(), Exit> {
+    let (target, embedded) = match args.target {
+        Some(target) => (target, false),
         None => {
             let addr = echo::start()
                 .await
                 .map_err(|e| format!("the embedded echo server cannot listen on 127.0.0.1: {e}"))?;
             let endpoint = Endpoint::new(addr.ip().to_string(), addr.port())
                 .map_err(|e| format!("the embedded echo server's address {addr}: {e}"))?;
-            (endpoint, true)
+            let target = Target {
+                kind: protocol::Kind::Echo,
+                endpoint,
+                path: "/".to_owned(),
+            };
+            (target, true)
         }
     };
+    let protocol = Protocol::of(&target, args.keys).map_err(Exit::Usage)?;
+    let endpoint = &target.endpoint;
 
     let open = Arc::new(OpenConnections::default());
     let config = args
@@ -244,8 +246,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         })
         .build()
         .map_err(|e| e.to_string())?;
+    protocol.prepare(&config, endpoint).await?;
+    let protocol = Arc::new(protocol);
     let pool = Pool::new(config);
-    let handle = Arc::new(pool.endpoint(&endpoint).map_err(|e| e.to_string())?);
+    let handle = Arc::new(pool.endpoint(endpoint).map_err(|e| e.to_string())?);
 
     let run_time = args.duration.unwrap_or(DEFAULT_DURATION);
     let started = Instant::now();
@@ -276,6 +280,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     for task in 0..args.concurrency {
         tasks.spawn(load(
             handle.clone(),
+            protocol.clone(),
             latency.clone(),
             budget.clone(),
             task,
@@ -330,17 +335,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let requests = successes + failed;
     let leases = stats.total_created + stats.total_reused;
     let report = Report {
-        target: format!(
-            "{}://{}:{}",
-            match endpoint.scheme() {
-                Scheme::Tls => "tls",
-                _ => "tcp",
-            },
-            endpoint.host(),
-            endpoint.port()
-        ),
+        target: target.url(),
         server: if embedded { "embedded" } else { "external" },
-        protocol: "echo",
+        protocol: protocol.name(),
+        keys: protocol.keys(),
         concurrency: args.concurrency,
         rate: args.rate,
         reuse: !args.no_reuse,
@@ -378,6 +376,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
 /// One task's requests, one at a time, until the budget is spent.
 async fn load(
     handle: Arc<EndpointHandle>,
+    protocol: Arc<Protocol>,
     latency: Arc<Mutex<Histogram<u64>>>,
     budget: Arc<Budget>,
     task: u32,
@@ -391,12 +390,11 @@ async fn load(
     };
     // Every request is different (task and sequence number), so that a
     // reply meant for another request is seen as wrong.
-    let mut request = *b"conpool bench 0000000000000000\r\n";
     let mut sequence: u64 = 0;
+    let mut scratch = Vec::with_capacity(256);
     while let Some(due) = budget.take() {
         let id = (u64::from(task) << 40) | (sequence & ((1 << 40) - 1));
         sequence += 1;
-        request[14..30].copy_from_slice(format!("{id:016x}").as_bytes());
         // A request not yet due waits, and its latency runs from when the
         // task woke: tokio's timer wakes up to a millisecond late, which is
         // the load generator's own delay, not the server's. One already
@@ -408,7 +406,18 @@ async fn load(
         } else {
             due
         };
-        match exchange(&handle, &request, reuse, request_timeout).await {
+        let outcome = match handle.get().await {
+            Ok(conn) => {
+                protocol
+                    .request(conn, id, reuse, request_timeout, &mut scratch)
+                    .await
+            }
+            Err(e) => Err(Failure {
+                kind: acquire_error_kind(&e),
+                message: with_causes(&e),
+            }),
+        };
+        match outcome {
             Ok(()) => {
                 let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 batch.push(nanos);
@@ -449,68 +458,6 @@ fn record(histogram: &Mutex<Histogram<u64>>, batch: &mut Vec<u64>) {
 /// (a record is one increment).
 fn lock(histogram: &Mutex<Histogram<u64>>) -> MutexGuard<'_, Histogram<u64>> {
     histogram.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// One request: lease, write, read the echo back, check it.
-async fn exchange(
-    handle: &EndpointHandle,
-    request: &[u8; REQUEST_LEN],
-    reuse: bool,
-    request_timeout: Duration,
-) -> Result<(), Failure> {
-    let mut conn = handle.get().await.map_err(|e| Failure {
-        kind: acquire_error_kind(&e),
-        message: with_causes(&e),
-    })?;
-    let mut reply = [0u8; REQUEST_LEN];
-    let io = async {
-        conn.write_all(request).await?;
-        conn.read_exact(&mut reply).await
-    };
-    match tokio::time::timeout(request_timeout, io).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            return Err(Failure {
-                kind: "io",
-                message: e.to_string(),
-            });
-        }
-        // Dropping the lease with its read pending closes it.
-        Err(_) => {
-            return Err(Failure {
-                kind: "request_timeout",
-                message: format!("no reply within {request_timeout:?}"),
-            });
-        }
-    }
-    if &reply != request {
-        conn.discard();
-        return Err(Failure {
-            kind: "bad_reply",
-            message: format!(
-                "sent {:?}, got back {:?}",
-                String::from_utf8_lossy(request),
-                String::from_utf8_lossy(&reply)
-            ),
-        });
-    }
-    if !reuse {
-        conn.discard();
-    }
-    Ok(())
-}
-
-/// An error and its sources, as in "could not connect to …: Connection
-/// refused (os error 111)".
-fn with_causes(err: &Error) -> String {
-    let mut message = err.to_string();
-    let mut cause = std::error::Error::source(err);
-    while let Some(source) = cause {
-        message.push_str(": ");
-        message.push_str(&source.to_string());
-        cause = source.source();
-    }
-    message
 }
 
 /// The kind a failed lease is counted under.

@@ -4,7 +4,8 @@
 //! This file owns the command line as a whole: parsing, turning a bad
 //! value into one line on stderr with exit code 2, and the runtime the
 //! subcommands run on. `bench.rs` owns the load and its measurement,
-//! `report.rs` how the result is printed, `echo.rs` the embedded server.
+//! `protocol.rs` and `http.rs` what a request says, `report.rs` how the
+//! result is printed, `echo.rs` the embedded server.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,6 +15,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod echo;
+mod http;
+mod protocol;
 mod report;
 
 /// Pooled connections from the command line.
@@ -26,9 +29,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Load an echo server through a pool and report throughput, latency
-    /// and reuse. With no target, starts an echo server inside the process
-    /// on 127.0.0.1 and loads that.
+    /// Load a server (echo, Redis, memcached or HTTP, by the target's
+    /// scheme) through a pool and report throughput, latency and reuse.
+    /// With no target, starts an echo server inside the process on
+    /// 127.0.0.1 and loads that.
     Bench(bench::BenchArgs),
 }
 
@@ -52,7 +56,26 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => failure(err),
+        Err(Exit::Usage(why)) => {
+            let _ = writeln!(std::io::stderr(), "error: {why}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Exit::Failure(why)) => failure(why),
+    }
+}
+
+/// Why a subcommand ended without success, and so its exit code.
+#[derive(Debug)]
+pub enum Exit {
+    /// Flags that parse one by one but not together: exit code 2.
+    Usage(String),
+    /// The command could not run: exit code 1.
+    Failure(String),
+}
+
+impl From<String> for Exit {
+    fn from(why: String) -> Exit {
+        Exit::Failure(why)
     }
 }
 

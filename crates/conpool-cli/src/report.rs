@@ -11,12 +11,15 @@ use serde::Serialize;
 /// Everything a run measured.
 #[derive(Serialize, Debug)]
 pub struct Report {
-    /// `tcp://host:port` or `tls://host:port`.
+    /// The target as `scheme://host:port`, and the path for HTTP.
     pub target: String,
     /// `"embedded"` (started by the command) or `"external"`.
     pub server: &'static str,
-    /// `"echo"`.
+    /// `"echo"`, `"redis PING"`, `"redis GET"`, `"memcached get"` or
+    /// `"http GET"`.
     pub protocol: &'static str,
+    /// `--keys`: the keys stored and read; `None` for echo, PING and HTTP.
+    pub keys: Option<u32>,
     pub concurrency: u32,
     /// `--rate`: requests due per second; latencies then run from each
     /// request's due time. `None`: as fast as the tasks go.
@@ -103,7 +106,16 @@ impl Report {
         };
         line(
             "target",
-            format!("{} ({} {} server)", self.target, self.server, self.protocol),
+            format!(
+                "{} ({} server, {}{})",
+                self.target,
+                self.server,
+                self.protocol,
+                match self.keys {
+                    Some(keys) => format!(" of {keys} keys"),
+                    None => String::new(),
+                }
+            ),
         );
         line(
             "load",

@@ -233,9 +233,24 @@ fn the_table_off_a_terminal_is_the_report_alone() {
 fn bad_input_is_one_line_naming_the_value_and_the_rule_with_exit_code_2() {
     for (args, expected) in [
         (
-            &["bench", "redis://127.0.0.1:6379"][..],
-            "error: invalid value 'redis://127.0.0.1:6379' for '[TARGET]': unknown scheme \"redis\"; \
-             conpool bench speaks echo over tcp://host:port or tls://host:port",
+            &["bench", "gopher://127.0.0.1:70"][..],
+            "error: invalid value 'gopher://127.0.0.1:70' for '[TARGET]': unknown scheme \"gopher\"; \
+             conpool bench speaks tcp:// or tls:// (echo), redis:// or rediss://, memcached://, \
+             http:// or https://",
+        ),
+        (
+            &["bench", "redis://127.0.0.1/0"],
+            "error: invalid value 'redis://127.0.0.1/0' for '[TARGET]': \"redis://127.0.0.1/0\" \
+             has a path (\"/0\"); only http:// and https:// targets take one",
+        ),
+        (
+            &["bench", "http://127.0.0.1:65536/"],
+            "error: invalid value 'http://127.0.0.1:65536/' for '[TARGET]': invalid endpoint: \
+             \"http://127.0.0.1:65536/\" has port \"65536\", which is not a number from 1 to 65535",
+        ),
+        (
+            &["bench", "tcp://127.0.0.1:7", "--keys", "10"],
+            "error: --keys is for redis:// and memcached:// targets; echo and HTTP have no keys",
         ),
         (
             &["bench", "tcp://127.0.0.1:65536"],
@@ -250,7 +265,8 @@ fn bad_input_is_one_line_naming_the_value_and_the_rule_with_exit_code_2() {
         (
             &["bench", "127.0.0.1:7"],
             "error: invalid value '127.0.0.1:7' for '[TARGET]': it has no scheme; \
-             write tcp://host:port or tls://host:port",
+             write one of tcp:// or tls:// (echo), redis:// or rediss://, memcached://, \
+             http:// or https://",
         ),
         (
             &["bench", "--concurrency", "0"],
