@@ -1,11 +1,12 @@
 //! The `conpool` command: `conpool bench`, a load generator on pooled
-//! connections, with every pool setting as a flag (`conpool::cli::PoolArgs`).
+//! connections, with every pool setting as a flag (`conpool::cli::PoolArgs`),
+//! and `conpool serve`, the echo server it embeds, on its own.
 //!
 //! This file owns the command line as a whole: parsing, turning a bad
 //! value into one line on stderr with exit code 2, and the runtime the
 //! subcommands run on. `bench.rs` owns the load and its measurement,
 //! `protocol.rs` and `http.rs` what a request says, `report.rs` how the
-//! result is printed, `echo.rs` the embedded server.
+//! result is printed, `echo.rs` the embedded server, `serve.rs` its command.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ mod echo;
 mod http;
 mod protocol;
 mod report;
+mod serve;
 
 /// Pooled connections from the command line.
 #[derive(Parser, Debug)]
@@ -33,7 +35,11 @@ enum Command {
     /// scheme) through a pool and report throughput, latency and reuse.
     /// With no target, starts an echo server inside the process on
     /// 127.0.0.1 and loads that.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
+    /// Run the embedded echo server over TCP and TLS (a self-signed
+    /// certificate, its fingerprint printed), optionally closing idle
+    /// connections or resetting some, until interrupted.
+    Serve(serve::ServeArgs),
 }
 
 /// Bad input (a value, a flag, a target).
@@ -52,7 +58,8 @@ fn main() -> ExitCode {
         Err(err) => return failure(format_args!("cannot start the tokio runtime: {err}")),
     };
     let result = match cli.command {
-        Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(*args)),
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,15 +105,22 @@ fn usage_error(err: clap::Error) -> ExitCode {
 }
 
 /// clap's error text without its usage and "For more information" lines,
-/// its remaining lines (an error and maybe a tip) joined into one.
+/// its remaining lines (an error and maybe a tip, or a list a line ending
+/// in ':' introduces) joined into one.
 fn one_line(rendered: &str) -> String {
-    rendered
+    let mut joined = String::new();
+    for line in rendered
         .lines()
         .map(str::trim)
         .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
         .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    {
+        if !joined.is_empty() {
+            joined.push_str(if joined.ends_with(':') { " " } else { "; " });
+        }
+        joined.push_str(line);
+    }
+    joined
 }
 
 fn failure(why: impl std::fmt::Display) -> ExitCode {

@@ -1,68 +1,14 @@
 //! `conpool bench` run as a process, as a user runs it: its exit code, its
 //! stdout (the report, parsed from `--json`) and its stderr.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::Value;
-
-fn conpool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conpool"))
-        .args(args)
-        .output()
-        .expect("the conpool binary runs")
-}
-
-/// Runs `conpool bench ARGS --json`, checks it succeeded with nothing on
-/// stderr, and returns the report.
-fn bench_json(args: &[&str]) -> Value {
-    let mut all = vec!["bench", "--json"];
-    all.extend_from_slice(args);
-    let out = conpool(&all);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{all:?} failed: {stderr}");
-    assert_eq!(stderr, "", "{all:?} wrote to stderr");
-    // Not a terminal: the whole of stdout is the report.
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
-}
-
-fn u(report: &Value, path: &str) -> u64 {
-    report
-        .pointer(path)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{path} is not a count in {report:#}"))
-}
-
-/// The counts every report must make add up, whatever the run.
-fn assert_counts_add_up(report: &Value) {
-    assert_eq!(
-        u(report, "/requests"),
-        u(report, "/successes") + u(report, "/errors"),
-        "{report:#}"
-    );
-    let by_kind: u64 = report["errors_by_kind"]
-        .as_object()
-        .expect("errors_by_kind is an object")
-        .values()
-        .map(|e| e["count"].as_u64().expect("a count"))
-        .sum();
-    assert_eq!(by_kind, u(report, "/errors"), "{report:#}");
-    let by_reason: u64 = report["pool"]["closed_by_reason"]
-        .as_object()
-        .expect("closed_by_reason is an object")
-        .values()
-        .map(|n| n.as_u64().expect("a count"))
-        .sum();
-    assert_eq!(by_reason, u(report, "/pool/closed"), "{report:#}");
-    assert_eq!(
-        u(report, "/pool/created") - u(report, "/pool/closed"),
-        u(report, "/pool/open_at_end"),
-        "{report:#}"
-    );
-}
+use common::{assert_counts_add_up, bench_json, conpool, u};
 
 #[test]
 fn bench_with_no_target_loads_the_embedded_server_on_a_few_reused_connections() {

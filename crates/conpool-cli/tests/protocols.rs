@@ -6,62 +6,34 @@
 //! The servers are started by the library's own test harness, included
 //! here by path: one copy of the launchers, whichever crate's tests run.
 
+mod common;
 #[path = "../../conpool/tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
-
+use common::u;
 use serde_json::Value;
 use support::TlsCert;
 use support::redis::RedisServer;
 use support::servers::{Memcached, Nginx, TempDir};
 
-/// Runs `conpool bench --json ARGS` on a blocking thread (the servers'
-/// tasks keep the runtime), checks it succeeded with nothing on stderr,
-/// and returns the report.
+/// `common::bench_json` on a blocking thread: the servers' tasks keep
+/// the runtime.
 async fn bench_json(args: &[&str]) -> Value {
-    let mut all = vec!["bench".to_owned(), "--json".to_owned()];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    let out = tokio::task::spawn_blocking({
-        let all = all.clone();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_conpool"))
-                .args(&all)
-                .output()
-        }
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        common::bench_json(&args.iter().map(String::as_str).collect::<Vec<_>>())
     })
     .await
     .expect("the blocking task ran")
-    .expect("the conpool binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{all:?} failed: {stderr}");
-    assert_eq!(stderr, "", "{all:?} wrote to stderr");
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
-}
-
-fn u(report: &Value, path: &str) -> u64 {
-    report
-        .pointer(path)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{path} is not a count in {report:#}"))
 }
 
 /// Every request succeeded, the counts add up, and all but the first
 /// request of each connection reused one.
 fn assert_all_succeeded_on_reused_connections(report: &Value, requests: u64) {
+    common::assert_counts_add_up(report);
     assert_eq!(u(report, "/requests"), requests, "{report:#}");
-    assert_eq!(
-        u(report, "/requests"),
-        u(report, "/successes") + u(report, "/errors"),
-        "{report:#}"
-    );
     assert_eq!(u(report, "/successes"), requests, "{report:#}");
     let created = u(report, "/pool/created");
-    assert_eq!(
-        created - u(report, "/pool/closed"),
-        u(report, "/pool/open_at_end"),
-        "{report:#}"
-    );
     assert!((1..=10).contains(&created), "{report:#}");
     assert_eq!(u(report, "/pool/reused"), requests - created, "{report:#}");
 }
