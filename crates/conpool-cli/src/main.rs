@@ -1,12 +1,14 @@
 //! The `conpool` command: `conpool bench`, a load generator on pooled
 //! connections, with every pool setting as a flag (`conpool::cli::PoolArgs`),
-//! and `conpool serve`, the echo server it embeds, on its own.
+//! `conpool serve`, the echo server it embeds, on its own, and `conpool
+//! probe`, a dial told step by step.
 //!
 //! This file owns the command line as a whole: parsing, turning a bad
 //! value into one line on stderr with exit code 2, and the runtime the
 //! subcommands run on. `bench.rs` owns the load and its measurement,
 //! `protocol.rs` and `http.rs` what a request says, `report.rs` how the
-//! result is printed, `echo.rs` the embedded server, `serve.rs` its command.
+//! result is printed, `echo.rs` the embedded server, `serve.rs` its
+//! command, `probe.rs` the probe.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,6 +19,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod echo;
 mod http;
+mod probe;
 mod protocol;
 mod report;
 mod serve;
@@ -40,6 +43,13 @@ enum Command {
     /// certificate, its fingerprint printed), optionally closing idle
     /// connections or resetting some, until interrupted.
     Serve(serve::ServeArgs),
+    /// Dial each endpoint as the pool would and print how each attempt went:
+    /// resolve, each address tried, TCP connect, TLS handshake (version,
+    /// cipher, ALPN, the server certificate), the result; with --watch, how
+    /// long the server keeps an idle connection open, and how it closes it.
+    /// Exit code 3: a name did not resolve, 4: a connect failed, 5: a
+    /// connect or handshake timed out, 6: TLS failed.
+    Probe(Box<probe::ProbeArgs>),
 }
 
 /// Bad input (a value, a flag, a target).
@@ -60,6 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Probe(args) => runtime.block_on(probe::run(*args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +79,7 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
         Err(Exit::Failure(why)) => failure(why),
+        Err(Exit::Quiet(code)) => ExitCode::from(code),
     }
 }
 
@@ -78,6 +90,8 @@ pub enum Exit {
     Usage(String),
     /// The command could not run: exit code 1.
     Failure(String),
+    /// It ran and has said what went wrong: this exit code.
+    Quiet(u8),
 }
 
 impl From<String> for Exit {
