@@ -80,6 +80,48 @@ fn a_fixed_rate_run_makes_the_requests_the_rate_and_duration_call_for() {
     assert_eq!(u(&report, "/errors"), 0, "{report:#}");
 }
 
+#[test]
+fn at_a_fixed_rate_the_requests_queued_behind_a_stall_are_charged_for_it() {
+    // The server stalls 300 ms at the tenth request; one task at 1000
+    // requests/s: some 300 requests fall due during the stall and start
+    // late. Measured from when each was due, most of the run's requests
+    // are slow; measured from when each was sent, one would be.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        let Some(Ok(mut socket)) = listener.incoming().next() else {
+            return;
+        };
+        let mut buf = [0u8; 32];
+        let mut served = 0;
+        while socket.read_exact(&mut buf).is_ok() {
+            served += 1;
+            if served == 10 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            if socket.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    let target = format!("tcp://127.0.0.1:{port}");
+    let report = bench_json(&[
+        &target,
+        "--rate",
+        "1000",
+        "--requests",
+        "500",
+        "--concurrency",
+        "1",
+    ]);
+    assert_counts_add_up(&report);
+    assert_eq!(u(&report, "/successes"), 500, "{report:#}");
+    // About 300 of 500 requests waited out part of the stall, half of them
+    // more than 150 ms; 10 ms leaves room for any machine.
+    assert!(u(&report, "/latency_ns/p50") > 10_000_000, "{report:#}");
+    assert!(u(&report, "/latency_ns/max") >= 250_000_000, "{report:#}");
+}
+
 /// An echo server on a thread of the test, counting the connections it
 /// accepts.
 fn echo_server() -> (u16, Arc<AtomicU64>) {
