@@ -269,59 +269,61 @@ impl Protocol {
         request_timeout: Duration,
         scratch: &mut Vec<u8>,
     ) -> Result<(), Failure> {
-        if let Protocol::HttpGet { path } = self {
-            return http::get(conn, path, reuse, request_timeout).await;
-        }
+        // The request, the reply it must get, and how to tell that reply
+        // is whole.
+        let (request, expected, complete): (Vec<u8>, Vec<u8>, ReplyLen) = match self {
+            Protocol::HttpGet { path } => {
+                return http::get(conn, path, reuse, request_timeout).await;
+            }
+            Protocol::Echo => {
+                let mut request = *b"conpool bench 0000000000000000\r\n";
+                request[14..30].copy_from_slice(format!("{id:016x}").as_bytes());
+                (request.to_vec(), request.to_vec(), echo_reply_len)
+            }
+            Protocol::RedisPing => (
+                b"*1\r\n$4\r\nPING\r\n".to_vec(),
+                b"+PONG\r\n".to_vec(),
+                redis_reply_len,
+            ),
+            Protocol::RedisGet { keys } => {
+                let key = (id % u64::from(*keys)) as u32;
+                let mut request = Vec::with_capacity(64);
+                resp(&mut request, &[b"GET", key_name(key).as_bytes()]);
+                let expected = [
+                    format!("${PAYLOAD_LEN}\r\n").as_bytes(),
+                    &value_of(key),
+                    b"\r\n",
+                ]
+                .concat();
+                (request, expected, redis_reply_len)
+            }
+            Protocol::MemcachedGet { keys } => {
+                let key = (id % u64::from(*keys)) as u32;
+                let name = key_name(key);
+                let expected = [
+                    format!("VALUE {name} 0 {PAYLOAD_LEN}\r\n").as_bytes(),
+                    &value_of(key),
+                    b"\r\nEND\r\n",
+                ]
+                .concat();
+                (
+                    format!("get {name}\r\n").into_bytes(),
+                    expected,
+                    memcached_reply_len,
+                )
+            }
+        };
         scratch.clear();
         let io = async {
-            let expected = match self {
-                Protocol::Echo => {
-                    let mut request = *b"conpool bench 0000000000000000\r\n";
-                    request[14..30].copy_from_slice(format!("{id:016x}").as_bytes());
-                    conn.write_all(&request).await?;
-                    read_exactly(&mut conn, scratch, PAYLOAD_LEN).await?;
-                    request.to_vec()
-                }
-                Protocol::RedisPing => {
-                    conn.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
-                    read_until(&mut conn, scratch, redis_reply_len).await?;
-                    b"+PONG\r\n".to_vec()
-                }
-                Protocol::RedisGet { keys } => {
-                    let key = (id % u64::from(*keys)) as u32;
-                    let mut request = Vec::with_capacity(64);
-                    resp(&mut request, &[b"GET", key_name(key).as_bytes()]);
-                    conn.write_all(&request).await?;
-                    read_until(&mut conn, scratch, redis_reply_len).await?;
-                    [
-                        format!("${PAYLOAD_LEN}\r\n").as_bytes(),
-                        &value_of(key),
-                        b"\r\n",
-                    ]
-                    .concat()
-                }
-                Protocol::MemcachedGet { keys } => {
-                    let key = (id % u64::from(*keys)) as u32;
-                    let name = key_name(key);
-                    conn.write_all(format!("get {name}\r\n").as_bytes()).await?;
-                    read_until(&mut conn, scratch, memcached_reply_len).await?;
-                    [
-                        format!("VALUE {name} 0 {PAYLOAD_LEN}\r\n").as_bytes(),
-                        &value_of(key),
-                        b"\r\nEND\r\n",
-                    ]
-                    .concat()
-                }
-                Protocol::HttpGet { .. } => unreachable!("HTTP returned above"),
-            };
-            Ok::<_, std::io::Error>(expected)
+            conn.write_all(&request).await?;
+            read_until(&mut conn, scratch, complete).await
         };
-        let expected = match tokio::time::timeout(request_timeout, io).await {
-            Ok(Ok(expected)) => expected,
+        match tokio::time::timeout(request_timeout, io).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Failure::io(e)),
             // Dropping the lease with its read pending closes it.
             Err(_) => return Err(Failure::timed_out(request_timeout)),
-        };
+        }
         if *scratch != expected {
             conn.discard();
             return Err(Failure {
@@ -396,22 +398,13 @@ fn resp(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
-async fn read_exactly<S: AsyncRead + Unpin>(
-    conn: &mut S,
-    buf: &mut Vec<u8>,
-    len: usize,
-) -> std::io::Result<()> {
-    buf.resize(len, 0);
-    conn.read_exact(buf).await.map(drop)
-}
-
 /// Reads until `complete` finds a whole reply in what was read; what
 /// follows it, if the server sent more, stays in `buf` and fails the
 /// comparison with the expected reply.
 async fn read_until<S: AsyncRead + Unpin>(
     conn: &mut S,
     buf: &mut Vec<u8>,
-    complete: fn(&[u8]) -> Option<usize>,
+    complete: ReplyLen,
 ) -> std::io::Result<()> {
     let mut chunk = [0u8; 4096];
     while complete(buf).is_none() {
@@ -425,6 +418,15 @@ async fn read_until<S: AsyncRead + Unpin>(
         buf.extend_from_slice(&chunk[..n]);
     }
     Ok(())
+}
+
+/// The length of the first whole reply in a buffer, `None` until it is
+/// whole.
+type ReplyLen = fn(&[u8]) -> Option<usize>;
+
+/// An echo is whole once it is as long as every request.
+fn echo_reply_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= PAYLOAD_LEN).then_some(PAYLOAD_LEN)
 }
 
 /// The length of the first RESP reply in `buf` (a simple string, error,
