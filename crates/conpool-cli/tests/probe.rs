@@ -101,6 +101,29 @@ fn probe_of_a_refused_port_fails_in_one_line_after_the_pool_s_attempts() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_of_an_address_that_drops_syns_runs_out_of_time_with_exit_code_5() {
+    let black_hole = support::FullBacklog::start();
+    black_hole.assert_connects_hang().await;
+    let endpoint = black_hole.addr.to_string();
+    let out = run(&[
+        "probe",
+        &endpoint,
+        "--connect-timeout",
+        "300ms",
+        "--connect-retry-count",
+        "1",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: {endpoint}: connect timed out")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn probe_watch_measures_the_idle_timeout_of_conpool_serve() {
     let dir = TempDir::new("probe-watch");
