@@ -2,10 +2,17 @@
 //!
 //! `--concurrency` tasks each make one request at a time through one
 //! [`Pool`], until `--requests` have been made or `--duration` has passed.
-//! A request is an echo exchange: lease a connection, write 32 bytes, read
-//! them back, compare, drop the lease (or discard it, with `--no-reuse`).
+//! A request leases a connection, makes one exchange of the target's
+//! protocol on it (`protocol.rs`), checks the reply and gives the lease
+//! back (or discards it, with `--no-reuse`).
 //! Its latency runs from before the lease is asked for to after the reply
-//! is read, so time spent waiting for a free connection counts. Each task
+//! is read, so time spent waiting for a free connection counts. With
+//! `--rate`, requests are due on a fixed schedule instead (request k at
+//! k / rate seconds from the start, taken by whichever task is free) and a
+//! request that starts late, because every task was busy, has its latency
+//! run from when it was due, as wrk2 measures: a server that stalls is
+//! charged for the requests that queued behind the stall, not only for the
+//! one it stalled (coordinated omission). Each task
 //! keeps its own counts, merged at the end, and hands its latencies to one
 //! shared histogram a batch at a time, so that the tasks share little
 //! while they run but the pool itself and the budget, and a task costs a
@@ -19,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use clap::value_parser;
 use conpool::cli::{PoolArgs, parse_duration};
-use conpool::{CloseReason, Endpoint, EndpointHandle, Error, Pool, Scheme};
+use conpool::{CloseReason, Endpoint, EndpointHandle, Error, Pool};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::Exit;
 use crate::echo;
+use crate::protocol::{self, Failure, MAX_KEYS, Protocol, Target, with_causes};
 use crate::report::{ErrorCount, Latency, PoolView, Report};
 
 /// The most tasks `--concurrency` starts: a thousand times the pool's
@@ -32,22 +40,36 @@ use crate::report::{ErrorCount, Latency, PoolView, Report};
 /// scheduling, not the pool, is what would be measured.
 const MAX_CONCURRENCY: u32 = 10_000;
 
+/// The highest `--rate`: a request due every 100 ns, past what one process
+/// on loopback gets near.
+const MAX_RATE: u64 = 10_000_000;
+
 /// Latencies a task collects before it takes the shared histogram's lock.
 const LATENCY_BATCH: usize = 128;
 
 /// How long a run lasts when neither `--requests` nor `--duration` is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 
-/// The length of every request, and of its echo.
-const REQUEST_LEN: usize = 32;
-
 /// The options of `conpool bench`, and every pool setting as a flag.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// The echo server to load: tcp://host:port or tls://host:port
-    /// [default: an echo server started inside this process, on 127.0.0.1]
-    #[arg(value_name = "TARGET", value_parser = target)]
-    target: Option<Endpoint>,
+    /// The server to load, its protocol named by the scheme: tcp:// or
+    /// tls:// (echo), redis:// or rediss:// (PING; GET with --keys),
+    /// memcached:// (get), http:// or https:// (GET of the URL's path);
+    /// host:port, the port optional but for echo [default: an echo server
+    /// started inside this process, on 127.0.0.1]
+    #[arg(value_name = "TARGET", value_parser = protocol::parse_target)]
+    target: Option<Target>,
+
+    /// Redis and memcached: store this many keys before the load (on a
+    /// connection of their own), then GET them in turn; 1 to 1000000
+    /// [default: redis PINGs; memcached gets 1 key]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = value_parser!(u32).range(1..=i64::from(MAX_KEYS))
+    )]
+    keys: Option<u32>,
 
     /// Requests in flight at once, each task making one at a time; 1 to
     /// 10000
@@ -81,6 +103,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", value_parser = run_time, default_value = "10s")]
     request_timeout: Duration,
 
+    /// Start requests at this fixed rate, in requests per second over all
+    /// tasks, each latency measured from when its request was due; 1 to
+    /// 10000000 [default: as fast as the tasks go]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = value_parser!(u64).range(1..=MAX_RATE)
+    )]
+    rate: Option<u64>,
+
     /// Close every connection after its one request, so that each request
     /// dials a new one (a connection per request, to compare pooling with)
     #[arg(long)]
@@ -95,17 +127,6 @@ pub struct BenchArgs {
     pool: PoolArgs,
 }
 
-/// A target on the command line: an echo server over TCP or TLS.
-fn target(text: &str) -> Result<Endpoint, String> {
-    match text.split_once("://") {
-        Some(("tcp" | "tls", _)) => text.parse().map_err(|e: Error| e.to_string()),
-        Some((scheme, _)) => Err(format!(
-            "unknown scheme {scheme:?}; conpool bench speaks echo over tcp://host:port or tls://host:port"
-        )),
-        None => Err("it has no scheme; write tcp://host:port or tls://host:port".to_owned()),
-    }
-}
-
 /// A duration that must be above zero, in the pool flags' grammar.
 fn run_time(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
@@ -115,21 +136,58 @@ fn run_time(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Which requests the tasks take, and when each is due.
+struct Budget {
+    limit: Limit,
+    /// Requests handed out so far: the next one's number.
+    taken: AtomicU64,
+    /// With `--rate`: when each request is due.
+    schedule: Option<Schedule>,
+}
+
 /// When the tasks stop taking requests.
-enum Budget {
+enum Limit {
     /// After this many have been taken.
-    Requests { total: u64, taken: AtomicU64 },
-    /// Once the flag is set, by a timer.
-    Until { stopped: AtomicBool },
+    Requests(u64),
+    /// When the run time is over: with a schedule, once the next request
+    /// would be due after it; without, once the flag is set, by a timer.
+    Until {
+        run_time: Duration,
+        stopped: AtomicBool,
+    },
+}
+
+/// A fixed rate: request k is due `k * interval` after `start`.
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+}
+
+impl Schedule {
+    fn offset(&self, request: u64) -> Duration {
+        // Exact in nanoseconds for any run of fewer than 584 years.
+        Duration::from_nanos(
+            u64::try_from(self.interval.as_nanos().saturating_mul(u128::from(request)))
+                .unwrap_or(u64::MAX),
+        )
+    }
 }
 
 impl Budget {
-    /// Takes one request from the budget; false once it is spent.
-    fn take(&self) -> bool {
-        match self {
-            Budget::Requests { total, taken } => taken.fetch_add(1, Ordering::Relaxed) < *total,
-            Budget::Until { stopped } => !stopped.load(Ordering::Relaxed),
-        }
+    /// Takes the next request: when it is due (now, without a schedule);
+    /// `None` once the budget is spent.
+    fn take(&self) -> Option<Instant> {
+        let request = self.taken.fetch_add(1, Ordering::Relaxed);
+        let offset = self.schedule.as_ref().map(|s| s.offset(request));
+        let within = match &self.limit {
+            Limit::Requests(total) => request < *total,
+            Limit::Until { run_time, .. } if offset.is_some() => offset < Some(*run_time),
+            Limit::Until { stopped, .. } => !stopped.load(Ordering::Relaxed),
+        };
+        within.then(|| match (&self.schedule, offset) {
+            (Some(schedule), Some(offset)) => schedule.start + offset,
+            _ => Instant::now(),
+        })
     }
 }
 
@@ -148,25 +206,26 @@ struct Tally {
     errors: BTreeMap<&'static str, ErrorCount>,
 }
 
-/// A request that failed: the kind it is counted under, and its error.
-struct Failure {
-    kind: &'static str,
-    message: String,
-}
-
 /// Runs `conpool bench` and prints its report on stdout.
-pub async fn run(args: BenchArgs) -> Result<(), String> {
-    let (endpoint, embedded) = match args.target {
-        Some(endpoint) => (endpoint, false),
+pub async fn run(args: BenchArgs) -> Result<(), Exit> {
+    let (target, embedded) = match args.target {
+        Some(target) => (target, false),
         None => {
             let addr = echo::start()
                 .await
                 .map_err(|e| format!("the embedded echo server cannot listen on 127.0.0.1: {e}"))?;
             let endpoint = Endpoint::new(addr.ip().to_string(), addr.port())
                 .map_err(|e| format!("the embedded echo server's address {addr}: {e}"))?;
-            (endpoint, true)
+            let target = Target {
+                kind: protocol::Kind::Echo,
+                endpoint,
+                path: "/".to_owned(),
+            };
+            (target, true)
         }
     };
+    let protocol = Protocol::of(&target, args.keys).map_err(Exit::Usage)?;
+    let endpoint = &target.endpoint;
 
     let open = Arc::new(OpenConnections::default());
     let config = args
@@ -187,18 +246,26 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         })
         .build()
         .map_err(|e| e.to_string())?;
+    protocol.prepare(&config, endpoint).await?;
+    let protocol = Arc::new(protocol);
     let pool = Pool::new(config);
-    let handle = Arc::new(pool.endpoint(&endpoint).map_err(|e| e.to_string())?);
+    let handle = Arc::new(pool.endpoint(endpoint).map_err(|e| e.to_string())?);
 
     let run_time = args.duration.unwrap_or(DEFAULT_DURATION);
-    let budget = Arc::new(match args.requests {
-        Some(total) => Budget::Requests {
-            total,
-            taken: AtomicU64::new(0),
+    let started = Instant::now();
+    let budget = Arc::new(Budget {
+        limit: match args.requests {
+            Some(total) => Limit::Requests(total),
+            None => Limit::Until {
+                run_time,
+                stopped: AtomicBool::new(false),
+            },
         },
-        None => Budget::Until {
-            stopped: AtomicBool::new(false),
-        },
+        taken: AtomicU64::new(0),
+        schedule: args.rate.map(|rate| Schedule {
+            start: started,
+            interval: Duration::from_nanos(1_000_000_000 / rate),
+        }),
     });
     let progress = std::io::stdout()
         .is_terminal()
@@ -209,11 +276,11 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let latency = Arc::new(Mutex::new(
         Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
     ));
-    let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.concurrency {
         tasks.spawn(load(
             handle.clone(),
+            protocol.clone(),
             latency.clone(),
             budget.clone(),
             task,
@@ -221,12 +288,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             args.request_timeout,
         ));
     }
-    if let Budget::Until { .. } = &*budget {
+    if let (Limit::Until { .. }, None) = (&budget.limit, &budget.schedule) {
         let budget = budget.clone();
         tokio::spawn(async move {
             // tokio takes a sleep too long for an `Instant` as forever.
             tokio::time::sleep(run_time).await;
-            if let Budget::Until { stopped } = &*budget {
+            if let Limit::Until { stopped, .. } = &budget.limit {
                 stopped.store(true, Ordering::Relaxed);
             }
         });
@@ -268,18 +335,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let requests = successes + failed;
     let leases = stats.total_created + stats.total_reused;
     let report = Report {
-        target: format!(
-            "{}://{}:{}",
-            match endpoint.scheme() {
-                Scheme::Tls => "tls",
-                _ => "tcp",
-            },
-            endpoint.host(),
-            endpoint.port()
-        ),
+        target: target.url(),
         server: if embedded { "embedded" } else { "external" },
-        protocol: "echo",
+        protocol: protocol.name(),
+        keys: protocol.keys(),
         concurrency: args.concurrency,
+        rate: args.rate,
         reuse: !args.no_reuse,
         requests,
         successes,
@@ -315,6 +376,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
 /// One task's requests, one at a time, until the budget is spent.
 async fn load(
     handle: Arc<EndpointHandle>,
+    protocol: Arc<Protocol>,
     latency: Arc<Mutex<Histogram<u64>>>,
     budget: Arc<Budget>,
     task: u32,
@@ -328,14 +390,34 @@ async fn load(
     };
     // Every request is different (task and sequence number), so that a
     // reply meant for another request is seen as wrong.
-    let mut request = *b"conpool bench 0000000000000000\r\n";
     let mut sequence: u64 = 0;
-    while budget.take() {
+    let mut scratch = Vec::with_capacity(256);
+    while let Some(due) = budget.take() {
         let id = (u64::from(task) << 40) | (sequence & ((1 << 40) - 1));
         sequence += 1;
-        request[14..30].copy_from_slice(format!("{id:016x}").as_bytes());
-        let start = Instant::now();
-        match exchange(&handle, &request, reuse, request_timeout).await {
+        // A request not yet due waits, and its latency runs from when the
+        // task woke: tokio's timer wakes up to a millisecond late, which is
+        // the load generator's own delay, not the server's. One already
+        // due (the tasks have fallen behind) goes at once, its latency
+        // from its due time.
+        let start = if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+            Instant::now()
+        } else {
+            due
+        };
+        let outcome = match handle.get().await {
+            Ok(conn) => {
+                protocol
+                    .request(conn, id, reuse, request_timeout, &mut scratch)
+                    .await
+            }
+            Err(e) => Err(Failure {
+                kind: acquire_error_kind(&e),
+                message: with_causes(&e),
+            }),
+        };
+        match outcome {
             Ok(()) => {
                 let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 batch.push(nanos);
@@ -378,68 +460,6 @@ fn lock(histogram: &Mutex<Histogram<u64>>) -> MutexGuard<'_, Histogram<u64>> {
     histogram.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One request: lease, write, read the echo back, check it.
-async fn exchange(
-    handle: &EndpointHandle,
-    request: &[u8; REQUEST_LEN],
-    reuse: bool,
-    request_timeout: Duration,
-) -> Result<(), Failure> {
-    let mut conn = handle.get().await.map_err(|e| Failure {
-        kind: acquire_error_kind(&e),
-        message: with_causes(&e),
-    })?;
-    let mut reply = [0u8; REQUEST_LEN];
-    let io = async {
-        conn.write_all(request).await?;
-        conn.read_exact(&mut reply).await
-    };
-    match tokio::time::timeout(request_timeout, io).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            return Err(Failure {
-                kind: "io",
-                message: e.to_string(),
-            });
-        }
-        // Dropping the lease with its read pending closes it.
-        Err(_) => {
-            return Err(Failure {
-                kind: "request_timeout",
-                message: format!("no reply within {request_timeout:?}"),
-            });
-        }
-    }
-    if &reply != request {
-        conn.discard();
-        return Err(Failure {
-            kind: "bad_reply",
-            message: format!(
-                "sent {:?}, got back {:?}",
-                String::from_utf8_lossy(request),
-                String::from_utf8_lossy(&reply)
-            ),
-        });
-    }
-    if !reuse {
-        conn.discard();
-    }
-    Ok(())
-}
-
-/// An error and its sources, as in "could not connect to …: Connection
-/// refused (os error 111)".
-fn with_causes(err: &Error) -> String {
-    let mut message = err.to_string();
-    let mut cause = std::error::Error::source(err);
-    while let Some(source) = cause {
-        message.push_str(": ");
-        message.push_str(&source.to_string());
-        cause = source.source();
-    }
-    message
-}
-
 /// The kind a failed lease is counted under.
 fn acquire_error_kind(err: &Error) -> &'static str {
     match err {
@@ -463,9 +483,9 @@ async fn show_progress(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        bar.set_position(match &*budget {
-            Budget::Until { .. } => millis(started.elapsed().min(run_time)),
-            Budget::Requests { total, taken } => taken.load(Ordering::Relaxed).min(*total),
+        bar.set_position(match &budget.limit {
+            Limit::Until { .. } => millis(started.elapsed().min(run_time)),
+            Limit::Requests(total) => budget.taken.load(Ordering::Relaxed).min(*total),
         });
     }
 }

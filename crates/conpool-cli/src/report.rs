@@ -11,13 +11,19 @@ use serde::Serialize;
 /// Everything a run measured.
 #[derive(Serialize, Debug)]
 pub struct Report {
-    /// `tcp://host:port` or `tls://host:port`.
+    /// The target as `scheme://host:port`, and the path for HTTP.
     pub target: String,
     /// `"embedded"` (started by the command) or `"external"`.
     pub server: &'static str,
-    /// `"echo"`.
+    /// `"echo"`, `"redis PING"`, `"redis GET"`, `"memcached get"` or
+    /// `"http GET"`.
     pub protocol: &'static str,
+    /// `--keys`: the keys stored and read; `None` for echo, PING and HTTP.
+    pub keys: Option<u32>,
     pub concurrency: u32,
+    /// `--rate`: requests due per second; latencies then run from each
+    /// request's due time. `None`: as fast as the tasks go.
+    pub rate: Option<u64>,
     /// False with `--no-reuse`.
     pub reuse: bool,
     /// Requests made: `successes + errors`.
@@ -100,17 +106,32 @@ impl Report {
         };
         line(
             "target",
-            format!("{} ({} {} server)", self.target, self.server, self.protocol),
+            format!(
+                "{} ({} server, {}{})",
+                self.target,
+                self.server,
+                self.protocol,
+                match self.keys {
+                    Some(keys) => format!(" of {keys} keys"),
+                    None => String::new(),
+                }
+            ),
         );
         line(
             "load",
             format!(
-                "{} tasks, {}",
+                "{} tasks, {}{}",
                 self.concurrency,
                 if self.reuse {
                     "connections reused"
                 } else {
                     "a connection per request (--no-reuse)"
+                },
+                match self.rate {
+                    Some(rate) => {
+                        format!(", {rate} requests/s due (a late one's latency from its due time)")
+                    }
+                    None => String::new(),
                 }
             ),
         );

@@ -1,68 +1,14 @@
 //! `conpool bench` run as a process, as a user runs it: its exit code, its
 //! stdout (the report, parsed from `--json`) and its stderr.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::Value;
-
-fn conpool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conpool"))
-        .args(args)
-        .output()
-        .expect("the conpool binary runs")
-}
-
-/// Runs `conpool bench ARGS --json`, checks it succeeded with nothing on
-/// stderr, and returns the report.
-fn bench_json(args: &[&str]) -> Value {
-    let mut all = vec!["bench", "--json"];
-    all.extend_from_slice(args);
-    let out = conpool(&all);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{all:?} failed: {stderr}");
-    assert_eq!(stderr, "", "{all:?} wrote to stderr");
-    // Not a terminal: the whole of stdout is the report.
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
-}
-
-fn u(report: &Value, path: &str) -> u64 {
-    report
-        .pointer(path)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{path} is not a count in {report:#}"))
-}
-
-/// The counts every report must make add up, whatever the run.
-fn assert_counts_add_up(report: &Value) {
-    assert_eq!(
-        u(report, "/requests"),
-        u(report, "/successes") + u(report, "/errors"),
-        "{report:#}"
-    );
-    let by_kind: u64 = report["errors_by_kind"]
-        .as_object()
-        .expect("errors_by_kind is an object")
-        .values()
-        .map(|e| e["count"].as_u64().expect("a count"))
-        .sum();
-    assert_eq!(by_kind, u(report, "/errors"), "{report:#}");
-    let by_reason: u64 = report["pool"]["closed_by_reason"]
-        .as_object()
-        .expect("closed_by_reason is an object")
-        .values()
-        .map(|n| n.as_u64().expect("a count"))
-        .sum();
-    assert_eq!(by_reason, u(report, "/pool/closed"), "{report:#}");
-    assert_eq!(
-        u(report, "/pool/created") - u(report, "/pool/closed"),
-        u(report, "/pool/open_at_end"),
-        "{report:#}"
-    );
-}
+use common::{assert_counts_add_up, bench_json, conpool, u};
 
 #[test]
 fn bench_with_no_target_loads_the_embedded_server_on_a_few_reused_connections() {
@@ -118,6 +64,62 @@ fn a_timed_run_ends_by_itself_and_counts_what_it_made() {
     assert_counts_add_up(&report);
     assert!(u(&report, "/successes") > 0, "{report:#}");
     assert_eq!(u(&report, "/errors"), 0, "{report:#}");
+}
+
+#[test]
+fn a_fixed_rate_run_makes_the_requests_the_rate_and_duration_call_for() {
+    // 400 requests/s for 2 s: 800 requests, on a loopback echo server that
+    // could answer a hundred times as many were they not held to the rate.
+    let report = bench_json(&["--rate", "400", "--duration", "2s", "--concurrency", "8"]);
+    assert_counts_add_up(&report);
+    assert_eq!(report["rate"], 400, "{report:#}");
+    let requests = u(&report, "/requests") as f64;
+    assert!((720.0..=880.0).contains(&requests), "{report:#}");
+    let per_s = report["requests_per_s"].as_f64().expect("requests_per_s");
+    assert!((360.0..=440.0).contains(&per_s), "{report:#}");
+    assert_eq!(u(&report, "/errors"), 0, "{report:#}");
+}
+
+#[test]
+fn at_a_fixed_rate_the_requests_queued_behind_a_stall_are_charged_for_it() {
+    // The server stalls 300 ms at the tenth request; one task at 1000
+    // requests/s: some 300 requests fall due during the stall and start
+    // late. Measured from when each was due, most of the run's requests
+    // are slow; measured from when each was sent, one would be.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        let Some(Ok(mut socket)) = listener.incoming().next() else {
+            return;
+        };
+        let mut buf = [0u8; 32];
+        let mut served = 0;
+        while socket.read_exact(&mut buf).is_ok() {
+            served += 1;
+            if served == 10 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            if socket.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    let target = format!("tcp://127.0.0.1:{port}");
+    let report = bench_json(&[
+        &target,
+        "--rate",
+        "1000",
+        "--requests",
+        "500",
+        "--concurrency",
+        "1",
+    ]);
+    assert_counts_add_up(&report);
+    assert_eq!(u(&report, "/successes"), 500, "{report:#}");
+    // About 300 of 500 requests waited out part of the stall, half of them
+    // more than 150 ms; 10 ms leaves room for any machine.
+    assert!(u(&report, "/latency_ns/p50") > 10_000_000, "{report:#}");
+    assert!(u(&report, "/latency_ns/max") >= 250_000_000, "{report:#}");
 }
 
 /// An echo server on a thread of the test, counting the connections it
@@ -219,9 +221,24 @@ fn the_table_off_a_terminal_is_the_report_alone() {
 fn bad_input_is_one_line_naming_the_value_and_the_rule_with_exit_code_2() {
     for (args, expected) in [
         (
-            &["bench", "redis://127.0.0.1:6379"][..],
-            "error: invalid value 'redis://127.0.0.1:6379' for '[TARGET]': unknown scheme \"redis\"; \
-             conpool bench speaks echo over tcp://host:port or tls://host:port",
+            &["bench", "gopher://127.0.0.1:70"][..],
+            "error: invalid value 'gopher://127.0.0.1:70' for '[TARGET]': unknown scheme \"gopher\"; \
+             conpool bench speaks tcp:// or tls:// (echo), redis:// or rediss://, memcached://, \
+             http:// or https://",
+        ),
+        (
+            &["bench", "redis://127.0.0.1/0"],
+            "error: invalid value 'redis://127.0.0.1/0' for '[TARGET]': \"redis://127.0.0.1/0\" \
+             has a path (\"/0\"); only http:// and https:// targets take one",
+        ),
+        (
+            &["bench", "http://127.0.0.1:65536/"],
+            "error: invalid value 'http://127.0.0.1:65536/' for '[TARGET]': invalid endpoint: \
+             \"http://127.0.0.1:65536/\" has port \"65536\", which is not a number from 1 to 65535",
+        ),
+        (
+            &["bench", "tcp://127.0.0.1:7", "--keys", "10"],
+            "error: --keys is for redis:// and memcached:// targets; echo and HTTP have no keys",
         ),
         (
             &["bench", "tcp://127.0.0.1:65536"],
@@ -236,7 +253,8 @@ fn bad_input_is_one_line_naming_the_value_and_the_rule_with_exit_code_2() {
         (
             &["bench", "127.0.0.1:7"],
             "error: invalid value '127.0.0.1:7' for '[TARGET]': it has no scheme; \
-             write tcp://host:port or tls://host:port",
+             write one of tcp:// or tls:// (echo), redis:// or rediss://, memcached://, \
+             http:// or https://",
         ),
         (
             &["bench", "--concurrency", "0"],
@@ -255,6 +273,10 @@ fn bad_input_is_one_line_naming_the_value_and_the_rule_with_exit_code_2() {
             &["bench", "--duration", "5min"],
             "error: invalid value '5min' for '--duration <DURATION>': unknown unit \"min\"; \
              the units are ns, us, ms, s, m, h and d, as in 500ms, 2s or 1m30s",
+        ),
+        (
+            &["bench", "--rate", "0"],
+            "error: invalid value '0' for '--rate <N>': 0 is not in 1..=10000000",
         ),
         (
             &["bench", "--requests", "5", "--duration", "1s"],

@@ -1722,6 +1722,7 @@ fn main() {
     }
     let md = write_report(&results, plan, started.elapsed(), &out);
     let path = out.join("BENCHMARKS.md");
+    let md = with_tools_section(md, &path);
     std::fs::write(&path, md).expect("write BENCHMARKS.md");
     println!(
         "wrote {} and {}/docs/bench-{{overhead,scale}}.svg in {:.0} s",
@@ -1731,4 +1732,22 @@ fn main() {
     );
     // Idle watcher tasks and servers live on the runtime; do not wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+/// The report with the section `scripts/bench-tools` wrote into the file
+/// before (between its markers) kept at its end: the two scripts measure
+/// different things at different times, and neither run should erase the
+/// other's figures.
+fn with_tools_section(mut md: String, path: &std::path::Path) -> String {
+    const START: &str = "<!-- bench-tools -->";
+    const END: &str = "<!-- /bench-tools -->";
+    let Ok(old) = std::fs::read_to_string(path) else {
+        return md;
+    };
+    if let (Some(start), Some(end)) = (old.find(START), old.find(END)) {
+        if start < end {
+            md = format!("{}\n\n{}\n", md.trim_end(), &old[start..end + END.len()]);
+        }
+    }
+    md
 }
