@@ -26,12 +26,14 @@ use std::time::{Duration, Instant};
 
 use clap::value_parser;
 use conpool::cli::{PoolArgs, parse_duration};
-use conpool::{CloseReason, Endpoint, EndpointHandle, Error, Pool};
+use conpool::hyper::Http1;
+use conpool::{CloseReason, Endpoint, EndpointHandle, Error, Pool, ProtocolPool, Stats};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::Exit;
 use crate::echo;
+use crate::http;
 use crate::protocol::{self, Failure, MAX_KEYS, Protocol, Target, with_causes};
 use crate::report::{ErrorCount, Latency, PoolView, Report};
 
@@ -249,7 +251,15 @@ pub async fn run(args: BenchArgs) -> Result<(), Exit> {
     protocol.prepare(&config, endpoint).await?;
     let protocol = Arc::new(protocol);
     let pool = Pool::new(config);
-    let handle = Arc::new(pool.endpoint(endpoint).map_err(|e| e.to_string())?);
+    let source = match &*protocol {
+        Protocol::HttpGet { .. } => Source::Http(
+            pool.protocol(Http1::<http::Body>::new()),
+            Arc::new(endpoint.clone()),
+        ),
+        _ => Source::Streams(Arc::new(
+            pool.endpoint(endpoint).map_err(|e| e.to_string())?,
+        )),
+    };
 
     let run_time = args.duration.unwrap_or(DEFAULT_DURATION);
     let started = Instant::now();
@@ -279,7 +289,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Exit> {
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.concurrency {
         tasks.spawn(load(
-            handle.clone(),
+            source.clone(),
             protocol.clone(),
             latency.clone(),
             budget.clone(),
@@ -316,8 +326,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Exit> {
 
     // The pool's view before it is closed, so that the closes it counts
     // are the run's own and what is still open shows.
-    let stats = handle.stats();
-    drop(handle);
+    let stats = source.stats();
+    drop(source);
     pool.close().await;
 
     let mut successes = 0;
@@ -375,7 +385,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Exit> {
 
 /// One task's requests, one at a time, until the budget is spent.
 async fn load(
-    handle: Arc<EndpointHandle>,
+    source: Source,
     protocol: Arc<Protocol>,
     latency: Arc<Mutex<Histogram<u64>>>,
     budget: Arc<Budget>,
@@ -406,16 +416,21 @@ async fn load(
         } else {
             due
         };
-        let outcome = match handle.get().await {
-            Ok(conn) => {
-                protocol
-                    .request(conn, id, reuse, request_timeout, &mut scratch)
-                    .await
+        let outcome = match (&source, &*protocol) {
+            (Source::Http(http, endpoint), Protocol::HttpGet { path }) => {
+                match http.get(endpoint).await {
+                    Ok(conn) => http::get(conn, path, reuse, request_timeout).await,
+                    Err(e) => Err(acquire_failure(&e)),
+                }
             }
-            Err(e) => Err(Failure {
-                kind: acquire_error_kind(&e),
-                message: with_causes(&e),
-            }),
+            (_, protocol) => match source.stream_get().await {
+                Ok(conn) => {
+                    protocol
+                        .request(conn, id, reuse, request_timeout, &mut scratch)
+                        .await
+                }
+                Err(e) => Err(acquire_failure(&e)),
+            },
         };
         match outcome {
             Ok(()) => {
@@ -440,6 +455,39 @@ async fn load(
     }
     record(&latency, &mut batch);
     tally
+}
+
+/// Where the load's connections come from: the byte-stream pool (an
+/// endpoint handle, which skips the map), or for HTTP the pool of hyper's
+/// HTTP/1.1 connections.
+#[derive(Clone)]
+enum Source {
+    Streams(Arc<EndpointHandle>),
+    Http(ProtocolPool<Http1<http::Body>>, Arc<Endpoint>),
+}
+
+impl Source {
+    /// A stream lease (an HTTP source has none to give).
+    async fn stream_get(&self) -> Result<conpool::PooledConnection, Error> {
+        match self {
+            Source::Streams(handle) => handle.get().await,
+            Source::Http(http, endpoint) => http.pool().get(endpoint).await,
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        match self {
+            Source::Streams(handle) => handle.stats(),
+            Source::Http(http, endpoint) => http.stats(endpoint),
+        }
+    }
+}
+
+fn acquire_failure(err: &Error) -> Failure {
+    Failure {
+        kind: acquire_error_kind(err),
+        message: with_causes(err),
+    }
 }
 
 /// Moves a batch of latencies into the shared histogram.

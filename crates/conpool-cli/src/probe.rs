@@ -314,7 +314,16 @@ async fn steps(
         Err(failure)
     };
     let step = Instant::now();
-    let addrs: Vec<SocketAddr> = match within(deadline, resolve::resolve(endpoint)).await {
+    // The config's resolver, as the pool's dialer asks it (one probe
+    // attempt has nothing to share a cache with).
+    let resolver = resolve::CachedResolver::from_arc(
+        config
+            .resolver()
+            .cloned()
+            .unwrap_or_else(resolve::default_resolver),
+        Duration::ZERO,
+    );
+    let addrs: Vec<SocketAddr> = match within(deadline, resolver.resolve(endpoint)).await {
         None => {
             return fail(
                 attempt,

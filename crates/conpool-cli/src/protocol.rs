@@ -9,8 +9,6 @@ use conpool::dial::{Dial, TcpTlsDialer};
 use conpool::{Config, Endpoint, Error, PooledConnection, Scheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::http;
-
 /// The length of every echo request, and of its echo; also of the values
 /// stored under `--keys`.
 const PAYLOAD_LEN: usize = 32;
@@ -272,8 +270,14 @@ impl Protocol {
         // The request, the reply it must get, and how to tell that reply
         // is whole.
         let (request, expected, complete): (Vec<u8>, Vec<u8>, ReplyLen) = match self {
+            // HTTP goes through the pool of hyper's connections
+            // (`bench::Source::Http`), never a bare stream.
             Protocol::HttpGet { path } => {
-                return http::get(conn, path, reuse, request_timeout).await;
+                conn.discard();
+                return Err(Failure {
+                    kind: "other",
+                    message: format!("GET {path}: HTTP is not sent on a bare stream"),
+                });
             }
             Protocol::Echo => {
                 let mut request = *b"conpool bench 0000000000000000\r\n";
