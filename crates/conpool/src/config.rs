@@ -11,6 +11,7 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -18,6 +19,10 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use crate::{CloseReason, Endpoint, Error, Stream};
+
+mod tls;
+
+pub use tls::{DEFAULT_TLS_SESSION_CACHE_SIZE, TlsRoots};
 
 /// A boxed, `Send` future, as returned by health checks and dialers.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -100,8 +105,14 @@ pub enum ThreadSlots {
 /// | `thread_slots` | [`ThreadSlots::WhenContended`] |
 /// | `health_check` | none |
 /// | hooks | none |
-/// | `tls_config` | the webpki root certificates, ring provider |
+/// | `tls_config` | built from the `tls_` settings below: the webpki root certificates, ring provider |
 /// | `tls_server_name` | none: each TLS endpoint's host |
+/// | `tls_roots` | [`TlsRoots::Webpki`] |
+/// | `tls_ca_file` | none |
+/// | `tls_client_cert`, `tls_client_key` | none |
+/// | `tls_alpn_protocols` | none |
+/// | `tls_session_cache_size` | 256 sessions |
+/// | `tls_insecure_skip_verify` | false |
 ///
 /// ```
 /// use std::time::Duration;
@@ -144,8 +155,21 @@ pub struct Config {
     on_connection_created: Option<EndpointHook>,
     on_connection_reused: Option<EndpointHook>,
     on_connection_closed: Option<CloseHook>,
+    /// The rustls config dials use: `custom_tls_config`, or the one built
+    /// from the `tls_` settings at `build()`.
     tls_config: Arc<rustls::ClientConfig>,
+    /// What [`ConfigBuilder::tls_config`] was given, kept apart so that a
+    /// rebuild (`to_builder().build()`) knows the user's own config from
+    /// one built from the settings.
+    custom_tls_config: Option<Arc<rustls::ClientConfig>>,
     tls_server_name: Option<ServerName<'static>>,
+    tls_roots: TlsRoots,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
+    tls_alpn_protocols: Vec<String>,
+    tls_session_cache_size: usize,
+    tls_insecure_skip_verify: bool,
 }
 
 /// The most connect attempts a config may ask for: past this, the doubling
@@ -179,7 +203,15 @@ impl Default for Config {
             on_connection_reused: None,
             on_connection_closed: None,
             tls_config: default_tls_config(),
+            custom_tls_config: None,
             tls_server_name: None,
+            tls_roots: TlsRoots::Webpki,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            tls_alpn_protocols: Vec::new(),
+            tls_session_cache_size: DEFAULT_TLS_SESSION_CACHE_SIZE,
+            tls_insecure_skip_verify: false,
         }
     }
 }
@@ -329,9 +361,43 @@ impl Config {
     pub fn health_check(&self) -> Option<&Arc<dyn HealthCheck>> {
         self.health_check.as_ref()
     }
-    /// The TLS client configuration used for TLS endpoints.
+    /// The TLS client configuration used for TLS endpoints: the one given
+    /// to [`ConfigBuilder::tls_config`], or the one built from the `tls_`
+    /// settings. Every connection of a pool shares it, and with it its
+    /// session cache.
     pub fn tls_config(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls_config
+    }
+    /// Which trust store verifies TLS servers, besides `tls_ca_file`.
+    pub fn tls_roots(&self) -> TlsRoots {
+        self.tls_roots
+    }
+    /// The PEM file of extra root certificates to trust, if any.
+    pub fn tls_ca_file(&self) -> Option<&std::path::Path> {
+        self.tls_ca_file.as_deref()
+    }
+    /// The PEM file of the client certificate chain presented to TLS
+    /// servers that ask for one (mutual TLS), if any.
+    pub fn tls_client_cert(&self) -> Option<&std::path::Path> {
+        self.tls_client_cert.as_deref()
+    }
+    /// The PEM file of `tls_client_cert`'s private key, if any.
+    pub fn tls_client_key(&self) -> Option<&std::path::Path> {
+        self.tls_client_key.as_deref()
+    }
+    /// The ALPN protocols offered in every TLS handshake, most preferred
+    /// first; empty: no ALPN.
+    pub fn tls_alpn_protocols(&self) -> &[String] {
+        &self.tls_alpn_protocols
+    }
+    /// How many TLS sessions the pool keeps to resume later handshakes;
+    /// 0: no resumption.
+    pub fn tls_session_cache_size(&self) -> usize {
+        self.tls_session_cache_size
+    }
+    /// Whether TLS server certificates go unverified.
+    pub fn tls_insecure_skip_verify(&self) -> bool {
+        self.tls_insecure_skip_verify
     }
     /// The name every TLS endpoint's certificate is verified against (and
     /// sent as SNI), instead of the endpoint's host; `None`: the host.
@@ -398,8 +464,18 @@ impl fmt::Debug for Config {
             on_connection_created,
             on_connection_reused,
             on_connection_closed,
+            // Built from the fields below, or the user's own: the rustls
+            // config prints pages of provider internals.
             tls_config: _,
+            custom_tls_config: _,
             tls_server_name,
+            tls_roots,
+            tls_ca_file,
+            tls_client_cert,
+            tls_client_key,
+            tls_alpn_protocols,
+            tls_session_cache_size,
+            tls_insecure_skip_verify,
         } = self;
         f.debug_struct("Config")
             .field("max_connections_per_endpoint", max_connections_per_endpoint)
@@ -429,7 +505,13 @@ impl fmt::Debug for Config {
             .field("on_connection_reused", &on_connection_reused.is_some())
             .field("on_connection_closed", &on_connection_closed.is_some())
             .field("tls_server_name", tls_server_name)
-            // The rustls config prints pages of provider internals.
+            .field("tls_roots", tls_roots)
+            .field("tls_ca_file", tls_ca_file)
+            .field("tls_client_cert", tls_client_cert)
+            .field("tls_client_key", tls_client_key)
+            .field("tls_alpn_protocols", tls_alpn_protocols)
+            .field("tls_session_cache_size", tls_session_cache_size)
+            .field("tls_insecure_skip_verify", tls_insecure_skip_verify)
             .finish_non_exhaustive()
     }
 }
@@ -663,11 +745,106 @@ impl ConfigBuilder {
         self.config.on_connection_closed = Some(Arc::new(hook));
         self
     }
-    /// The rustls client configuration for TLS endpoints (custom roots,
-    /// client certificates, ALPN). Certificate verification stays whatever
-    /// this config says; the default verifies against the webpki roots.
+    /// A hand-built rustls client configuration for TLS endpoints, for
+    /// what the `tls_` setters do not cover (a custom verifier, a key in
+    /// hardware). Certificate verification is whatever this config says.
+    /// It replaces the `tls_` settings, so [`build`](Self::build) refuses a
+    /// builder that sets both.
     pub fn tls_config(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
-        self.config.tls_config = tls;
+        self.config.custom_tls_config = Some(tls);
+        self
+    }
+    /// Which trust store verifies TLS servers ([`TlsRoots::Webpki`] by
+    /// default); [`TlsRoots::Platform`] needs the cargo feature
+    /// `platform-verifier`, [`TlsRoots::None`] a `tls_ca_file`.
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.config.tls_roots = roots;
+        self
+    }
+    /// A PEM file of root certificates to trust as well as `tls_roots`
+    /// (a private CA, a self-signed server), read at
+    /// [`build`](Self::build); it must hold at least one certificate.
+    ///
+    /// ```no_run
+    /// use conpool::{Config, TlsRoots};
+    ///
+    /// // The company CA beside the webpki roots ...
+    /// let config = Config::builder().tls_ca_file("/etc/ssl/company-ca.pem").build()?;
+    /// // ... or instead of them.
+    /// let config = Config::builder()
+    ///     .tls_ca_file("/etc/ssl/company-ca.pem")
+    ///     .tls_roots(TlsRoots::None)
+    ///     .build()?;
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn tls_ca_file(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.config.tls_ca_file = Some(pem_file.into());
+        self
+    }
+    /// A PEM file of the client certificate chain (leaf first) to present
+    /// to servers that ask for one (mutual TLS); needs
+    /// [`tls_client_key`](Self::tls_client_key). Read at
+    /// [`build`](Self::build), which checks that the key is the
+    /// certificate's.
+    ///
+    /// ```no_run
+    /// let config = conpool::Config::builder()
+    ///     .tls_client_cert("/etc/app/client.pem")
+    ///     .tls_client_key("/etc/app/client-key.pem")
+    ///     .build()?;
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn tls_client_cert(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.config.tls_client_cert = Some(pem_file.into());
+        self
+    }
+    /// A PEM file of the private key (PKCS#8, RSA or EC) of
+    /// [`tls_client_cert`](Self::tls_client_cert).
+    pub fn tls_client_key(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.config.tls_client_key = Some(pem_file.into());
+        self
+    }
+    /// The ALPN protocols to offer, most preferred first, each 1 to 255
+    /// bytes; the one the server picked is
+    /// [`Stream::alpn_protocol`](crate::Stream::alpn_protocol) on the
+    /// lease.
+    ///
+    /// ```
+    /// let config = conpool::Config::builder()
+    ///     .tls_alpn_protocols(["h2", "http/1.1"])
+    ///     .build()?;
+    /// assert_eq!(config.tls_config().alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    ///
+    /// let err = conpool::Config::builder().tls_alpn_protocols(["h2", ""]).build().unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid config: tls_alpn_protocols is [\"h2\", \"\"]; entry 2 is 0 bytes long, \
+    ///      and each protocol must be 1 to 255 bytes"
+    /// );
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn tls_alpn_protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.config.tls_alpn_protocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+    /// How many TLS sessions (per pool, across its hosts) to keep for
+    /// resumption, so that a new connection to a host the pool has spoken
+    /// to skips the full handshake (one round trip and the certificate
+    /// check fewer); 0 turns resumption off. Default 256, as rustls's.
+    pub fn tls_session_cache_size(mut self, sessions: usize) -> Self {
+        self.config.tls_session_cache_size = sessions;
+        self
+    }
+    /// Accept any server certificate without verifying it: anyone on the
+    /// path can then pose as any TLS endpoint. For tests and first aid
+    /// only; every certificate let through logs a warning. Not with
+    /// `tls_ca_file` or `tls_roots`, which it would ignore.
+    pub fn tls_insecure_skip_verify(mut self, skip: bool) -> Self {
+        self.config.tls_insecure_skip_verify = skip;
         self
     }
     /// The name to verify every TLS endpoint's certificate against, and to
@@ -788,6 +965,10 @@ impl ConfigBuilder {
                 "is 0s; it must be above zero (or None for off)".into(),
             );
         }
-        Ok(self.config)
+        let tls_config = tls::client_config(c)?;
+        Ok(Config {
+            tls_config,
+            ..self.config
+        })
     }
 }

@@ -142,7 +142,7 @@ mod pool;
 pub mod stats;
 pub mod stream;
 
-pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck, ThreadSlots};
+pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck, ThreadSlots, TlsRoots};
 pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
 pub use lease::PooledConnection;

@@ -8,11 +8,15 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 use super::{TlsCert, free_port, spawn_server, wait_for_port};
 
-/// nginx serving `200 ok` on a plain and a TLS port, closing idle
-/// keep-alive connections after `keepalive_timeout`.
+/// nginx serving `200 ok` on a plain and a TLS port (ALPN `h2` and
+/// `http/1.1`), closing idle keep-alive connections after
+/// `keepalive_timeout`; started with a client CA, also on a mutual-TLS port
+/// (`ssl_verify_client on`).
 pub struct Nginx {
     pub port: u16,
     pub tls_port: u16,
+    /// The port that demands a client certificate signed by the client CA.
+    pub mtls_port: Option<u16>,
     child: Child,
     _dir: TempDir,
 }
@@ -29,11 +33,44 @@ impl Nginx {
     }
 
     pub async fn start(cert: &TlsCert, keepalive_timeout: &str) -> Nginx {
+        Self::start_with(cert, keepalive_timeout, None).await
+    }
+
+    /// Also on a mutual-TLS port, trusting client certificates that
+    /// `client_ca` (self-signed, so its own CA) is.
+    pub async fn start_mtls(cert: &TlsCert, client_ca: &TlsCert) -> Nginx {
+        Self::start_with(cert, "60s", Some(client_ca)).await
+    }
+
+    async fn start_with(
+        cert: &TlsCert,
+        keepalive_timeout: &str,
+        client_ca: Option<&TlsCert>,
+    ) -> Nginx {
         let dir = TempDir::new("nginx");
         let (port, tls_port) = (free_port(), free_port());
         let d = dir.path.display();
         std::fs::write(dir.path.join("cert.pem"), &cert.cert_pem).unwrap();
         std::fs::write(dir.path.join("key.pem"), &cert.key_pem).unwrap();
+        let mtls_port = client_ca.map(|_| free_port());
+        let mtls_server = match (client_ca, mtls_port) {
+            (Some(ca), Some(mtls_port)) => {
+                std::fs::write(dir.path.join("client-ca.pem"), &ca.cert_pem).unwrap();
+                format!(
+                    r#"
+    server {{
+        listen 127.0.0.1:{mtls_port} ssl;
+        server_name localhost;
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
+        ssl_client_certificate {d}/client-ca.pem;
+        ssl_verify_client on;
+        location / {{ return 200 "ok\n"; }}
+    }}"#
+                )
+            }
+            _ => String::new(),
+        };
         let conf = format!(
             r#"
 daemon off;
@@ -53,12 +90,12 @@ http {{
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
-        listen 127.0.0.1:{tls_port} ssl;
+        listen 127.0.0.1:{tls_port} ssl http2;
         server_name localhost;
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
         location / {{ return 200 "ok\n"; }}
-    }}
+    }}{mtls_server}
 }}
 "#
         );
@@ -76,9 +113,13 @@ http {{
         );
         wait_for_port(port, "nginx").await;
         wait_for_port(tls_port, "nginx (TLS)").await;
+        if let Some(mtls_port) = mtls_port {
+            wait_for_port(mtls_port, "nginx (mutual TLS)").await;
+        }
         Nginx {
             port,
             tls_port,
+            mtls_port,
             child,
             _dir: dir,
         }
