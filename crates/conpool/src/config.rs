@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
+use crate::dial::{OnConnect, OnConnectError};
 use crate::{CloseReason, Endpoint, Error, Stream};
 
 mod tls;
@@ -104,6 +105,7 @@ pub enum ThreadSlots {
 /// | `leak_threshold` | off |
 /// | `thread_slots` | [`ThreadSlots::WhenContended`] |
 /// | `health_check` | none |
+/// | `on_connect` | none |
 /// | hooks | none |
 /// | `tls_config` | built from the `tls_` settings below: the webpki root certificates, ring provider |
 /// | `tls_server_name` | none: each TLS endpoint's host |
@@ -152,6 +154,7 @@ pub struct Config {
     leak_threshold: Option<Duration>,
     thread_slots: ThreadSlots,
     health_check: Option<Arc<dyn HealthCheck>>,
+    on_connect: Option<Arc<dyn OnConnect>>,
     on_connection_created: Option<EndpointHook>,
     on_connection_reused: Option<EndpointHook>,
     on_connection_closed: Option<CloseHook>,
@@ -199,6 +202,7 @@ impl Default for Config {
             leak_threshold: None,
             thread_slots: ThreadSlots::WhenContended,
             health_check: None,
+            on_connect: None,
             on_connection_created: None,
             on_connection_reused: None,
             on_connection_closed: None,
@@ -361,6 +365,11 @@ impl Config {
     pub fn health_check(&self) -> Option<&Arc<dyn HealthCheck>> {
         self.health_check.as_ref()
     }
+    /// The hook run on every new connection before it is handed out, if
+    /// any.
+    pub fn on_connect(&self) -> Option<&Arc<dyn OnConnect>> {
+        self.on_connect.as_ref()
+    }
     /// The TLS client configuration used for TLS endpoints: the one given
     /// to [`ConfigBuilder::tls_config`], or the one built from the `tls_`
     /// settings. Every connection of a pool shares it, and with it its
@@ -461,6 +470,7 @@ impl fmt::Debug for Config {
             leak_threshold,
             thread_slots,
             health_check,
+            on_connect,
             on_connection_created,
             on_connection_reused,
             on_connection_closed,
@@ -501,6 +511,7 @@ impl fmt::Debug for Config {
             .field("leak_threshold", leak_threshold)
             .field("thread_slots", thread_slots)
             .field("health_check", &health_check.is_some())
+            .field("on_connect", &on_connect.is_some())
             .field("on_connection_created", &on_connection_created.is_some())
             .field("on_connection_reused", &on_connection_reused.is_some())
             .field("on_connection_closed", &on_connection_closed.is_some())
@@ -682,6 +693,47 @@ impl ConfigBuilder {
         F: for<'a> Fn(&'a mut Stream) -> BoxFuture<'a, bool> + Send + Sync + 'static,
     {
         self.config.health_check = Some(Arc::new(check));
+        self
+    }
+
+    /// An async hook run on every new connection, after the dial (and the
+    /// TLS handshake) and before anyone sees it: send AUTH and SELECT,
+    /// set a socket option, agree on a protocol version. It runs inside
+    /// the attempt's `connect_timeout`, for the pool's own dialer and
+    /// custom ones alike. An error closes the stream and fails the dial as
+    /// [`Error::OnConnect`], with the hook's error as its `source()`,
+    /// counted as a failed dial; it is not retried unless the hook says it
+    /// is transient ([`OnConnectError::transient`]). A hook that needs the
+    /// pool holds a [`WeakPool`](crate::WeakPool).
+    ///
+    /// ```
+    /// use conpool::dial::OnConnectError;
+    /// use conpool::{Config, Endpoint, Stream};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let config = Config::builder()
+    ///     .on_connect(|stream: &mut Stream, _endpoint: &Endpoint| {
+    ///         Box::pin(async move {
+    ///             stream.write_all(b"AUTH s3cret\r\n").await?;
+    ///             let mut reply = [0u8; 5];
+    ///             stream.read_exact(&mut reply).await?;
+    ///             if &reply != b"+OK\r\n" {
+    ///                 return Err(OnConnectError::fatal("AUTH was refused"));
+    ///             }
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut Stream, &'a Endpoint) -> BoxFuture<'a, Result<(), OnConnectError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.config.on_connect = Some(Arc::new(hook));
         self
     }
 

@@ -64,6 +64,21 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The `on_connect` hook refused the new connection (the server said
+    /// no to its AUTH, say); `source` is the hook's own error. Not
+    /// retried, unless the hook said the failure was transient
+    /// ([`OnConnectError::transient`](crate::dial::OnConnectError::transient)).
+    #[error("on_connect failed for a new connection to {endpoint} ({attempts} attempt{} made): {source}", plural(*attempts))]
+    OnConnect {
+        /// The endpoint dialed.
+        endpoint: Endpoint,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The hook's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// No connection could be had within `acquire_timeout`.
     #[error(
         "no connection to {endpoint} within {timeout:?} (the endpoint had {} active, {} idle, {} dialing, {} waiting){}",
@@ -138,6 +153,7 @@ impl Error {
             Error::ConnectionFailed { endpoint, .. }
             | Error::ConnectionTimeout { endpoint, .. }
             | Error::Tls { endpoint, .. }
+            | Error::OnConnect { endpoint, .. }
             | Error::AcquireTimeout { endpoint, .. }
             | Error::TooManyWaiters { endpoint, .. }
             | Error::NoRuntime { endpoint } => Some(endpoint),
@@ -167,6 +183,10 @@ impl From<Error> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             Error::Tls { .. } => io::ErrorKind::InvalidData,
+            Error::OnConnect { source, .. } => match source.downcast_ref::<io::Error>() {
+                Some(io) => io.kind(),
+                None => io::ErrorKind::Other,
+            },
             Error::DnsResolutionFailed { .. } => io::ErrorKind::NotFound,
             Error::PoolClosed => io::ErrorKind::NotConnected,
             Error::TooManyWaiters { .. } => io::ErrorKind::WouldBlock,

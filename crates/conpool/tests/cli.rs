@@ -41,8 +41,9 @@ struct Demo {
 }
 
 /// Config fields that no flag can carry: code, not values.
-const NOT_FLAGS: [&str; 4] = [
+const NOT_FLAGS: [&str; 5] = [
     "health_check",
+    "on_connect",
     "on_connection_created",
     "on_connection_reused",
     "on_connection_closed",

@@ -24,6 +24,7 @@
 //! dialer.
 
 mod backoff;
+mod on_connect;
 pub mod resolve;
 pub mod tcp;
 pub mod tls;
@@ -36,6 +37,7 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 pub use backoff::backoff_delay;
+pub use on_connect::{OnConnect, OnConnectError};
 
 use crate::config::BoxFuture;
 use crate::{Config, Endpoint, Error, Stream};
@@ -72,6 +74,9 @@ pub trait Dial: Send + Sync + 'static {
 pub struct DialError {
     kind: DialErrorKind,
     source: io::Error,
+    /// For [`DialErrorKind::OnConnect`]: whether the hook said another
+    /// attempt may succeed.
+    transient: bool,
 }
 
 /// The step of an attempt that failed.
@@ -84,6 +89,9 @@ pub enum DialErrorKind {
     Connect,
     /// The TLS handshake's verdict: not retried.
     Tls,
+    /// The `on_connect` hook refused the new stream: retried only when the
+    /// hook said it was transient.
+    OnConnect,
 }
 
 impl DialError {
@@ -92,6 +100,7 @@ impl DialError {
         DialError {
             kind: DialErrorKind::Resolve,
             source,
+            transient: false,
         }
     }
     /// The connect failed or the attempt ran out of time; worth retrying.
@@ -99,6 +108,7 @@ impl DialError {
         DialError {
             kind: DialErrorKind::Connect,
             source,
+            transient: false,
         }
     }
     /// TLS refused the peer (or the peer refused TLS).
@@ -106,6 +116,16 @@ impl DialError {
         DialError {
             kind: DialErrorKind::Tls,
             source,
+            transient: false,
+        }
+    }
+    /// The `on_connect` hook refused the stream; `source` carries the
+    /// hook's error inside.
+    pub(crate) fn on_connect(source: io::Error, transient: bool) -> Self {
+        DialError {
+            kind: DialErrorKind::OnConnect,
+            source,
+            transient,
         }
     }
     /// Which step failed.
@@ -114,7 +134,11 @@ impl DialError {
     }
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.kind == DialErrorKind::Connect
+        match self.kind {
+            DialErrorKind::Connect => true,
+            DialErrorKind::OnConnect => self.transient,
+            DialErrorKind::Resolve | DialErrorKind::Tls => false,
+        }
     }
     /// The underlying error.
     pub fn into_io(self) -> io::Error {
@@ -245,19 +269,29 @@ pub(crate) async fn dial_with_retry(
         tracing::debug!(%endpoint, attempt, attempts, "connecting");
         let started = Instant::now();
         let outcome = match config.connect_timeout() {
-            Some(limit) => match tokio::time::timeout(limit, dialer.dial(endpoint)).await {
-                // The default dialer keeps the same timeout itself, to share
-                // it between addresses, and its timer may fire first: an
-                // attempt that fails once its time is up timed out,
-                // whichever timer noticed.
-                Ok(Err(err)) if err.is_retryable() && started.elapsed() >= limit => Err(limit),
-                outcome => outcome.map_err(|_| limit),
-            },
-            None => Ok(dialer.dial(endpoint).await),
+            Some(limit) => {
+                match tokio::time::timeout(limit, on_connect::attempt(dialer, endpoint, config))
+                    .await
+                {
+                    // The default dialer keeps the same timeout itself, to share
+                    // it between addresses, and its timer may fire first: an
+                    // attempt that fails once its time is up timed out,
+                    // whichever timer noticed.
+                    Ok(Err(err)) if err.is_retryable() && started.elapsed() >= limit => Err(limit),
+                    outcome => outcome.map_err(|_| limit),
+                }
+            }
+            None => Ok(on_connect::attempt(dialer, endpoint, config).await),
         };
         let failure = match outcome {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(err)) if !err.is_retryable() => return Err(final_error(endpoint, err)),
+            Ok(Err(err)) if !err.is_retryable() => {
+                return Err(final_error(endpoint, err, attempt));
+            }
+            // The hook's last word, not a connect error's.
+            Ok(Err(err)) if err.kind == DialErrorKind::OnConnect && attempt >= attempts => {
+                return Err(final_error(endpoint, err, attempt));
+            }
             Ok(Err(err)) => {
                 tracing::warn!(%endpoint, attempt, attempts, error = %err.source, "connect attempt failed");
                 Failure::Io(err.source)
@@ -291,8 +325,16 @@ enum Failure {
     TimedOut(Duration),
 }
 
-fn final_error(endpoint: &Endpoint, err: DialError) -> Error {
+fn final_error(endpoint: &Endpoint, err: DialError, attempts: u32) -> Error {
     match err.kind {
+        DialErrorKind::OnConnect => Error::OnConnect {
+            endpoint: endpoint.clone(),
+            attempts,
+            source: err
+                .source
+                .into_inner()
+                .unwrap_or_else(|| "the on_connect hook failed".into()),
+        },
         DialErrorKind::Resolve => {
             tracing::warn!(host = endpoint.host(), error = %err.source, "DNS resolution failed");
             Error::DnsResolutionFailed {

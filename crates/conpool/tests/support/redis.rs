@@ -37,6 +37,12 @@ impl RedisServer {
         wait_for_port(port, "redis-server").await;
         RedisServer { port, child }
     }
+
+    /// Starts redis-server with `requirepass password`: every connection
+    /// must AUTH before any other command.
+    pub async fn with_password(password: &str) -> RedisServer {
+        Self::start(&["--requirepass", password]).await
+    }
 }
 
 impl Drop for RedisServer {
