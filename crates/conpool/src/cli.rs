@@ -278,6 +278,12 @@ struct PoolFlags {
     #[arg(long, env = "CONPOOL_THREAD_SLOTS", value_name = "WHEN", value_enum)]
     thread_slots: Option<ThreadSlots>,
 
+    /// Failed dials in a row after which an endpoint's circuit breaker
+    /// opens and gets fail fast until a probe dial succeeds; 0 turns it off
+    /// [default: 5]
+    #[arg(long, env = "CONPOOL_BREAKER_FAILURES", value_name = "N")]
+    breaker_failures: Option<u32>,
+
     /// Which trust store verifies TLS servers: webpki (the Mozilla roots
     /// built in), platform (the operating system's; needs conpool's
     /// platform-verifier feature) or none (only --tls-ca-file). With
@@ -428,6 +434,7 @@ impl PoolArgs {
             maintenance_interval,
             leak_threshold,
             thread_slots,
+            breaker_failures,
             tls_server_name,
             tls_roots,
             tls_ca_file,

@@ -104,6 +104,7 @@ pub enum ThreadSlots {
 /// | `maintenance_interval` | 1 s |
 /// | `leak_threshold` | off |
 /// | `thread_slots` | [`ThreadSlots::WhenContended`] |
+/// | `breaker_failures` | 5 failed dials in a row (0: off) |
 /// | `health_check` | none |
 /// | `on_connect` | none |
 /// | hooks | none |
@@ -153,6 +154,7 @@ pub struct Config {
     maintenance_interval: Option<Duration>,
     leak_threshold: Option<Duration>,
     thread_slots: ThreadSlots,
+    breaker_failures: u32,
     health_check: Option<Arc<dyn HealthCheck>>,
     on_connect: Option<Arc<dyn OnConnect>>,
     on_connection_created: Option<EndpointHook>,
@@ -201,6 +203,7 @@ impl Default for Config {
             maintenance_interval: Some(Duration::from_secs(1)),
             leak_threshold: None,
             thread_slots: ThreadSlots::WhenContended,
+            breaker_failures: 5,
             health_check: None,
             on_connect: None,
             on_connection_created: None,
@@ -361,6 +364,11 @@ impl Config {
     pub fn thread_slots(&self) -> ThreadSlots {
         self.thread_slots
     }
+    /// Failed dials in a row after which an endpoint's circuit breaker
+    /// opens; 0: no breaker.
+    pub fn breaker_failures(&self) -> u32 {
+        self.breaker_failures
+    }
     /// The custom check run on an idle connection before reuse, if any.
     pub fn health_check(&self) -> Option<&Arc<dyn HealthCheck>> {
         self.health_check.as_ref()
@@ -469,6 +477,7 @@ impl fmt::Debug for Config {
             maintenance_interval,
             leak_threshold,
             thread_slots,
+            breaker_failures,
             health_check,
             on_connect,
             on_connection_created,
@@ -510,6 +519,7 @@ impl fmt::Debug for Config {
             .field("maintenance_interval", maintenance_interval)
             .field("leak_threshold", leak_threshold)
             .field("thread_slots", thread_slots)
+            .field("breaker_failures", breaker_failures)
             .field("health_check", &health_check.is_some())
             .field("on_connect", &on_connect.is_some())
             .field("on_connection_created", &on_connection_created.is_some())
@@ -664,6 +674,26 @@ impl ConfigBuilder {
     /// (see [`ThreadSlots`]).
     pub fn thread_slots(mut self, slots: ThreadSlots) -> Self {
         self.config.thread_slots = slots;
+        self
+    }
+    /// After this many failed dials in a row (each after its retries) an
+    /// endpoint's circuit breaker opens (default 5; 0 turns it off): a get
+    /// that would dial fails at once with [`Error::CircuitOpen`], naming
+    /// the endpoint, when a dial is let through again and the last dial
+    /// error, and so do callers queued for a dial; idle connections are
+    /// still handed out. After an open time (1 s, doubling on each trip up
+    /// to 60 s, up to a fifth shorter at random) one get's dial probes the
+    /// endpoint while the others still fail fast: its success closes the
+    /// breaker, its failure opens it again. [`Stats`](crate::Stats) has the
+    /// breaker's state and trips.
+    ///
+    /// ```
+    /// let config = conpool::Config::builder().breaker_failures(3).build()?;
+    /// assert_eq!(config.breaker_failures(), 3);
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn breaker_failures(mut self, failures: u32) -> Self {
+        self.config.breaker_failures = failures;
         self
     }
 

@@ -147,5 +147,5 @@ pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
 pub use lease::PooledConnection;
 pub use pool::{EndpointHandle, Pool, WeakPool};
-pub use stats::{CloseReason, PoolState, Stats};
+pub use stats::{BreakerState, CloseReason, PoolState, Stats};
 pub use stream::Stream;

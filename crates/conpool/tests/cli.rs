@@ -279,6 +279,7 @@ fn no_flags_and_default_pool_args_both_give_the_default_config() {
         assert_eq!(c.maintenance_interval(), e.maintenance_interval(), "{how}");
         assert_eq!(c.leak_threshold(), e.leak_threshold(), "{how}");
         assert_eq!(c.thread_slots(), e.thread_slots(), "{how}");
+        assert_eq!(c.breaker_failures(), e.breaker_failures(), "{how}");
         assert!(c.health_check().is_none(), "{how}");
         assert_eq!(c.tls_server_name(), e.tls_server_name(), "{how}");
         // The very default TLS config (webpki roots), not one rebuilt.
@@ -329,6 +330,8 @@ fn every_flag_sets_its_config_field() {
         "1m30s",
         "--thread-slots",
         "always",
+        "--breaker-failures",
+        "0",
         "--tls-server-name",
         "db.internal",
     ]);
@@ -354,6 +357,7 @@ fn every_flag_sets_its_config_field() {
     );
     assert_eq!(config.leak_threshold(), Some(Duration::from_secs(90)));
     assert_eq!(config.thread_slots(), ThreadSlots::Always);
+    assert_eq!(config.breaker_failures(), 0);
     assert_eq!(
         config.tls_server_name(),
         Some(&ServerName::try_from("db.internal").unwrap())

@@ -48,6 +48,7 @@ use once_cell::race::OnceBox;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
+mod breaker;
 mod dialing;
 mod queue;
 mod upkeep;
@@ -152,6 +153,7 @@ struct Cold {
     /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
     /// the entry is not retired.
     handles: usize,
+    breaker: breaker::Breaker,
 }
 
 struct LeaseRecord {
@@ -446,6 +448,9 @@ impl EndpointPool {
     pub(crate) fn stats(&self) -> Stats {
         let st = self.lock();
         let mut stats = st.counters.snapshot(self.gauges(&st));
+        if let Some(cold) = &st.cold {
+            cold.breaker.report(&mut stats);
+        }
         if let Some(slots) = self.slots.get() {
             stats.total_reused += slots.tally().1;
         }
