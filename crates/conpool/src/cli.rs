@@ -113,7 +113,9 @@ use clap::error::ErrorKind;
 use clap::{ArgMatches, Args, FromArgMatches};
 use rustls::pki_types::ServerName;
 
-use crate::config::{DEFAULT_TLS_SESSION_CACHE_SIZE, MAX_CONNECT_RETRY_COUNT};
+use crate::config::{
+    DEFAULT_TLS_SESSION_CACHE_SIZE, MAX_CONNECT_RETRY_COUNT, MAX_TLS_SESSION_CACHE_SIZE,
+};
 use crate::{Config, ConfigBuilder, Error, ThreadSlots, TlsRoots};
 
 /// Every [`Config`] setting a flag can carry, as flags; see the
@@ -357,7 +359,7 @@ struct PoolFlags {
         env = "CONPOOL_TLS_SESSION_CACHE_SIZE",
         value_name = "N",
         help_heading = "Pool TLS",
-        help = format!("TLS sessions kept to resume later handshakes with the same hosts; 0 turns resumption off [default: {DEFAULT_TLS_SESSION_CACHE_SIZE}]")
+        help = format!("TLS sessions kept to resume later handshakes with the same hosts; 0 (resumption off) to {MAX_TLS_SESSION_CACHE_SIZE} [default: {DEFAULT_TLS_SESSION_CACHE_SIZE}]")
     )]
     tls_session_cache_size: Option<usize>,
 

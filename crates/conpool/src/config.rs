@@ -23,7 +23,7 @@ use crate::{CloseReason, Endpoint, Error, Stream};
 
 mod tls;
 
-pub use tls::{DEFAULT_TLS_SESSION_CACHE_SIZE, TlsRoots};
+pub use tls::{DEFAULT_TLS_SESSION_CACHE_SIZE, MAX_TLS_SESSION_CACHE_SIZE, TlsRoots};
 
 /// A boxed, `Send` future, as returned by health checks and dialers.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -916,7 +916,8 @@ impl ConfigBuilder {
     /// How many TLS sessions (per pool, across its hosts) to keep for
     /// resumption, so that a new connection to a host the pool has spoken
     /// to skips the full handshake (one round trip and the certificate
-    /// check fewer); 0 turns resumption off. Default 256, as rustls's.
+    /// check fewer); 0 turns resumption off, at most
+    /// [`MAX_TLS_SESSION_CACHE_SIZE`]. Default 256, as rustls's.
     pub fn tls_session_cache_size(mut self, sessions: usize) -> Self {
         self.config.tls_session_cache_size = sessions;
         self

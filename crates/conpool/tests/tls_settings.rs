@@ -395,6 +395,14 @@ fn bad_tls_settings_are_refused_at_build_naming_the_value_and_the_rule() {
         )
     );
     assert_eq!(
+        refusal(Config::builder().tls_session_cache_size(usize::MAX)),
+        format!(
+            "invalid config: tls_session_cache_size is {}; it must be at most 100000 sessions \
+             (0 turns resumption off)",
+            usize::MAX
+        )
+    );
+    assert_eq!(
         refusal(Config::builder().tls_roots(TlsRoots::None)),
         "invalid config: tls_roots is None, but no tls_ca_file is set: no server certificate \
          could verify"

@@ -33,6 +33,11 @@ use crate::Error;
 /// does (`Resumption::default()`).
 pub const DEFAULT_TLS_SESSION_CACHE_SIZE: usize = 256;
 
+/// The most sessions a config may ask rustls to keep: rustls sets aside
+/// room for the whole cache when it is made, so a size near `usize::MAX`
+/// would abort the process, and this many take a few megabytes.
+pub const MAX_TLS_SESSION_CACHE_SIZE: usize = 100_000;
+
 /// Which trust store verifies TLS servers' certificates, besides any
 /// [`tls_ca_file`](crate::ConfigBuilder::tls_ca_file).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +66,15 @@ pub enum TlsRoots {
 /// file that cannot be used, is [`Error::InvalidConfig`] naming the field.
 pub(super) fn client_config(config: &Config) -> Result<Arc<rustls::ClientConfig>, Error> {
     check_alpn(&config.tls_alpn_protocols)?;
+    if config.tls_session_cache_size > MAX_TLS_SESSION_CACHE_SIZE {
+        return Err(invalid(
+            "tls_session_cache_size",
+            format!(
+                "is {}; it must be at most {MAX_TLS_SESSION_CACHE_SIZE} sessions (0 turns resumption off)",
+                config.tls_session_cache_size
+            ),
+        ));
+    }
     let Config {
         tls_roots,
         tls_ca_file,

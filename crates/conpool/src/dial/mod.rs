@@ -8,10 +8,13 @@
 //!   each address in turn ([`tcp`]) and runs the TLS handshake for TLS
 //!   endpoints ([`tls`]). Unix sockets, proxies and test doubles are other
 //!   implementations.
-//! - the pool wraps every attempt in the configured `connect_timeout` and
-//!   retries what can succeed on retry (a refused or timed-out connect), with
-//!   the delay from [`backoff_delay`]. What retrying cannot fix (a host that
-//!   does not resolve, a certificate that does not verify) fails at once.
+//! - the pool's attempt is the dial and then the config's `on_connect` hook
+//!   on the new stream ([`OnConnect`]); it wraps every attempt in the
+//!   configured `connect_timeout` and retries what can succeed on retry (a
+//!   refused or timed-out connect, a hook's transient failure), with the
+//!   delay from [`backoff_delay`]. What retrying cannot fix (a host that
+//!   does not resolve, a certificate that does not verify, a hook's final
+//!   failure) fails at once.
 //!
 //! The default dialer as [`Pool::new`](crate::Pool::new) makes it
 //! ([`TcpTlsDialer::from_config`]) keeps `connect_timeout` too, to share it
