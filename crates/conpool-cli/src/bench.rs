@@ -517,6 +517,7 @@ fn acquire_error_kind(err: &Error) -> &'static str {
         Error::Tls { .. } => "tls",
         Error::AcquireTimeout { .. } => "acquire_timeout",
         Error::TooManyWaiters { .. } => "too_many_waiters",
+        Error::CircuitOpen { .. } => "circuit_open",
         _ => "other",
     }
 }

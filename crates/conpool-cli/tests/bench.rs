@@ -180,6 +180,9 @@ fn failed_requests_are_counted_by_kind_with_the_first_error() {
         "4",
         "--connect-retry-delay",
         "1ms",
+        // Every request dials: no circuit breaker to fail them fast.
+        "--breaker-failures",
+        "0",
     ]);
     assert_counts_add_up(&report);
     assert_eq!(u(&report, "/successes"), 0, "{report:#}");
@@ -194,6 +197,38 @@ fn failed_requests_are_counted_by_kind_with_the_first_error() {
     assert!(first.contains(&format!("127.0.0.1:{port}")), "{first}");
     assert!(report["latency_ns"].is_null(), "{report:#}");
     assert_eq!(u(&report, "/pool/created"), 0, "{report:#}");
+}
+
+#[test]
+fn requests_to_a_dead_target_past_the_breaker_count_as_circuit_open() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let target = format!("tcp://127.0.0.1:{port}");
+    let report = bench_json(&[
+        &target,
+        "--requests",
+        "20",
+        "--concurrency",
+        "4",
+        "--connect-retry-delay",
+        "1ms",
+    ]);
+    assert_counts_add_up(&report);
+    let connect = u(&report, "/errors_by_kind/connect/count");
+    let open = u(&report, "/errors_by_kind/circuit_open/count");
+    // The default breaker opens after 5 failed dials; dials already under
+    // way when it opens still fail as connect errors.
+    assert!((5..20).contains(&connect), "{report:#}");
+    assert_eq!(connect + open, 20, "{report:#}");
+    let first = report["errors_by_kind"]["circuit_open"]["first"]
+        .as_str()
+        .expect("the first error");
+    assert!(
+        first.starts_with(&format!("the circuit breaker of 127.0.0.1:{port} is open")),
+        "{first}"
+    );
 }
 
 #[test]

@@ -83,20 +83,22 @@
 //!
 //! # TLS
 //!
-//! The "Pool TLS" flags cover the common cases: `--tls-ca-file` (PEM root
-//! certificates to trust instead of the webpki roots), `--tls-client-cert`
-//! with `--tls-client-key` (a PEM certificate chain and its key, for mutual
-//! TLS), `--tls-server-name` (the name to verify, and send as SNI, instead
-//! of each endpoint's host; see [`ConfigBuilder::tls_server_name`]), and
-//! `--tls-insecure-skip-verify`, which turns certificate verification off
-//! and says so with a warning (through `tracing`) when the builder is made
-//! and on every certificate it lets through. The files are read, and the
-//! rustls config built, while the flags are parsed: a file that cannot be
-//! read or holds no certificate or key is a clap error naming the flag and
-//! the file, like any other bad value, and
-//! [`into_builder`](PoolArgs::into_builder) cannot fail. PEM is read with
-//! rustls's own `pki_types::pem`; rustls-pemfile, which did it before, is
-//! no longer maintained and points there.
+//! The "Pool TLS" flags are the config's `tls_` settings, each set through
+//! its [`ConfigBuilder`] setter, which reads and checks the files:
+//! `--tls-roots` (which trust store: webpki, platform or none),
+//! `--tls-ca-file` (PEM root certificates to trust; without `--tls-roots`,
+//! instead of the webpki roots, as this flag always meant),
+//! `--tls-client-cert` with `--tls-client-key` (a PEM certificate chain and
+//! its key, for mutual TLS), `--tls-server-name` (the name to verify, and
+//! send as SNI, instead of each endpoint's host; see
+//! [`ConfigBuilder::tls_server_name`]), `--tls-alpn-protocols`,
+//! `--tls-session-cache-size`, and `--tls-insecure-skip-verify`, which
+//! turns certificate verification off and says so with a warning (through
+//! `tracing`) when the builder is made and on every certificate it lets
+//! through. The files are read while the flags are parsed (and again at
+//! [`build`](ConfigBuilder::build)): a file that cannot be read, holds no
+//! certificate or key, or a key that is not the certificate's is a clap
+//! error naming the flag and the file, like any other bad value.
 //!
 //! The arguments' ids are the config's field names (`max_idle_time`, ...):
 //! a parser that flattens `PoolArgs` uses other ids, and other long names,
@@ -105,20 +107,17 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{ArgMatches, Args, FromArgMatches};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 
-use crate::config::{MAX_CONNECT_RETRY_COUNT, tls_config_builder, webpki_root_store};
-use crate::{Config, ConfigBuilder, Error, ThreadSlots};
+use crate::config::{
+    DEFAULT_TLS_SESSION_CACHE_SIZE, MAX_CONNECT_RETRY_COUNT, MAX_TLS_SESSION_CACHE_SIZE,
+};
+use crate::{Config, ConfigBuilder, Error, ThreadSlots, TlsRoots};
 
 /// Every [`Config`] setting a flag can carry, as flags; see the
 /// [module docs](self) for the grammar of values and how bad ones are
@@ -155,14 +154,17 @@ use crate::{Config, ConfigBuilder, Error, ThreadSlots};
 #[derive(Clone, Default)]
 pub struct PoolArgs {
     flags: PoolFlags,
-    /// Built from the TLS flags when any asks for more than the default.
-    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// `Option<T>` under another name, so that clap's derive does not read
 /// `Option<Option<T>>` as a flag whose value may be left out: the outer
 /// `Option` is whether the flag was given, the inner one its `none`.
 type NoneOr<T> = Option<T>;
+
+/// A list under another name, so that clap's derive does not read
+/// `Option<Vec<T>>` as a flag given once per value: it is one value,
+/// comma-separated, whose `none` is the empty list.
+type List = Vec<String>;
 
 // The flags as clap parses them, before the rules are checked and the TLS
 // files read. Each field is named as the config field (and setter) it
@@ -327,9 +329,27 @@ struct PoolFlags {
     /// none for the OS's [default: none]
     #[arg(long, env = "CONPOOL_TCP_USER_TIMEOUT", value_name = "DURATION", value_parser = duration_or_none)]
     tcp_user_timeout: Option<NoneOr<Duration>>,
+    /// Failed dials in a row after which an endpoint's circuit breaker
+    /// opens and gets fail fast until a probe dial succeeds; 0 turns it off
+    /// [default: 5]
+    #[arg(long, env = "CONPOOL_BREAKER_FAILURES", value_name = "N")]
+    breaker_failures: Option<u32>,
+
+    /// Which trust store verifies TLS servers: webpki (the Mozilla roots
+    /// built in), platform (the operating system's; needs conpool's
+    /// platform-verifier feature) or none (only --tls-ca-file). With
+    /// --tls-ca-file and without this flag, none [default: webpki]
+    #[arg(
+        long,
+        env = "CONPOOL_TLS_ROOTS",
+        value_name = "STORE",
+        help_heading = "Pool TLS",
+        value_enum
+    )]
+    tls_roots: Option<TlsRoots>,
 
     /// PEM file of the root certificates to trust, instead of the webpki
-    /// roots [default: the webpki roots]
+    /// roots (beside --tls-roots, when that is given) [default: none]
     #[arg(
         long,
         env = "CONPOOL_TLS_CA_FILE",
@@ -371,15 +391,40 @@ struct PoolFlags {
     )]
     tls_server_name: Option<ServerName<'static>>,
 
+    /// ALPN protocols to offer, most preferred first, comma-separated
+    /// (h2,http/1.1); each 1 to 255 bytes, or none [default: none]
+    #[arg(
+        long,
+        env = "CONPOOL_TLS_ALPN_PROTOCOLS",
+        value_name = "LIST",
+        help_heading = "Pool TLS",
+        value_parser = list_or_none
+    )]
+    tls_alpn_protocols: Option<List>,
+
+    // The default is a constant: the help is made at run time.
+    #[arg(
+        long,
+        env = "CONPOOL_TLS_SESSION_CACHE_SIZE",
+        value_name = "N",
+        help_heading = "Pool TLS",
+        help = format!("TLS sessions kept to resume later handshakes with the same hosts; 0 (resumption off) to {MAX_TLS_SESSION_CACHE_SIZE} [default: {DEFAULT_TLS_SESSION_CACHE_SIZE}]")
+    )]
+    tls_session_cache_size: Option<usize>,
+
     /// Accept any server certificate, unverified: anyone on the path can
-    /// pose as the server. Warns on every use [default: off]
+    /// pose as the server. Warns on every use; true or false, alone true
+    /// [default: false]
     #[arg(
         long,
         env = "CONPOOL_TLS_INSECURE_SKIP_VERIFY",
+        value_name = "BOOL",
         help_heading = "Pool TLS",
-        conflicts_with = "tls_ca_file"
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
     )]
-    tls_insecure_skip_verify: bool,
+    tls_insecure_skip_verify: Option<bool>,
 }
 
 impl PoolArgs {
@@ -391,7 +436,7 @@ impl PoolArgs {
     /// With `--tls-insecure-skip-verify`, logs a warning that certificates
     /// will not be verified.
     pub fn into_builder(self) -> ConfigBuilder {
-        if self.flags.tls_insecure_skip_verify {
+        if self.flags.tls_insecure_skip_verify == Some(true) {
             tracing::warn!(
                 "--tls-insecure-skip-verify: TLS server certificates are not verified; anyone on the path can pose as any TLS endpoint"
             );
@@ -440,6 +485,7 @@ impl PoolArgs {
             maintenance_interval,
             leak_threshold,
             thread_slots,
+            breaker_failures,
             tls_server_name,
             dns_cache_ttl,
             happy_eyeballs_delay,
@@ -450,18 +496,27 @@ impl PoolArgs {
             send_buffer_size,
             local_address,
             tcp_user_timeout,
+            tls_roots,
+            tls_ca_file,
+            tls_client_cert,
+            tls_client_key,
+            tls_alpn_protocols,
+            tls_session_cache_size,
+            tls_insecure_skip_verify,
         );
-        match &self.tls {
-            Some(tls) => builder.tls_config(tls.clone()),
-            None => builder,
+        // The flag's meaning from before --tls-roots: the file's roots
+        // instead of the webpki ones, never beside them unasked.
+        if self.flags.tls_ca_file.is_some() && self.flags.tls_roots.is_none() {
+            builder.tls_roots(TlsRoots::None)
+        } else {
+            builder
         }
     }
 
-    /// Reads the TLS files and checks every rule, as a clap error naming
-    /// the flag and its value as given.
+    /// Checks every rule, reading the TLS files as the builder does, as a
+    /// clap error naming the flag and its value as given.
     fn checked(flags: PoolFlags, matches: &ArgMatches) -> Result<PoolArgs, clap::Error> {
-        let tls = tls_config(&flags)?;
-        let args = PoolArgs { flags, tls };
+        let args = PoolArgs { flags };
         match args.builder().build() {
             Ok(_) => Ok(args),
             Err(err) => Err(rule_broken(err, matches)),
@@ -532,145 +587,16 @@ fn invalid_value(id: &str, value: &OsStr, why: impl fmt::Display) -> clap::Error
     )
 }
 
-/// The rustls config the TLS flags ask for, or `None` for the default one.
-fn tls_config(flags: &PoolFlags) -> Result<Option<Arc<rustls::ClientConfig>>, clap::Error> {
-    let client_auth = match (&flags.tls_client_cert, &flags.tls_client_key) {
-        (Some(cert), Some(key)) => Some((
-            read_certs("tls_client_cert", cert)?,
-            read_key("tls_client_key", key)?,
-            key,
-        )),
-        // clap's `requires` makes the two come together.
-        _ => None,
-    };
-    if flags.tls_ca_file.is_none() && client_auth.is_none() && !flags.tls_insecure_skip_verify {
-        return Ok(None);
-    }
-    let builder = tls_config_builder();
-    let builder = if flags.tls_insecure_skip_verify {
-        let verifier = SkipVerification {
-            algorithms: builder.crypto_provider().signature_verification_algorithms,
-        };
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-    } else {
-        let roots = match &flags.tls_ca_file {
-            Some(path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in read_certs("tls_ca_file", path)? {
-                    roots.add(cert).map_err(|e| {
-                        invalid_value(
-                            "tls_ca_file",
-                            path.as_os_str(),
-                            format!("holds a certificate that cannot be a root: {e}"),
-                        )
-                    })?;
-                }
-                roots
-            }
-            None => webpki_root_store(),
-        };
-        builder.with_root_certificates(roots)
-    };
-    let config = match client_auth {
-        Some((certs, key, key_path)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
-            invalid_value(
-                "tls_client_key",
-                key_path.as_os_str(),
-                format!("is not a key for --tls-client-cert: {e}"),
-            )
-        })?,
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Some(Arc::new(config)))
-}
-
-/// Every certificate in the PEM file that flag `id` names.
-fn read_certs(id: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, clap::Error> {
-    let pem = read_file(id, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid_value(id, path.as_os_str(), format!("is not valid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(invalid_value(
-            id,
-            path.as_os_str(),
-            "holds no certificate (no -----BEGIN CERTIFICATE----- block)",
-        ));
-    }
-    Ok(certs)
-}
-
-/// The first private key in the PEM file that flag `id` names.
-fn read_key(id: &str, path: &Path) -> Result<PrivateKeyDer<'static>, clap::Error> {
-    let pem = read_file(id, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        let why = match e {
-            rustls::pki_types::pem::Error::NoItemsFound => {
-                "holds no private key (no PKCS#8, RSA or EC PRIVATE KEY block)".to_owned()
-            }
-            e => format!("is not valid PEM: {e}"),
-        };
-        invalid_value(id, path.as_os_str(), why)
-    })
-}
-
-fn read_file(id: &str, path: &Path) -> Result<Vec<u8>, clap::Error> {
-    std::fs::read(path)
-        .map_err(|e| invalid_value(id, path.as_os_str(), format!("cannot be read: {e}")))
-}
-
-/// The verifier of `--tls-insecure-skip-verify`: takes any certificate,
-/// saying so each time, and still checks that the server holds the key of
-/// the one it sent, as rustls requires of a verifier.
-#[derive(Debug)]
-struct SkipVerification {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for SkipVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        tracing::warn!(
-            server = %server_name.to_str(),
-            "accepted a TLS server certificate without verifying it (--tls-insecure-skip-verify)"
-        );
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 fn server_name(value: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(value.to_owned())
         .map_err(|_| "it must be a DNS name or an IP address".to_owned())
+}
+
+fn list_or_none(value: &str) -> Result<List, String> {
+    Ok(match value {
+        "none" => Vec::new(),
+        list => list.split(',').map(str::to_owned).collect(),
+    })
 }
 
 fn count_or_none<T>(value: &str) -> Result<Option<T>, String>

@@ -12,6 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,7 +20,12 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use crate::dial::resolve::Resolve;
+use crate::dial::{OnConnect, OnConnectError};
 use crate::{CloseReason, Endpoint, Error, Stream};
+
+mod tls;
+
+pub use tls::{DEFAULT_TLS_SESSION_CACHE_SIZE, MAX_TLS_SESSION_CACHE_SIZE, TlsRoots};
 
 /// A boxed, `Send` future, as returned by health checks and dialers.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -100,9 +106,11 @@ pub enum ThreadSlots {
 /// | `maintenance_interval` | 1 s |
 /// | `leak_threshold` | off |
 /// | `thread_slots` | [`ThreadSlots::WhenContended`] |
+/// | `breaker_failures` | 5 failed dials in a row (0: off) |
 /// | `health_check` | none |
+/// | `on_connect` | none |
 /// | hooks | none |
-/// | `tls_config` | the webpki root certificates, ring provider |
+/// | `tls_config` | built from the `tls_` settings below: the webpki root certificates, ring provider |
 /// | `tls_server_name` | none: each TLS endpoint's host |
 /// | `resolver` | the system resolver ([`dial::resolve`](crate::dial::resolve)) |
 /// | `dns_cache_ttl` | 30 s |
@@ -113,6 +121,12 @@ pub enum ThreadSlots {
 /// | `recv_buffer_size` / `send_buffer_size` | the OS's |
 /// | `local_address` | none: the OS picks |
 /// | `tcp_user_timeout` | the OS's (off) |
+/// | `tls_roots` | [`TlsRoots::Webpki`] |
+/// | `tls_ca_file` | none |
+/// | `tls_client_cert`, `tls_client_key` | none |
+/// | `tls_alpn_protocols` | none |
+/// | `tls_session_cache_size` | 256 sessions |
+/// | `tls_insecure_skip_verify` | false |
 ///
 /// ```
 /// use std::time::Duration;
@@ -151,11 +165,19 @@ pub struct Config {
     maintenance_interval: Option<Duration>,
     leak_threshold: Option<Duration>,
     thread_slots: ThreadSlots,
+    breaker_failures: u32,
     health_check: Option<Arc<dyn HealthCheck>>,
+    on_connect: Option<Arc<dyn OnConnect>>,
     on_connection_created: Option<EndpointHook>,
     on_connection_reused: Option<EndpointHook>,
     on_connection_closed: Option<CloseHook>,
+    /// The rustls config dials use: `custom_tls_config`, or the one built
+    /// from the `tls_` settings at `build()`.
     tls_config: Arc<rustls::ClientConfig>,
+    /// What [`ConfigBuilder::tls_config`] was given, kept apart so that a
+    /// rebuild (`to_builder().build()`) knows the user's own config from
+    /// one built from the settings.
+    custom_tls_config: Option<Arc<rustls::ClientConfig>>,
     tls_server_name: Option<ServerName<'static>>,
     resolver: Option<Arc<dyn Resolve>>,
     dns_cache_ttl: Duration,
@@ -167,6 +189,13 @@ pub struct Config {
     send_buffer_size: Option<usize>,
     local_address: Option<IpAddr>,
     tcp_user_timeout: Option<Duration>,
+    tls_roots: TlsRoots,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
+    tls_alpn_protocols: Vec<String>,
+    tls_session_cache_size: usize,
+    tls_insecure_skip_verify: bool,
 }
 
 /// The most connect attempts a config may ask for: past this, the doubling
@@ -200,11 +229,14 @@ impl Default for Config {
             maintenance_interval: Some(Duration::from_secs(1)),
             leak_threshold: None,
             thread_slots: ThreadSlots::WhenContended,
+            breaker_failures: 5,
             health_check: None,
+            on_connect: None,
             on_connection_created: None,
             on_connection_reused: None,
             on_connection_closed: None,
             tls_config: default_tls_config(),
+            custom_tls_config: None,
             tls_server_name: None,
             resolver: None,
             dns_cache_ttl: Duration::from_secs(30),
@@ -216,6 +248,13 @@ impl Default for Config {
             send_buffer_size: None,
             local_address: None,
             tcp_user_timeout: None,
+            tls_roots: TlsRoots::Webpki,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            tls_alpn_protocols: Vec::new(),
+            tls_session_cache_size: DEFAULT_TLS_SESSION_CACHE_SIZE,
+            tls_insecure_skip_verify: false,
         }
     }
 }
@@ -363,13 +402,57 @@ impl Config {
     pub fn thread_slots(&self) -> ThreadSlots {
         self.thread_slots
     }
+    /// Failed dials in a row after which an endpoint's circuit breaker
+    /// opens; 0: no breaker.
+    pub fn breaker_failures(&self) -> u32 {
+        self.breaker_failures
+    }
     /// The custom check run on an idle connection before reuse, if any.
     pub fn health_check(&self) -> Option<&Arc<dyn HealthCheck>> {
         self.health_check.as_ref()
     }
-    /// The TLS client configuration used for TLS endpoints.
+    /// The hook run on every new connection before it is handed out, if
+    /// any.
+    pub fn on_connect(&self) -> Option<&Arc<dyn OnConnect>> {
+        self.on_connect.as_ref()
+    }
+    /// The TLS client configuration used for TLS endpoints: the one given
+    /// to [`ConfigBuilder::tls_config`], or the one built from the `tls_`
+    /// settings. Every connection of a pool shares it, and with it its
+    /// session cache.
     pub fn tls_config(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls_config
+    }
+    /// Which trust store verifies TLS servers, besides `tls_ca_file`.
+    pub fn tls_roots(&self) -> TlsRoots {
+        self.tls_roots
+    }
+    /// The PEM file of extra root certificates to trust, if any.
+    pub fn tls_ca_file(&self) -> Option<&std::path::Path> {
+        self.tls_ca_file.as_deref()
+    }
+    /// The PEM file of the client certificate chain presented to TLS
+    /// servers that ask for one (mutual TLS), if any.
+    pub fn tls_client_cert(&self) -> Option<&std::path::Path> {
+        self.tls_client_cert.as_deref()
+    }
+    /// The PEM file of `tls_client_cert`'s private key, if any.
+    pub fn tls_client_key(&self) -> Option<&std::path::Path> {
+        self.tls_client_key.as_deref()
+    }
+    /// The ALPN protocols offered in every TLS handshake, most preferred
+    /// first; empty: no ALPN.
+    pub fn tls_alpn_protocols(&self) -> &[String] {
+        &self.tls_alpn_protocols
+    }
+    /// How many TLS sessions the pool keeps to resume later handshakes;
+    /// 0: no resumption.
+    pub fn tls_session_cache_size(&self) -> usize {
+        self.tls_session_cache_size
+    }
+    /// Whether TLS server certificates go unverified.
+    pub fn tls_insecure_skip_verify(&self) -> bool {
+        self.tls_insecure_skip_verify
     }
     /// The name every TLS endpoint's certificate is verified against (and
     /// sent as SNI), instead of the endpoint's host; `None`: the host.
@@ -480,11 +563,16 @@ impl fmt::Debug for Config {
             maintenance_interval,
             leak_threshold,
             thread_slots,
+            breaker_failures,
             health_check,
+            on_connect,
             on_connection_created,
             on_connection_reused,
             on_connection_closed,
+            // Built from the fields below, or the user's own: the rustls
+            // config prints pages of provider internals.
             tls_config: _,
+            custom_tls_config: _,
             tls_server_name,
             resolver,
             dns_cache_ttl,
@@ -496,6 +584,13 @@ impl fmt::Debug for Config {
             send_buffer_size,
             local_address,
             tcp_user_timeout,
+            tls_roots,
+            tls_ca_file,
+            tls_client_cert,
+            tls_client_key,
+            tls_alpn_protocols,
+            tls_session_cache_size,
+            tls_insecure_skip_verify,
         } = self;
         f.debug_struct("Config")
             .field("max_connections_per_endpoint", max_connections_per_endpoint)
@@ -520,7 +615,9 @@ impl fmt::Debug for Config {
             .field("maintenance_interval", maintenance_interval)
             .field("leak_threshold", leak_threshold)
             .field("thread_slots", thread_slots)
+            .field("breaker_failures", breaker_failures)
             .field("health_check", &health_check.is_some())
+            .field("on_connect", &on_connect.is_some())
             .field("on_connection_created", &on_connection_created.is_some())
             .field("on_connection_reused", &on_connection_reused.is_some())
             .field("on_connection_closed", &on_connection_closed.is_some())
@@ -536,6 +633,13 @@ impl fmt::Debug for Config {
             .field("local_address", local_address)
             .field("tcp_user_timeout", tcp_user_timeout)
             // The rustls config prints pages of provider internals.
+            .field("tls_roots", tls_roots)
+            .field("tls_ca_file", tls_ca_file)
+            .field("tls_client_cert", tls_client_cert)
+            .field("tls_client_key", tls_client_key)
+            .field("tls_alpn_protocols", tls_alpn_protocols)
+            .field("tls_session_cache_size", tls_session_cache_size)
+            .field("tls_insecure_skip_verify", tls_insecure_skip_verify)
             .finish_non_exhaustive()
     }
 }
@@ -679,6 +783,26 @@ impl ConfigBuilder {
         self.config.thread_slots = slots;
         self
     }
+    /// After this many failed dials in a row (each after its retries) an
+    /// endpoint's circuit breaker opens (default 5; 0 turns it off): a get
+    /// that would dial fails at once with [`Error::CircuitOpen`], naming
+    /// the endpoint, when a dial is let through again and the last dial
+    /// error, and so do callers queued for a dial; idle connections are
+    /// still handed out. After an open time (1 s, doubling on each trip up
+    /// to 60 s, up to a fifth shorter at random) one get's dial probes the
+    /// endpoint while the others still fail fast: its success closes the
+    /// breaker, its failure opens it again. [`Stats`](crate::Stats) has the
+    /// breaker's state and trips.
+    ///
+    /// ```
+    /// let config = conpool::Config::builder().breaker_failures(3).build()?;
+    /// assert_eq!(config.breaker_failures(), 3);
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn breaker_failures(mut self, failures: u32) -> Self {
+        self.config.breaker_failures = failures;
+        self
+    }
 
     /// A check run on an idle connection before it is handed out again; a
     /// connection that fails it is closed and the next one (or a new dial)
@@ -706,6 +830,47 @@ impl ConfigBuilder {
         F: for<'a> Fn(&'a mut Stream) -> BoxFuture<'a, bool> + Send + Sync + 'static,
     {
         self.config.health_check = Some(Arc::new(check));
+        self
+    }
+
+    /// An async hook run on every new connection, after the dial (and the
+    /// TLS handshake) and before anyone sees it: send AUTH and SELECT,
+    /// set a socket option, agree on a protocol version. It runs inside
+    /// the attempt's `connect_timeout`, for the pool's own dialer and
+    /// custom ones alike. An error closes the stream and fails the dial as
+    /// [`Error::OnConnect`], with the hook's error as its `source()`,
+    /// counted as a failed dial; it is not retried unless the hook says it
+    /// is transient ([`OnConnectError::transient`]). A hook that needs the
+    /// pool holds a [`WeakPool`](crate::WeakPool).
+    ///
+    /// ```
+    /// use conpool::dial::OnConnectError;
+    /// use conpool::{Config, Endpoint, Stream};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let config = Config::builder()
+    ///     .on_connect(|stream: &mut Stream, _endpoint: &Endpoint| {
+    ///         Box::pin(async move {
+    ///             stream.write_all(b"AUTH s3cret\r\n").await?;
+    ///             let mut reply = [0u8; 5];
+    ///             stream.read_exact(&mut reply).await?;
+    ///             if &reply != b"+OK\r\n" {
+    ///                 return Err(OnConnectError::fatal("AUTH was refused"));
+    ///             }
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut Stream, &'a Endpoint) -> BoxFuture<'a, Result<(), OnConnectError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.config.on_connect = Some(Arc::new(hook));
         self
     }
 
@@ -769,11 +934,107 @@ impl ConfigBuilder {
         self.config.on_connection_closed = Some(Arc::new(hook));
         self
     }
-    /// The rustls client configuration for TLS endpoints (custom roots,
-    /// client certificates, ALPN). Certificate verification stays whatever
-    /// this config says; the default verifies against the webpki roots.
+    /// A hand-built rustls client configuration for TLS endpoints, for
+    /// what the `tls_` setters do not cover (a custom verifier, a key in
+    /// hardware). Certificate verification is whatever this config says.
+    /// It replaces the `tls_` settings, so [`build`](Self::build) refuses a
+    /// builder that sets both.
     pub fn tls_config(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
-        self.config.tls_config = tls;
+        self.config.custom_tls_config = Some(tls);
+        self
+    }
+    /// Which trust store verifies TLS servers ([`TlsRoots::Webpki`] by
+    /// default); [`TlsRoots::Platform`] needs the cargo feature
+    /// `platform-verifier`, [`TlsRoots::None`] a `tls_ca_file`.
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.config.tls_roots = roots;
+        self
+    }
+    /// A PEM file of root certificates to trust as well as `tls_roots`
+    /// (a private CA, a self-signed server), read at
+    /// [`build`](Self::build); it must hold at least one certificate.
+    ///
+    /// ```no_run
+    /// use conpool::{Config, TlsRoots};
+    ///
+    /// // The company CA beside the webpki roots ...
+    /// let config = Config::builder().tls_ca_file("/etc/ssl/company-ca.pem").build()?;
+    /// // ... or instead of them.
+    /// let config = Config::builder()
+    ///     .tls_ca_file("/etc/ssl/company-ca.pem")
+    ///     .tls_roots(TlsRoots::None)
+    ///     .build()?;
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn tls_ca_file(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.config.tls_ca_file = Some(pem_file.into());
+        self
+    }
+    /// A PEM file of the client certificate chain (leaf first) to present
+    /// to servers that ask for one (mutual TLS); needs
+    /// [`tls_client_key`](Self::tls_client_key). Read at
+    /// [`build`](Self::build), which checks that the key is the
+    /// certificate's.
+    ///
+    /// ```no_run
+    /// let config = conpool::Config::builder()
+    ///     .tls_client_cert("/etc/app/client.pem")
+    ///     .tls_client_key("/etc/app/client-key.pem")
+    ///     .build()?;
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn tls_client_cert(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.config.tls_client_cert = Some(pem_file.into());
+        self
+    }
+    /// A PEM file of the private key (PKCS#8, RSA or EC) of
+    /// [`tls_client_cert`](Self::tls_client_cert).
+    pub fn tls_client_key(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.config.tls_client_key = Some(pem_file.into());
+        self
+    }
+    /// The ALPN protocols to offer, most preferred first, each 1 to 255
+    /// bytes; the one the server picked is
+    /// [`Stream::alpn_protocol`](crate::Stream::alpn_protocol) on the
+    /// lease.
+    ///
+    /// ```
+    /// let config = conpool::Config::builder()
+    ///     .tls_alpn_protocols(["h2", "http/1.1"])
+    ///     .build()?;
+    /// assert_eq!(config.tls_config().alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    ///
+    /// let err = conpool::Config::builder().tls_alpn_protocols(["h2", ""]).build().unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid config: tls_alpn_protocols is [\"h2\", \"\"]; entry 2 is 0 bytes long, \
+    ///      and each protocol must be 1 to 255 bytes"
+    /// );
+    /// # Ok::<(), conpool::Error>(())
+    /// ```
+    pub fn tls_alpn_protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.config.tls_alpn_protocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+    /// How many TLS sessions (per pool, across its hosts) to keep for
+    /// resumption, so that a new connection to a host the pool has spoken
+    /// to skips the full handshake (one round trip and the certificate
+    /// check fewer); 0 turns resumption off, at most
+    /// [`MAX_TLS_SESSION_CACHE_SIZE`]. Default 256, as rustls's.
+    pub fn tls_session_cache_size(mut self, sessions: usize) -> Self {
+        self.config.tls_session_cache_size = sessions;
+        self
+    }
+    /// Accept any server certificate without verifying it: anyone on the
+    /// path can then pose as any TLS endpoint. For tests and first aid
+    /// only; every certificate let through logs a warning. Not with
+    /// `tls_ca_file` or `tls_roots`, which it would ignore.
+    pub fn tls_insecure_skip_verify(mut self, skip: bool) -> Self {
+        self.config.tls_insecure_skip_verify = skip;
         self
     }
     /// The name to verify every TLS endpoint's certificate against, and to
@@ -1023,7 +1284,11 @@ impl ConfigBuilder {
             );
         }
         socket_option_rules(c)?;
-        Ok(self.config)
+        let tls_config = tls::client_config(c)?;
+        Ok(Config {
+            tls_config,
+            ..self.config
+        })
     }
 }
 

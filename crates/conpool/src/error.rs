@@ -65,6 +65,43 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The `on_connect` hook refused the new connection (the server said
+    /// no to its AUTH, say); `source` is the hook's own error. Not
+    /// retried, unless the hook said the failure was transient
+    /// ([`OnConnectError::transient`](crate::dial::OnConnectError::transient)).
+    #[error("on_connect failed for a new connection to {endpoint} ({attempts} attempt{} made): {source}", plural(*attempts))]
+    OnConnect {
+        /// The endpoint dialed.
+        endpoint: Endpoint,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The hook's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The endpoint's circuit breaker is open: its last
+    /// `breaker_failures` dials failed, so this get fails at once instead
+    /// of dialing again. Idle connections are still handed out; after the
+    /// open time one get's dial probes the endpoint.
+    #[error(
+        "the circuit breaker of {endpoint} is open after {failures} failed dial{} in a row: {}{}",
+        plural(*failures),
+        next_try(*retry_in),
+        last_dial_error.as_deref().map(|e| format!("; last dial error: {e}")).unwrap_or_default()
+    )]
+    CircuitOpen {
+        /// The endpoint asked for.
+        endpoint: Endpoint,
+        /// Failed dials in a row so far.
+        failures: u32,
+        /// How long until a dial is let through again; zero while a probe
+        /// dial is under way (the next may go once it fails).
+        retry_in: Duration,
+        /// The last dial's error, in words.
+        last_dial_error: Option<String>,
+    },
+
     /// No connection could be had within `acquire_timeout`.
     #[error(
         "no connection to {endpoint} within {timeout:?} (the endpoint had {} active, {} idle, {} dialing, {} waiting){}",
@@ -144,6 +181,14 @@ pub enum Error {
     },
 }
 
+fn next_try(retry_in: Duration) -> String {
+    if retry_in.is_zero() {
+        "a probe dial is under way".to_owned()
+    } else {
+        format!("it lets a dial through again in {retry_in:?}")
+    }
+}
+
 fn plural(n: u32) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -155,6 +200,8 @@ impl Error {
             Error::ConnectionFailed { endpoint, .. }
             | Error::ConnectionTimeout { endpoint, .. }
             | Error::Tls { endpoint, .. }
+            | Error::OnConnect { endpoint, .. }
+            | Error::CircuitOpen { endpoint, .. }
             | Error::AcquireTimeout { endpoint, .. }
             | Error::TooManyWaiters { endpoint, .. }
             | Error::Handshake { endpoint, .. }
@@ -185,8 +232,15 @@ impl From<Error> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             Error::Tls { .. } => io::ErrorKind::InvalidData,
+            Error::OnConnect { source, .. } => match source.downcast_ref::<io::Error>() {
+                Some(io) => io.kind(),
+                None => io::ErrorKind::Other,
+            },
             Error::DnsResolutionFailed { .. } => io::ErrorKind::NotFound,
             Error::PoolClosed => io::ErrorKind::NotConnected,
+            // Refused on the endpoint's behalf, after it refused (or failed)
+            // `breaker_failures` dials in a row.
+            Error::CircuitOpen { .. } => io::ErrorKind::ConnectionRefused,
             Error::TooManyWaiters { .. } => io::ErrorKind::WouldBlock,
             Error::NoRuntime { .. } => io::ErrorKind::Unsupported,
             Error::Handshake { .. } => io::ErrorKind::Other,

@@ -145,13 +145,13 @@ pub mod protocol;
 pub mod stats;
 pub mod stream;
 
-pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck, ThreadSlots};
+pub use config::{BoxFuture, Config, ConfigBuilder, HealthCheck, ThreadSlots, TlsRoots};
 pub use endpoint::{Endpoint, Scheme};
 pub use error::Error;
 pub use lease::PooledConnection;
 pub use pool::{EndpointHandle, Pool, WeakPool};
 pub use protocol::{Connected, Protocol, ProtocolLease, ProtocolPool};
-pub use stats::{CloseReason, PoolState, Stats};
+pub use stats::{BreakerState, CloseReason, PoolState, Stats};
 pub use stream::Stream;
 
 /// The README's Rust examples, compiled as doctests, so that the README

@@ -169,6 +169,12 @@ pub struct Stats {
     /// [`ProtocolPool`](crate::ProtocolPool), such as `"http1"`; `None`
     /// for the byte-stream pool's.
     pub protocol: Option<&'static str>,
+    /// The endpoint's circuit breaker now (in totals across endpoints,
+    /// the most open of them).
+    pub breaker: BreakerState,
+    /// Times the endpoint's circuit breaker opened (a failed probe's
+    /// reopening included).
+    pub breaker_trips: u64,
     closed_by: [u64; CloseReason::ALL.len()],
 }
 
@@ -191,10 +197,29 @@ impl Stats {
         self.total_reused += other.total_reused;
         self.total_closed += other.total_closed;
         self.errors += other.errors;
+        self.breaker = self.breaker.max(other.breaker);
+        self.breaker_trips += other.breaker_trips;
         for (mine, theirs) in self.closed_by.iter_mut().zip(other.closed_by) {
             *mine += theirs;
         }
     }
+}
+
+/// Where an endpoint's circuit breaker stands (see
+/// [`ConfigBuilder::breaker_failures`](crate::ConfigBuilder::breaker_failures)).
+/// Ordered from closed to open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Dials go ahead (also: the breaker is off).
+    #[default]
+    Closed,
+    /// The open time is over and one probe dial is under way; other gets
+    /// that would dial fail fast.
+    HalfOpen,
+    /// Gets that would dial fail fast with
+    /// [`Error::CircuitOpen`](crate::Error::CircuitOpen).
+    Open,
 }
 
 /// The gauges of an endpoint's pool at one moment; carried by
@@ -279,6 +304,8 @@ impl Counters {
             errors: dials_failed + errors,
             shares: 0,
             protocol: None,
+            breaker: BreakerState::Closed,
+            breaker_trips: 0,
             closed_by,
         }
     }

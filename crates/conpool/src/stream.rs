@@ -74,6 +74,23 @@ impl Stream {
         }
     }
 
+    /// The ALPN protocol the TLS server chose from
+    /// [`tls_alpn_protocols`](crate::ConfigBuilder::tls_alpn_protocols);
+    /// `None` for a plain stream, or when none was offered or chosen.
+    ///
+    /// ```no_run
+    /// # async fn run(pool: conpool::Pool, ep: conpool::Endpoint) -> Result<(), conpool::Error> {
+    /// let conn = pool.get(&ep).await?;
+    /// if conn.alpn_protocol() == Some(b"h2") {
+    ///     // speak HTTP/2
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.tls_session()
+            .and_then(|session| session.alpn_protocol())
+    }
+
     /// The remote address, for TCP and TLS streams.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.as_tcp().and_then(|s| s.peer_addr().ok())
@@ -355,7 +372,13 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Tls(s) => Pin::new(s)
+                .poll_read(cx, buf)
+                .map_err(crate::dial::tls::worded_read_error),
+            Inner::Custom(s) => Pin::new(s).poll_read(cx, buf),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use conpool::cli::PoolArgs;
-use conpool::{Config, Endpoint, Error, Pool, ThreadSlots};
+use conpool::{Config, Endpoint, Error, Pool, ThreadSlots, TlsRoots};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::servers::TempDir;
@@ -41,9 +41,10 @@ struct Demo {
 }
 
 /// Config fields that no flag can carry: code, not values.
-const NOT_FLAGS: [&str; 5] = [
+const NOT_FLAGS: [&str; 6] = [
     "health_check",
     "resolver",
+    "on_connect",
     "on_connection_created",
     "on_connection_reused",
     "on_connection_closed",
@@ -180,10 +181,13 @@ fn every_config_field_has_a_flag_and_an_environment_variable() {
     assert_eq!(
         tls,
         [
+            "tls_roots",
             "tls_ca_file",
             "tls_client_cert",
             "tls_client_key",
             "tls_server_name",
+            "tls_alpn_protocols",
+            "tls_session_cache_size",
             "tls_insecure_skip_verify"
         ]
     );
@@ -200,12 +204,15 @@ fn each_flag_states_its_default_and_that_value_is_the_librarys_default() {
             .and_then(|(_, rest)| rest.split_once(']'))
             .map(|(value, _)| value.to_owned())
             .unwrap_or_else(|| panic!("--{id}'s help states no default: {help}"));
-        let Some(default) = defaults.get(&id) else {
-            continue; // a TLS file flag: no config field of its own
-        };
+        let default = &defaults[&id];
         if id == "tls_server_name" {
             // Not a value: no name at all.
             assert_eq!(stated, "the endpoint's host");
+            continue;
+        }
+        if ["tls_ca_file", "tls_client_cert", "tls_client_key"].contains(&id.as_str()) {
+            // Not a value either: no file at all.
+            assert_eq!((stated.as_str(), default.as_str()), ("none", "None"));
             continue;
         }
         let flag = format!("--{}", id.replace('_', "-"));
@@ -273,6 +280,7 @@ fn no_flags_and_default_pool_args_both_give_the_default_config() {
         assert_eq!(c.maintenance_interval(), e.maintenance_interval(), "{how}");
         assert_eq!(c.leak_threshold(), e.leak_threshold(), "{how}");
         assert_eq!(c.thread_slots(), e.thread_slots(), "{how}");
+        assert_eq!(c.breaker_failures(), e.breaker_failures(), "{how}");
         assert!(c.health_check().is_none(), "{how}");
         assert_eq!(c.tls_server_name(), e.tls_server_name(), "{how}");
         // The very default TLS config (webpki roots), not one rebuilt.
@@ -323,6 +331,8 @@ fn every_flag_sets_its_config_field() {
         "1m30s",
         "--thread-slots",
         "always",
+        "--breaker-failures",
+        "0",
         "--tls-server-name",
         "db.internal",
     ]);
@@ -348,9 +358,57 @@ fn every_flag_sets_its_config_field() {
     );
     assert_eq!(config.leak_threshold(), Some(Duration::from_secs(90)));
     assert_eq!(config.thread_slots(), ThreadSlots::Always);
+    assert_eq!(config.breaker_failures(), 0);
     assert_eq!(
         config.tls_server_name(),
         Some(&ServerName::try_from("db.internal").unwrap())
+    );
+}
+
+#[test]
+fn the_tls_flags_set_their_config_fields_through_the_builder() {
+    let pems = Pems::new();
+    let cert = TlsCert::localhost();
+    let ca = pems.write("ca.pem", &cert.cert_pem);
+    let key = pems.write("key.pem", &cert.key_pem);
+    let config = config_of(&[
+        "--tls-roots",
+        "webpki",
+        "--tls-ca-file",
+        &ca,
+        "--tls-client-cert",
+        &ca,
+        "--tls-client-key",
+        &key,
+        "--tls-alpn-protocols",
+        "h2,http/1.1",
+        "--tls-session-cache-size",
+        "16",
+    ]);
+    assert_eq!(config.tls_roots(), TlsRoots::Webpki);
+    assert_eq!(config.tls_ca_file(), Some(std::path::Path::new(&ca)));
+    assert_eq!(config.tls_client_cert(), Some(std::path::Path::new(&ca)));
+    assert_eq!(config.tls_client_key(), Some(std::path::Path::new(&key)));
+    assert_eq!(config.tls_alpn_protocols(), ["h2", "http/1.1"]);
+    assert_eq!(config.tls_session_cache_size(), 16);
+    assert_eq!(
+        config.tls_config().alpn_protocols,
+        [b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+    assert!(config.tls_config().client_auth_cert_resolver.has_certs());
+
+    // --tls-ca-file alone keeps its meaning: its roots instead of webpki's.
+    assert_eq!(
+        config_of(&["--tls-ca-file", &ca]).tls_roots(),
+        TlsRoots::None
+    );
+    assert!(config_of(&["--tls-insecure-skip-verify"]).tls_insecure_skip_verify());
+    assert!(!config_of(&["--tls-insecure-skip-verify", "false"]).tls_insecure_skip_verify());
+    assert_eq!(
+        error_of(&["--tls-alpn-protocols", "h2,,http/1.1"]),
+        "error: invalid value 'h2,,http/1.1' for '--tls-alpn-protocols <LIST>': \
+         tls_alpn_protocols is [\"h2\", \"\", \"http/1.1\"]; entry 2 is 0 bytes long, \
+         and each protocol must be 1 to 255 bytes"
     );
 }
 
@@ -666,14 +724,14 @@ fn a_tls_file_that_cannot_be_used_is_a_clap_error_naming_flag_and_file() {
     let line = first_line(&["--tls-ca-file", missing]);
     assert!(
         line.starts_with(&format!(
-            "error: invalid value '{missing}' for '--tls-ca-file <PEM_FILE>': cannot be read: No such file or directory"
+            "error: invalid value '{missing}' for '--tls-ca-file <PEM_FILE>': tls_ca_file is {missing}, which cannot be read: No such file or directory"
         )),
         "{line}"
     );
     assert_eq!(
         first_line(&["--tls-ca-file", &not_pem]),
         format!(
-            "error: invalid value '{not_pem}' for '--tls-ca-file <PEM_FILE>': holds no certificate (no -----BEGIN CERTIFICATE----- block)"
+            "error: invalid value '{not_pem}' for '--tls-ca-file <PEM_FILE>': tls_ca_file is {not_pem}, which holds no certificate (no -----BEGIN CERTIFICATE----- block)"
         )
     );
     // A key is not a certificate.
@@ -685,7 +743,7 @@ fn a_tls_file_that_cannot_be_used_is_a_clap_error_naming_flag_and_file() {
             &key_file
         ]),
         format!(
-            "error: invalid value '{key_file}' for '--tls-client-cert <PEM_FILE>': holds no certificate (no -----BEGIN CERTIFICATE----- block)"
+            "error: invalid value '{key_file}' for '--tls-client-cert <PEM_FILE>': tls_client_cert is {key_file}, which holds no certificate (no -----BEGIN CERTIFICATE----- block)"
         )
     );
     assert_eq!(
@@ -696,7 +754,7 @@ fn a_tls_file_that_cannot_be_used_is_a_clap_error_naming_flag_and_file() {
             &cert_file
         ]),
         format!(
-            "error: invalid value '{cert_file}' for '--tls-client-key <PEM_FILE>': holds no private key (no PKCS#8, RSA or EC PRIVATE KEY block)"
+            "error: invalid value '{cert_file}' for '--tls-client-key <PEM_FILE>': tls_client_key is {cert_file}, which holds no private key (no PKCS#8, RSA or EC PRIVATE KEY block)"
         )
     );
     let line = first_line(&[
@@ -707,7 +765,7 @@ fn a_tls_file_that_cannot_be_used_is_a_clap_error_naming_flag_and_file() {
     ]);
     assert!(
         line.starts_with(&format!(
-            "error: invalid value '{other_key}' for '--tls-client-key <PEM_FILE>': is not a key for --tls-client-cert: "
+            "error: invalid value '{other_key}' for '--tls-client-key <PEM_FILE>': tls_client_key is {other_key}, which is not the key of tls_client_cert {cert_file}: "
         )),
         "{line}"
     );
@@ -718,8 +776,18 @@ fn a_tls_file_that_cannot_be_used_is_a_clap_error_naming_flag_and_file() {
     );
     assert_eq!(
         first_line(&["--tls-insecure-skip-verify", "--tls-ca-file", &cert_file]),
-        "error: the argument '--tls-insecure-skip-verify' cannot be used with '--tls-ca-file <PEM_FILE>'"
+        format!(
+            "error: invalid value '{cert_file}' for '--tls-ca-file <PEM_FILE>': tls_ca_file is {cert_file}, \
+             but tls_insecure_skip_verify is true: no certificate is verified, against these roots or any"
+        )
     );
+    // Verification asked for in so many words is no conflict.
+    config_of(&[
+        "--tls-insecure-skip-verify",
+        "false",
+        "--tls-ca-file",
+        &cert_file,
+    ]);
 }
 
 #[tokio::test]
@@ -892,7 +960,7 @@ async fn insecure_skip_verify_reaches_an_untrusted_server_and_warns_on_every_use
     round_trip(&mut second, b"two").await.unwrap();
     assert_eq!(
         logs.lines_with(
-            "accepted a TLS server certificate without verifying it (--tls-insecure-skip-verify) server=localhost"
+            "accepted a TLS server certificate without verifying it (tls_insecure_skip_verify) server=localhost"
         ),
         2
     );

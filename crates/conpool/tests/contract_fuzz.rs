@@ -5,7 +5,9 @@
 //! errors, cancelled reads and writes (a cut-off write sometimes followed
 //! by a flush or a read), `release()` with an idle read left pending (as
 //! hyper's client leaves one), a panic while holding a lease,
-//! server-side resets, half-closes and stray bytes, time advance,
+//! server-side resets, half-closes and stray bytes, an endpoint's outage
+//! (every dial to it refused until it ends) when the seed's circuit
+//! breaker is on, time advance,
 //! `clear_endpoint` and `close`, over two to four endpoints. Each seed
 //! picks small limits (per endpoint, total, idle total, waiters, dial cap,
 //! idle time, lifetime, uses), a kernel-peek window (often zero), maybe a
@@ -29,7 +31,12 @@
 //!   cancelled mid-I/O, panicked, pool closed) do;
 //! - no stuck waiter: a caller waits only while its endpoint is at its
 //!   limit or dial cap, or the total is full with nothing idle to close;
-//!   errors are ones the plan and the state allow.
+//!   errors are ones the plan and the state allow (`CircuitOpen` only
+//!   from an endpoint whose breaker is open or half-open after
+//!   `breaker_failures` failed dials);
+//! - the breaker: off means closed and never tripped; half-open means its
+//!   probe is dialing, so no probe (cancelled with its get or not) leaves
+//!   it half-open.
 //!
 //! At the end it closes the pool and checks that every `get` still pending
 //! resolves, that every endpoint is empty with created = closed, that
@@ -49,7 +56,10 @@
 //! A seed replays the same operations on every run, with one caveat: when
 //! idle connections of different endpoints went idle at the very same
 //! instant, which one is least recently used is decided in the order of
-//! the pool's endpoint map, hashed with a per-process key. Every step
+//! the pool's endpoint map, hashed with a per-process key; and a circuit
+//! breaker's open time is cut by a random fraction drawn per process, so
+//! that with the breaker on, the first get after an open time may come a
+//! step earlier or later than in another run. Every step
 //! advances the clock a microsecond to make such ties rare. Connection ids
 //! (`c…`) in the log are process-wide; server ids (`s…`) are per seed.
 
@@ -68,8 +78,8 @@ use std::time::Duration;
 
 use conpool::dial::{Dial, DialError};
 use conpool::{
-    BoxFuture, CloseReason, Config, Endpoint, Error, Pool, PooledConnection, Stats, Stream,
-    ThreadSlots,
+    BoxFuture, BreakerState, CloseReason, Config, Endpoint, Error, Pool, PooledConnection, Stats,
+    Stream, ThreadSlots,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::time::Instant;
@@ -282,6 +292,8 @@ struct Plan {
     /// Per-thread slots from the start (they park and unpark on this one
     /// thread) or only on contention (never, on one thread).
     thread_slots: ThreadSlots,
+    /// Failed dials in a row that open an endpoint's breaker; 0: off.
+    breaker_failures: u32,
 }
 
 /// A seeded health check: it fails `fail_pct` percent of the time, and
@@ -343,6 +355,8 @@ impl Plan {
         } else {
             ThreadSlots::WhenContended
         };
+        // After the slots, for the same reason.
+        let breaker_failures = r.pick(&[0, 0, 1, 2, 5]);
         Plan {
             endpoints,
             max_per_endpoint,
@@ -369,6 +383,7 @@ impl Plan {
             close_at,
             health_check,
             thread_slots,
+            breaker_failures,
         }
     }
 
@@ -404,6 +419,7 @@ impl Plan {
             .min_idle_per_endpoint(self.min_idle)
             .leak_threshold(self.leak_threshold)
             .thread_slots(self.thread_slots)
+            .breaker_failures(self.breaker_failures)
             .on_connection_created(move |ep| created.lock().unwrap().created(ep))
             .on_connection_reused(move |ep| reused.lock().unwrap().reused(ep))
             .on_connection_closed(move |ep, why| closed.lock().unwrap().closed(ep, why))
@@ -462,6 +478,8 @@ struct DialShared {
     fail_pct: u64,
     slow_pct: u64,
     max_delay: Duration,
+    /// Endpoints in an outage: every dial to them is refused.
+    down: Mutex<Vec<bool>>,
     attempts: Mutex<Vec<u64>>,
     /// Server halves made since the fuzzer last looked.
     inbox: Mutex<Vec<NewHalf>>,
@@ -504,6 +522,12 @@ impl Dial for FuzzDialer {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let roll = rng.range(0, 99);
+            if d.down.lock().unwrap()[ep] {
+                return Err(DialError::connect(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "fuzz: connection refused (an outage)",
+                )));
+            }
             if roll < d.fail_pct / 5 {
                 return Err(DialError::resolve(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -759,6 +783,8 @@ enum Op {
     /// Give a lease back with `release()` after leaving an idle read
     /// pending, as hyper's HTTP/1.1 client does.
     Release,
+    /// Start or end an endpoint's outage (seeds with a breaker only).
+    Outage,
 }
 
 struct Fuzz {
@@ -773,6 +799,8 @@ struct Fuzz {
     held: Vec<Held>,
     gets: Vec<InFlight>,
     books: Vec<Books>,
+    /// Endpoints that have been down (see [`Op::Outage`]).
+    had_outage: Vec<bool>,
     next_get: usize,
     next_token: u64,
     /// The operation being run (1-based); steps and final phases count.
@@ -799,6 +827,7 @@ impl Fuzz {
             fail_pct: plan.dial_fail_pct,
             slow_pct: plan.dial_slow_pct,
             max_delay: plan.dial_max_delay,
+            down: Mutex::new(vec![false; eps.len()]),
             attempts: Mutex::new(vec![0; eps.len()]),
             inbox: Mutex::new(Vec::new()),
             next_server: AtomicUsize::new(0),
@@ -822,6 +851,7 @@ impl Fuzz {
         Fuzz {
             rng: Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             books: vec![Books::default(); eps.len()],
+            had_outage: vec![false; eps.len()],
             plan,
             pool: Some(pool),
             eps,
@@ -938,6 +968,9 @@ impl Fuzz {
         if live_servers {
             menu.extend([(5, Op::ServerClose), (3, Op::ServerStray)]);
         }
+        if self.plan.breaker_failures > 0 {
+            menu.push((2, Op::Outage));
+        }
         let total: u32 = menu.iter().map(|(w, _)| w).sum();
         let mut roll = self.rng.below(total as usize) as u32;
         let op = menu
@@ -1010,6 +1043,18 @@ impl Fuzz {
             }
             Op::ServerClose => self.server_close(),
             Op::ServerStray => self.server_stray(),
+            Op::Outage => {
+                let ep = self.rng.below(self.eps.len());
+                let mut down = self.dial.down.lock().unwrap();
+                down[ep] = !down[ep];
+                let now_down = down[ep];
+                drop(down);
+                self.had_outage[ep] |= now_down;
+                self.log(format!(
+                    "ep{ep} {}",
+                    if now_down { "goes down" } else { "comes back" }
+                ));
+            }
             Op::Advance => {
                 let by = match self.rng.below(10) {
                     0..=3 => self.rng.millis(1, 50),
@@ -1116,7 +1161,17 @@ impl Fuzz {
                     && (endpoint_full || pool_full)
             }
             Error::ConnectionFailed { attempts, .. } => {
-                plan.dial_fail_pct > 0 && *attempts == plan.connect_attempts
+                (plan.dial_fail_pct > 0 || self.had_outage[get.ep])
+                    && *attempts == plan.connect_attempts
+            }
+            Error::CircuitOpen {
+                endpoint, failures, ..
+            } => {
+                let breaker = self.pool().stats(&self.eps[get.ep]).breaker;
+                plan.breaker_failures > 0
+                    && endpoint == &self.eps[get.ep]
+                    && *failures >= plan.breaker_failures
+                    && breaker != BreakerState::Closed
             }
             Error::DnsResolutionFailed { .. } => plan.dial_fail_pct > 0,
             Error::ConnectionTimeout { .. } => {
@@ -1787,6 +1842,19 @@ impl Fuzz {
         let (mut open, mut idle) = (0, 0);
         for (e, s) in stats.iter().enumerate() {
             let name = format!("ep{e}");
+            if plan.breaker_failures == 0
+                && (s.breaker != BreakerState::Closed || s.breaker_trips > 0)
+            {
+                self.fail_now(format!(
+                    "{name}'s breaker is off, yet {:?} after {} trips",
+                    s.breaker, s.breaker_trips
+                ));
+            }
+            if s.breaker == BreakerState::HalfOpen && s.dialing == 0 {
+                self.fail_now(format!(
+                    "{name}'s breaker is half-open with no probe dialing"
+                ));
+            }
             let is_present = present.contains(&self.eps[e]);
             let books = &mut self.books[e];
             if books.present && !is_present {

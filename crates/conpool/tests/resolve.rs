@@ -185,3 +185,20 @@ async fn an_ip_literal_is_never_looked_up() {
     dial_once(&pool, &server.endpoint()).await;
     assert_eq!(hosts.lookups(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_name_that_does_not_resolve_does_not_trip_the_circuit_breaker() {
+    let hosts = Hosts::new();
+    hosts.fail("gone.test", "gone.test: NXDOMAIN");
+    let pool = pool_with(&hosts, Config::builder().breaker_failures(2));
+    let endpoint = Endpoint::new("gone.test", 6379).unwrap();
+    for _ in 0..5 {
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        let err = pool.get(&endpoint).await.unwrap_err();
+        assert!(
+            matches!(err, Error::DnsResolutionFailed { .. }),
+            "the resolver's answer: {err:?}"
+        );
+    }
+    assert_eq!(pool.stats(&endpoint).breaker_trips, 0);
+}

@@ -621,6 +621,9 @@ struct Results {
     /// An overloaded endpoint's cost per caller, from `examples/waiters`,
     /// or why it could not be run.
     queue: Result<Vec<QueueCost>, String>,
+    /// Section 6 as `examples/breaker` prints it, or why it could not be
+    /// run.
+    breaker: Result<String, String>,
 }
 
 /// What `examples/waiters` (of the conpool crate) measures at one queue
@@ -717,6 +720,35 @@ fn write_queue(w: &mut String, r: &Results) {
     let _ = writeln!(
         w,
         "\nTo reproduce: `cargo run --release -p conpool --example waiters`.\n"
+    );
+}
+
+/// Section 6: a dead endpoint with its circuit breaker open and off, from
+/// `examples/breaker`, which prints the section's table and verdict.
+fn write_breaker(w: &mut String, r: &Results) {
+    let _ = writeln!(
+        w,
+        "\n## 6. A dead endpoint: circuit breaker open against off\n"
+    );
+    let _ = writeln!(
+        w,
+        "Gets in a loop from 16 tasks against a loopback port nothing listens on (each \
+         connect refused at once by the kernel, the cheapest dead endpoint there is), with \
+         the endpoint's breaker tripped before the clock starts, and with it off \
+         (`breaker_failures(0)`), where every get dials again \
+         (`crates/conpool-bench/examples/breaker.rs`; wall time, gets that failed counted).\n"
+    );
+    match &r.breaker {
+        Ok(section) => {
+            let _ = writeln!(w, "{}", section.trim_end());
+        }
+        Err(why) => {
+            let _ = writeln!(w, "Not measured in this run: {why}.");
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nTo reproduce: `cargo run --release -p conpool-bench --example breaker`.\n"
     );
 }
 
@@ -1554,6 +1586,9 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     // 5. An overloaded endpoint.
     write_queue(w, r);
 
+    // 6. A dead endpoint.
+    write_breaker(w, r);
+
     // Method.
     let _ = writeln!(w, "\n## How it is measured\n");
     let _ = writeln!(
@@ -1716,9 +1751,14 @@ fn main() {
         scale,
         liveness: liveness_tools(),
         queue: queue_costs(),
+        breaker: conpool_bench::external::example("breaker")
+            .and_then(|program| conpool_bench::external::output_of(&program, &[])),
     };
     if let Err(why) = &results.queue {
         eprintln!("  overloaded endpoint: none ({why})");
+    }
+    if let Err(why) = &results.breaker {
+        eprintln!("  dead endpoint: none ({why})");
     }
     let md = write_report(&results, plan, started.elapsed(), &out);
     let path = out.join("BENCHMARKS.md");

@@ -9,10 +9,13 @@
 //!   addresses ([`happy_eyeballs`], [`tcp`]) and runs the TLS handshake for
 //!   TLS endpoints ([`tls`]) inside each racer. Unix sockets, proxies and test doubles are other
 //!   implementations.
-//! - the pool wraps every attempt in the configured `connect_timeout` and
-//!   retries what can succeed on retry (a refused or timed-out connect), with
-//!   the delay from [`backoff_delay`]. What retrying cannot fix (a host that
-//!   does not resolve, a certificate that does not verify) fails at once.
+//! - the pool's attempt is the dial and then the config's `on_connect` hook
+//!   on the new stream ([`OnConnect`]); it wraps every attempt in the
+//!   configured `connect_timeout` and retries what can succeed on retry (a
+//!   refused or timed-out connect, a hook's transient failure), with the
+//!   delay from [`backoff_delay`]. What retrying cannot fix (a host that
+//!   does not resolve, a certificate that does not verify, a hook's final
+//!   failure) fails at once.
 //!
 //! The default dialer as [`Pool::new`](crate::Pool::new) makes it
 //! ([`TcpTlsDialer::from_config`]) keeps `connect_timeout` too, to bound
@@ -27,6 +30,7 @@
 
 mod backoff;
 pub mod happy_eyeballs;
+mod on_connect;
 pub mod resolve;
 pub mod tcp;
 pub mod tls;
@@ -40,6 +44,7 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 pub use backoff::backoff_delay;
+pub use on_connect::{OnConnect, OnConnectError};
 pub use resolve::Resolve;
 
 use crate::config::BoxFuture;
@@ -77,6 +82,9 @@ pub trait Dial: Send + Sync + 'static {
 pub struct DialError {
     kind: DialErrorKind,
     source: io::Error,
+    /// For [`DialErrorKind::OnConnect`]: whether the hook said another
+    /// attempt may succeed.
+    transient: bool,
 }
 
 /// The step of an attempt that failed.
@@ -92,6 +100,9 @@ pub enum DialErrorKind {
     /// No address of the host can be reached from this side (none of the
     /// family of the config's `local_address`): not retried.
     Unreachable,
+    /// The `on_connect` hook refused the new stream: retried only when the
+    /// hook said it was transient.
+    OnConnect,
 }
 
 impl DialError {
@@ -100,6 +111,7 @@ impl DialError {
         DialError {
             kind: DialErrorKind::Resolve,
             source,
+            transient: false,
         }
     }
     /// The connect failed or the attempt ran out of time; worth retrying.
@@ -107,6 +119,7 @@ impl DialError {
         DialError {
             kind: DialErrorKind::Connect,
             source,
+            transient: false,
         }
     }
     /// TLS refused the peer (or the peer refused TLS).
@@ -114,6 +127,16 @@ impl DialError {
         DialError {
             kind: DialErrorKind::Tls,
             source,
+            transient: false,
+        }
+    }
+    /// The `on_connect` hook refused the stream; `source` carries the
+    /// hook's error inside.
+    pub(crate) fn on_connect(source: io::Error, transient: bool) -> Self {
+        DialError {
+            kind: DialErrorKind::OnConnect,
+            source,
+            transient,
         }
     }
     /// No address can be reached from here, whatever a retry does.
@@ -121,6 +144,7 @@ impl DialError {
         DialError {
             kind: DialErrorKind::Unreachable,
             source,
+            transient: false,
         }
     }
     /// Which step failed.
@@ -129,7 +153,11 @@ impl DialError {
     }
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.kind == DialErrorKind::Connect
+        match self.kind {
+            DialErrorKind::Connect => true,
+            DialErrorKind::OnConnect => self.transient,
+            DialErrorKind::Resolve | DialErrorKind::Tls | DialErrorKind::Unreachable => false,
+        }
     }
     /// The underlying error.
     pub fn into_io(self) -> io::Error {
@@ -416,19 +444,27 @@ pub(crate) async fn dial_with_retry(
         tracing::debug!(%endpoint, attempt, attempts, "connecting");
         let started = Instant::now();
         let outcome = match config.connect_timeout() {
-            Some(limit) => match tokio::time::timeout(limit, dialer.dial(endpoint)).await {
-                // The default dialer keeps the same timeout itself, to share
-                // it between addresses, and its timer may fire first: an
-                // attempt that fails once its time is up timed out,
-                // whichever timer noticed.
-                Ok(Err(err)) if err.is_retryable() && started.elapsed() >= limit => Err(limit),
-                outcome => outcome.map_err(|_| limit),
-            },
-            None => Ok(dialer.dial(endpoint).await),
+            Some(limit) => {
+                match tokio::time::timeout(limit, on_connect::attempt(dialer, endpoint, config))
+                    .await
+                {
+                    // The default dialer keeps the same timeout itself, to share
+                    // it between addresses, and its timer may fire first: an
+                    // attempt that fails once its time is up timed out,
+                    // whichever timer noticed.
+                    Ok(Err(err)) if err.is_retryable() && started.elapsed() >= limit => Err(limit),
+                    outcome => outcome.map_err(|_| limit),
+                }
+            }
+            None => Ok(on_connect::attempt(dialer, endpoint, config).await),
         };
         let failure = match outcome {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(err)) if !err.is_retryable() => {
+                return Err(final_error(endpoint, err, attempt));
+            }
+            // The hook's last word, not a connect error's.
+            Ok(Err(err)) if err.kind == DialErrorKind::OnConnect && attempt >= attempts => {
                 return Err(final_error(endpoint, err, attempt));
             }
             Ok(Err(err)) => {
@@ -474,6 +510,14 @@ fn final_error(endpoint: &Endpoint, err: DialError, attempts: u32) -> Error {
                 source: err.source,
             }
         }
+        DialErrorKind::OnConnect => Error::OnConnect {
+            endpoint: endpoint.clone(),
+            attempts,
+            source: err
+                .source
+                .into_inner()
+                .unwrap_or_else(|| "the on_connect hook failed".into()),
+        },
         DialErrorKind::Resolve => {
             tracing::warn!(host = endpoint.host(), error = %err.source, "DNS resolution failed");
             Error::DnsResolutionFailed {

@@ -39,9 +39,78 @@ pub async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
 
 /// Whether an I/O error from the handshake is TLS's own verdict (a
 /// certificate that does not verify, a protocol error) rather than the
-/// network's; such an error is not retried.
+/// network's; such an error is not retried. The verdict is in words: see
+/// [`describe`].
 pub fn is_tls_failure(err: &io::Error) -> Option<String> {
+    rustls_error(err).map(describe)
+}
+
+fn rustls_error(err: &io::Error) -> Option<&rustls::Error> {
     err.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map(|tls| tls.to_string())
+}
+
+/// rustls's words for a TLS failure, and for a server's refusal of the
+/// client certificate also what happened and what to set: rustls alone
+/// says `received fatal alert: CertificateRequired`.
+///
+/// A client receives certificate alerts only about its own certificate
+/// (the server's is checked here, not there), so any of them means the
+/// server refused the client's.
+pub fn describe(tls: &rustls::Error) -> String {
+    use rustls::AlertDescription as Alert;
+    match tls {
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => format!(
+            "the server requires a client certificate and none was sent; set tls_client_cert \
+             and tls_client_key ({tls})"
+        ),
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA,
+        ) => format!("the server refused the client certificate ({tls})"),
+        _ => tls.to_string(),
+    }
+}
+
+/// A read error of a TLS stream, with the server's refusal of the client
+/// certificate in words: in TLS 1.3 the server judges the client's
+/// certificate after the client's side of the handshake is done, so the
+/// refusal reaches the client as the first read's error, not the dial's.
+pub(crate) fn worded_read_error(err: io::Error) -> io::Error {
+    match rustls_error(&err) {
+        Some(tls) if describe(tls) != tls.to_string() => io::Error::new(
+            err.kind(),
+            ClientCertificateRefused {
+                words: describe(tls),
+                alert: tls.clone(),
+            },
+        ),
+        _ => err,
+    }
+}
+
+/// The error under an I/O error when a TLS server refused the client
+/// certificate, or wanted one and got none: says so, and what to set; its
+/// [`source`](std::error::Error::source) is rustls's error for the
+/// server's alert.
+#[derive(Debug)]
+pub struct ClientCertificateRefused {
+    words: String,
+    alert: rustls::Error,
+}
+
+impl std::fmt::Display for ClientCertificateRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.words)
+    }
+}
+
+impl std::error::Error for ClientCertificateRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.alert)
+    }
 }

@@ -207,7 +207,7 @@ fn lifetime(id: u64, config: &Config) -> Duration {
 
 /// A number in [0, 1) that differs from connection to connection and from
 /// process to process (splitmix64 of the id and a per-process seed).
-fn unit_random(id: u64) -> f64 {
+pub(crate) fn unit_random(id: u64) -> f64 {
     static SEED: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(0x5eed_u64));
     let mut z = id.wrapping_add(*SEED).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

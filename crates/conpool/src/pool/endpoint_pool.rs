@@ -48,6 +48,7 @@ use once_cell::race::OnceBox;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
+mod breaker;
 mod dialing;
 mod queue;
 mod upkeep;
@@ -194,6 +195,7 @@ struct Cold {
     /// [`EndpointHandle`](super::EndpointHandle)s out: while any is held,
     /// the entry is not retired.
     handles: usize,
+    breaker: breaker::Breaker,
 }
 
 struct LeaseRecord {
@@ -495,7 +497,11 @@ impl EndpointPool {
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = {
             let st = self.lock();
-            st.counters.snapshot(self.gauges(&st))
+            let mut stats = st.counters.snapshot(self.gauges(&st));
+            if let Some(cold) = &st.cold {
+                cold.breaker.report(&mut stats);
+            }
+            stats
         };
         if let Some(slots) = self.slots.get() {
             stats.total_reused += slots.tally().1;

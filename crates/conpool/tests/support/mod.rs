@@ -227,6 +227,32 @@ impl TlsCert {
         }
     }
 
+    /// A self-signed certificate for `localhost` issued by and to
+    /// `common_name`: a verifier that trusts another name's finds no
+    /// issuer for it (rcgen's default name is the same for every one).
+    pub fn localhost_named(common_name: &str) -> TlsCert {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TlsCert {
+            cert: cert.der().clone(),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    pub fn cert_der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.cert.clone()
+    }
+
+    pub fn key_der(&self) -> rustls::pki_types::PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

@@ -56,6 +56,12 @@ impl RedisServer {
             _dir: dir,
         }
     }
+
+    /// Starts redis-server with `requirepass password`: every connection
+    /// must AUTH before any other command.
+    pub async fn with_password(password: &str) -> RedisServer {
+        Self::start(&["--requirepass", password]).await
+    }
 }
 
 impl Drop for RedisServer {

@@ -16,8 +16,9 @@ pub const BIG_BODY: usize = 4 << 20;
 /// nginx serving `200 ok` on a plain and a TLS port (HTTP/1.1, and HTTP/2
 /// by ALPN), HTTP/2 with prior knowledge on an h2c port, and on a plain
 /// and a TLS Unix socket, closing idle keep-alive connections after
-/// `keepalive_timeout`. `/close` answers with `Connection: close`; `/big`
-/// serves [`BIG_BODY`] bytes.
+/// `keepalive_timeout`; started with a client CA, also on a mutual-TLS port
+/// (`ssl_verify_client on`). `/close` answers with `Connection: close`;
+/// `/big` serves [`BIG_BODY`] bytes.
 pub struct Nginx {
     pub port: u16,
     pub tls_port: u16,
@@ -26,6 +27,8 @@ pub struct Nginx {
     pub socket: PathBuf,
     /// HTTPS on a Unix socket, with the suite's certificate for `localhost`.
     pub tls_socket: PathBuf,
+    /// The port that demands a client certificate signed by the client CA.
+    pub mtls_port: Option<u16>,
     child: Child,
     _dir: TempDir,
 }
@@ -42,6 +45,20 @@ impl Nginx {
     }
 
     pub async fn start(cert: &TlsCert, keepalive_timeout: &str) -> Nginx {
+        Self::start_with(cert, keepalive_timeout, None).await
+    }
+
+    /// Also on a mutual-TLS port, trusting client certificates that
+    /// `client_ca` (self-signed, so its own CA) is.
+    pub async fn start_mtls(cert: &TlsCert, client_ca: &TlsCert) -> Nginx {
+        Self::start_with(cert, "60s", Some(client_ca)).await
+    }
+
+    async fn start_with(
+        cert: &TlsCert,
+        keepalive_timeout: &str,
+        client_ca: Option<&TlsCert>,
+    ) -> Nginx {
         let dir = TempDir::new("nginx");
         let (port, tls_port, h2c_port) = (free_port(), free_port(), free_port());
         let socket = dir.path.join("http.sock");
@@ -50,6 +67,25 @@ impl Nginx {
         std::fs::write(dir.path.join("cert.pem"), &cert.cert_pem).unwrap();
         std::fs::write(dir.path.join("key.pem"), &cert.key_pem).unwrap();
         std::fs::write(dir.path.join("big.bin"), vec![b'x'; BIG_BODY]).unwrap();
+        let mtls_port = client_ca.map(|_| free_port());
+        let mtls_server = match (client_ca, mtls_port) {
+            (Some(ca), Some(mtls_port)) => {
+                std::fs::write(dir.path.join("client-ca.pem"), &ca.cert_pem).unwrap();
+                format!(
+                    r#"
+    server {{
+        listen 127.0.0.1:{mtls_port} ssl;
+        server_name localhost;
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
+        ssl_client_certificate {d}/client-ca.pem;
+        ssl_verify_client on;
+        location / {{ return 200 "ok\n"; }}
+    }}"#
+                )
+            }
+            _ => String::new(),
+        };
         let conf = format!(
             r#"
 daemon off;
@@ -82,7 +118,7 @@ http {{
         location / {{ return 200 "ok\n"; }}
         location /close {{ keepalive_timeout 0; return 200 "bye\n"; }}
         location = /big {{ alias {d}/big.bin; default_type application/octet-stream; }}
-    }}
+    }}{mtls_server}
 }}
 "#
         );
@@ -103,12 +139,16 @@ http {{
         wait_for_port(h2c_port, "nginx (h2c)").await;
         wait_for_socket(&socket, "nginx (Unix socket)").await;
         wait_for_socket(&tls_socket, "nginx (TLS Unix socket)").await;
+        if let Some(mtls_port) = mtls_port {
+            wait_for_port(mtls_port, "nginx (mutual TLS)").await;
+        }
         Nginx {
             port,
             tls_port,
             h2c_port,
             socket,
             tls_socket,
+            mtls_port,
             child,
             _dir: dir,
         }

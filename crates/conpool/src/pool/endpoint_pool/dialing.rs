@@ -29,8 +29,13 @@ impl EndpointPool {
         self: &Arc<Self>,
         caller: &'static Location<'static>,
     ) -> Result<PooledConnection, Error> {
+        if let Err(refused) = self.admit_dial() {
+            self.return_unused_dial(false);
+            return Err(refused);
+        }
         let (tx, rx) = oneshot::channel();
         if !self.spawn_dial(tx, false) {
+            self.breaker_dial_abandoned();
             self.return_unused_dial(false);
             return Err(self.no_runtime_error());
         }
@@ -102,6 +107,7 @@ impl EndpointPool {
                     st.counters.created();
                     st.dialing -= 1;
                     if let Some(cold) = st.cold.as_mut() {
+                        cold.breaker.dial_succeeded();
                         cold.last_dial_error = None;
                         if warm {
                             cold.warm_failures = 0;
@@ -154,8 +160,19 @@ impl EndpointPool {
                     let mut st = self.lock();
                     st.counters.dial_failed();
                     let wake = self.return_dial_slot(&mut st);
+                    let threshold = self.config().breaker_failures();
                     let cold = st.cold();
                     cold.last_dial_error = Some(err.to_string());
+                    // A name that does not resolve is the resolver's to
+                    // answer (it keeps failures for a second), with its own
+                    // words, not the breaker's.
+                    let counts = !matches!(err, Error::DnsResolutionFailed { .. });
+                    if let Some(open) = counts
+                        .then(|| cold.breaker.dial_failed(Instant::now(), threshold))
+                        .flatten()
+                    {
+                        tracing::warn!(endpoint = %self.endpoint, ?open, error = %err, "circuit breaker open");
+                    }
                     if warm {
                         cold.warm_failures += 1;
                         let wait =
@@ -215,6 +232,7 @@ impl DialSlot {
 impl Drop for DialSlot {
     fn drop(&mut self) {
         if let Some(pool) = self.0.take() {
+            pool.breaker_dial_abandoned();
             pool.return_unused_dial(true);
         }
     }

@@ -80,11 +80,9 @@ impl EndpointPool {
                 }
             }
             let want = config.min_idle_per_endpoint();
-            let backing_off = st
-                .cold
-                .as_ref()
-                .and_then(|c| c.warm_retry_at)
-                .is_some_and(|at| now < at);
+            let backing_off = st.cold.as_ref().is_some_and(|c| {
+                c.warm_retry_at.is_some_and(|at| now < at) || !c.breaker.lets_warm_dials()
+            });
             while want > 0
                 && !backing_off
                 && st.idle.len() + (st.dialing as usize) < want
@@ -95,7 +93,9 @@ impl EndpointPool {
             }
             if st.is_empty() {
                 let since = *st.cold().empty_since.get_or_insert(now);
-                upkeep.removable = want == 0 && empty_cutoff.is_some_and(|cut| since <= cut);
+                let breaker_done = st.cold.as_ref().is_none_or(|c| c.breaker.lets_retire(now));
+                upkeep.removable =
+                    want == 0 && breaker_done && empty_cutoff.is_some_and(|cut| since <= cut);
             } else {
                 st.in_use();
             }
