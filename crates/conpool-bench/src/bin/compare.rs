@@ -621,6 +621,8 @@ struct Results {
     /// An overloaded endpoint's cost per caller, from `examples/waiters`,
     /// or why it could not be run.
     queue: Result<Vec<QueueCost>, String>,
+    /// Section 6 as `examples/dial` writes it, or why it could not be run.
+    dial: Result<String, String>,
 }
 
 /// What `examples/waiters` (of the conpool crate) measures at one queue
@@ -717,6 +719,28 @@ fn write_queue(w: &mut String, r: &Results) {
     let _ = writeln!(
         w,
         "\nTo reproduce: `cargo run --release -p conpool --example waiters`.\n"
+    );
+}
+
+/// Section 6: dialing a host whose first address is black-holed, and a
+/// cached resolution against the system resolver; `examples/dial` writes
+/// the section's text and tables itself, since it alone knows what it ran.
+fn write_dial(w: &mut String, r: &Results) {
+    match &r.dial {
+        Ok(section) => {
+            let _ = writeln!(w, "{}", section.trim_end());
+        }
+        Err(why) => {
+            let _ = writeln!(
+                w,
+                "## 6. Dialing: a black-holed first address, and a cached resolution\n\n\
+                 Not measured in this run: {why}."
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nTo reproduce: `cargo run --release -p conpool-bench --example dial`.\n"
     );
 }
 
@@ -1554,6 +1578,9 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     // 5. An overloaded endpoint.
     write_queue(w, r);
 
+    // 6. Dialing.
+    write_dial(w, r);
+
     // Method.
     let _ = writeln!(w, "\n## How it is measured\n");
     let _ = writeln!(
@@ -1716,6 +1743,8 @@ fn main() {
         scale,
         liveness: liveness_tools(),
         queue: queue_costs(),
+        dial: conpool_bench::external::example("dial")
+            .and_then(|program| conpool_bench::external::output_of(&program, &[])),
     };
     if let Err(why) = &results.queue {
         eprintln!("  overloaded endpoint: none ({why})");
