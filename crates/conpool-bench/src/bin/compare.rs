@@ -624,6 +624,8 @@ struct Results {
     /// Section 6 as `examples/breaker` prints it, or why it could not be
     /// run.
     breaker: Result<String, String>,
+    /// Section 7 as `examples/dial` writes it, or why it could not be run.
+    dial: Result<String, String>,
 }
 
 /// What `examples/waiters` (of the conpool crate) measures at one queue
@@ -749,6 +751,28 @@ fn write_breaker(w: &mut String, r: &Results) {
     let _ = writeln!(
         w,
         "\nTo reproduce: `cargo run --release -p conpool-bench --example breaker`.\n"
+    );
+}
+
+/// Section 7: dialing a host whose first address is black-holed, and a
+/// cached resolution against the system resolver; `examples/dial` writes
+/// the section's text and tables itself, since it alone knows what it ran.
+fn write_dial(w: &mut String, r: &Results) {
+    match &r.dial {
+        Ok(section) => {
+            let _ = writeln!(w, "{}", section.trim_end());
+        }
+        Err(why) => {
+            let _ = writeln!(
+                w,
+                "## 7. Dialing: a black-holed first address, and a cached resolution\n\n\
+                 Not measured in this run: {why}."
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nTo reproduce: `cargo run --release -p conpool-bench --example dial`.\n"
     );
 }
 
@@ -1588,6 +1612,8 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
 
     // 6. A dead endpoint.
     write_breaker(w, r);
+    // 7. Dialing.
+    write_dial(w, r);
 
     // Method.
     let _ = writeln!(w, "\n## How it is measured\n");
@@ -1752,6 +1778,8 @@ fn main() {
         liveness: liveness_tools(),
         queue: queue_costs(),
         breaker: conpool_bench::external::example("breaker")
+            .and_then(|program| conpool_bench::external::output_of(&program, &[])),
+        dial: conpool_bench::external::example("dial")
             .and_then(|program| conpool_bench::external::output_of(&program, &[])),
     };
     if let Err(why) = &results.queue {
