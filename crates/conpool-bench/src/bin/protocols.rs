@@ -20,6 +20,10 @@
 //! are written by `scripts/bench`; `--write` replaces only the "Protocol
 //! pools" section (adding it before "How it is measured" if missing).
 //!
+//! `protocols http CLIENT REQUESTS` (CLIENT one of `conpool64`,
+//! `conpool16`, `hyper-util`, `reqwest`) sends only that many GETs through
+//! that client, for a profiler.
+//!
 //! With a first argument `share`, `arc` or `lease` it runs only that cycle
 //! (`protocols share 200000 [64|64held]`: cycles, and 64 tasks on a
 //! current-thread runtime instead of one, each holding its share across a
@@ -196,6 +200,15 @@ enum Client1 {
 }
 
 impl Client1 {
+    /// The argument naming it in `protocols http CLIENT REQUESTS`.
+    fn arg(self) -> String {
+        match self {
+            Client1::Conpool(n) => format!("conpool{n}"),
+            Client1::HyperUtil => "hyper-util".into(),
+            Client1::Reqwest => "reqwest".into(),
+        }
+    }
+
     const ALL: [Client1; 4] = [
         Client1::Conpool(64),
         Client1::Conpool(16),
@@ -641,6 +654,51 @@ fn share_costs(plan: Plan) -> Vec<Vec<Figure>> {
         .collect()
 }
 
+/// The one-client mode, `protocols http CLIENT REQUESTS`: `REQUESTS` GETs
+/// from 64 tasks to a fresh nginx, for callgrind or perf to look at one
+/// client alone (nginx is a process of its own, which neither follows).
+fn http_main(args: &[String]) -> Result<(), String> {
+    let usage = || {
+        let names: Vec<_> = Client1::ALL.iter().map(|c| c.arg()).collect();
+        format!("protocols http {} REQUESTS", names.join("|"))
+    };
+    let client = args
+        .first()
+        .and_then(|a| Client1::ALL.into_iter().find(|c| &c.arg() == a))
+        .ok_or_else(usage)?;
+    let requests: usize = args.get(1).and_then(|n| n.parse().ok()).ok_or_else(usage)?;
+    let nginx = Nginx::start()?;
+    let uri = nginx.uri();
+    conpool_bench::load::runtime(2).block_on(async {
+        let getter = Arc::new(Getter::new(client, &uri));
+        let start = Instant::now();
+        let handles: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let getter = getter.clone();
+                let mine = requests / TASKS + usize::from(task < requests % TASKS);
+                tokio::spawn(async move {
+                    for _ in 0..mine {
+                        getter.get().await.expect("a GET to nginx");
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.expect("a request task panicked");
+        }
+        let took = start.elapsed();
+        println!(
+            "{}: {requests} requests in {took:?}, {} requests/s",
+            client.name(),
+            thousands(requests as f64 / took.as_secs_f64())
+        );
+        if let Ok(getter) = Arc::try_unwrap(getter) {
+            getter.close().await;
+        }
+    });
+    Ok(())
+}
+
 /// The cycle-only mode: `protocols KIND CYCLES [64|64held]`, for
 /// callgrind; a current-thread runtime.
 fn cycle_main(kind: Cycle, cycles_total: u64, shape: Shape) {
@@ -880,6 +938,13 @@ fn main() {
             }
         };
         cycle_main(kind, total, shape);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("http") {
+        if let Err(why) = http_main(&args[1..]) {
+            eprintln!("protocols: {why}");
+            std::process::exit(2);
+        }
         return;
     }
     let mut plan = FULL;
