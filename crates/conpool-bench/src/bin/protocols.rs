@@ -20,7 +20,7 @@
 //! are written by `scripts/bench`; `--write` replaces only the "Protocol
 //! pools" section (adding it before "How it is measured" if missing).
 //!
-//! `protocols http CLIENT REQUESTS` (CLIENT one of `conpool64`,
+//! `protocols http REQUESTS CLIENT` (CLIENT one of `conpool64`,
 //! `conpool16`, `hyper-util`, `reqwest`) sends only that many GETs through
 //! that client, for a profiler.
 //!
@@ -64,9 +64,9 @@ struct Plan {
 }
 
 const FULL: Plan = Plan {
-    rounds: 3,
+    rounds: 5,
     warm_up: Duration::from_secs(1),
-    window: Duration::from_secs(5),
+    window: Duration::from_secs(3),
     cycle_rounds: 5,
     cycle_goal: Duration::from_millis(200),
 };
@@ -200,7 +200,7 @@ enum Client1 {
 }
 
 impl Client1 {
-    /// The argument naming it in `protocols http CLIENT REQUESTS`.
+    /// The argument naming it in `protocols http REQUESTS CLIENT`.
     fn arg(self) -> String {
         match self {
             Client1::Conpool(n) => format!("conpool{n}"),
@@ -654,19 +654,22 @@ fn share_costs(plan: Plan) -> Vec<Vec<Figure>> {
         .collect()
 }
 
-/// The one-client mode, `protocols http CLIENT REQUESTS`: `REQUESTS` GETs
+/// The one-client mode, `protocols http REQUESTS CLIENT`: `REQUESTS` GETs
 /// from 64 tasks to a fresh nginx, for callgrind or perf to look at one
 /// client alone (nginx is a process of its own, which neither follows).
 fn http_main(args: &[String]) -> Result<(), String> {
     let usage = || {
         let names: Vec<_> = Client1::ALL.iter().map(|c| c.arg()).collect();
-        format!("protocols http {} REQUESTS", names.join("|"))
+        format!("protocols http REQUESTS {}", names.join("|"))
     };
-    let client = args
+    let requests: usize = args
         .first()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(usage)?;
+    let client = args
+        .get(1)
         .and_then(|a| Client1::ALL.into_iter().find(|c| &c.arg() == a))
         .ok_or_else(usage)?;
-    let requests: usize = args.get(1).and_then(|n| n.parse().ok()).ok_or_else(usage)?;
     let nginx = Nginx::start()?;
     let uri = nginx.uri();
     conpool_bench::load::runtime(2).block_on(async {
@@ -747,6 +750,24 @@ fn share_instructions() -> Result<Vec<[f64; 3]>, String> {
         .collect()
 }
 
+/// Instructions per request in the client's process (nginx is a process
+/// of its own, which callgrind does not follow), `[client]`, or why not:
+/// two runs of 2,000 and 12,000 GETs, the difference over 10,000.
+fn http_instructions() -> Result<Vec<f64>, String> {
+    let me = std::env::current_exe().map_err(|e| format!("no path to this binary: {e}"))?;
+    Client1::ALL
+        .iter()
+        .map(|client| {
+            conpool_bench::external::instructions_per_cycle(
+                &me,
+                "http",
+                Some(&client.arg()),
+                (2_000, 12_000),
+            )
+        })
+        .collect()
+}
+
 // ----------------------------------------------------------------- report
 
 fn ns(v: f64) -> String {
@@ -770,6 +791,7 @@ fn us(v: f64) -> String {
 fn write_section(
     plan: Plan,
     http: &[HttpResult],
+    http_instructions: &Result<Vec<f64>, String>,
     costs: &[Vec<Figure>],
     instructions: &Result<Vec<[f64; 3]>, String>,
     took: Duration,
@@ -811,12 +833,16 @@ fn write_section(
     let base = &http[0];
     let _ = writeln!(
         w,
-        "| client | requests/s | conpool ÷ | p50 | p99 | p99 ÷ conpool's |\n| --- | --- | --- | --- | --- | --- |"
+        "| client | requests/s | conpool ÷ | p50 | p99 | p99 ÷ conpool's | instructions per request (callgrind, the client's process) |\n| --- | --- | --- | --- | --- | --- | --- |"
     );
-    for r in http {
+    for (i, r) in http.iter().enumerate() {
+        let instructions = match http_instructions {
+            Ok(counts) => thousands(counts[i]),
+            Err(_) => "—".into(),
+        };
         let _ = writeln!(
             w,
-            "| {} | {} ({}–{}) | {:.2} | {} | {} ({}–{}) | {:.2} |",
+            "| {} | {} ({}–{}) | {:.2} | {} | {} ({}–{}) | {:.2} | {instructions} |",
             r.client.name(),
             thousands(r.per_sec.median),
             thousands(r.per_sec.min),
@@ -833,6 +859,14 @@ fn write_section(
     let (hyper_util, reqwest) = (of(Client1::HyperUtil), of(Client1::Reqwest));
     let ahead = base.per_sec.median > hyper_util.per_sec.median
         && base.per_sec.median > reqwest.per_sec.median;
+    if let Err(why) = http_instructions {
+        let _ = writeln!(w, "\nNo instruction counts: {why}.");
+    } else {
+        let _ = writeln!(
+            w,
+            "\nInstructions per request: `valgrind --tool=callgrind target/release/protocols http REQUESTS CLIENT` (CLIENT `conpool64`, `conpool16`, `hyper-util` or `reqwest`) at 2,000 and 12,000 GETs from 64 tasks, the difference over 10,000; user space of the client's process only (not the kernel's TCP work, not nginx)."
+        );
+    }
     let _ = writeln!(
         w,
         "\nTarget (issue 14): conpool ahead of both in requests/s — {:.2}× hyper-util's `Client`, {:.2}× reqwest: {}.\n",
@@ -972,8 +1006,16 @@ fn main() {
     let http = http(plan, &nginx);
     drop(nginx);
     let costs = share_costs(plan);
+    let http_counts = http_instructions();
     let instructions = share_instructions();
-    let section = write_section(plan, &http, &costs, &instructions, start.elapsed());
+    let section = write_section(
+        plan,
+        &http,
+        &http_counts,
+        &costs,
+        &instructions,
+        start.elapsed(),
+    );
     print!("{section}");
     if write {
         let path = report::workspace_root().join("BENCHMARKS.md");
