@@ -12,8 +12,8 @@
 //!   cycle from callgrind where valgrind is installed.
 //!
 //! ```text
-//! cargo run --release -p conpool-bench --bin protocols            # prints the section
-//! cargo run --release -p conpool-bench --bin protocols -- --write # and puts it in BENCHMARKS.md
+//! cargo run --release -p conpool-bench --features protocols --bin protocols            # prints the section
+//! cargo run --release -p conpool-bench --features protocols --bin protocols -- --write # and puts it in BENCHMARKS.md
 //! ```
 //!
 //! `--quick` runs one short round of each. BENCHMARKS.md's other sections
@@ -803,7 +803,7 @@ fn write_section(
     let _ = writeln!(w, "## Protocol pools\n");
     let _ = writeln!(
         w,
-        "Written by `cargo run --release -p conpool-bench --bin protocols -- --write` on {date} at {time} UTC (conpool revision {}); the run took {} s. {} CPUs ({}), {}, {}; the load generator, nginx and everything else on the machine share those cores, so the absolute figures are noisy and the ratios between figures of this one run are what counts.\n",
+        "Written by `cargo run --release -p conpool-bench --features protocols --bin protocols -- --write` on {date} at {time} UTC (conpool revision {}); the run took {} s. {} CPUs ({}), {}, {}; the load generator, nginx and everything else on the machine share those cores, so the absolute figures are noisy and the ratios between figures of this one run are what counts.\n",
         report::conpool_revision(&root),
         took.as_secs(),
         machine.cpus,
@@ -926,7 +926,7 @@ fn write_section(
     let _ = writeln!(w);
     let _ = writeln!(
         w,
-        "To reproduce: `cargo run --release -p conpool-bench --bin protocols` (about {} s; `--quick` for one short round; `--write` to put the section here). One cycle under callgrind: `valgrind --tool=callgrind target/release/protocols share 220000`.\n",
+        "To reproduce: `cargo run --release -p conpool-bench --features protocols --bin protocols` (about {} s; `--quick` for one short round; `--write` to put the section here). One cycle under callgrind: `valgrind --tool=callgrind target/release/protocols share 220000`.\n",
         took.as_secs().max(1)
     );
     w
