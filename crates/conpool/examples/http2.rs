@@ -36,8 +36,8 @@ pub async fn get_at_once(
     requests: usize,
 ) -> Result<Burst, Box<dyn std::error::Error + Send + Sync>> {
     let endpoint = endpoint_of(uri)?;
-    // Every task holds its share until all have one, so that they are in
-    // flight together.
+    // Every task holds its share until all have one and they have been
+    // counted, so that they are in flight together.
     let all_in = Arc::new(tokio::sync::Barrier::new(requests));
     let mut handles = Vec::new();
     for _ in 0..requests {
@@ -45,11 +45,14 @@ pub async fn get_at_once(
             (http.clone(), uri.clone(), endpoint.clone(), all_in.clone());
         handles.push(tokio::spawn(async move {
             let mut conn = http.get(&endpoint).await?;
+            // One task reads the shares while every task holds its own,
+            // and all wait for that reading before they go on.
             let peak = all_in
                 .wait()
                 .await
                 .is_leader()
                 .then(|| http.stats(&endpoint).shares);
+            all_in.wait().await;
             let request = hyper::Request::get(uri).body(Empty::new())?;
             let response = conn.send_request(request).await?;
             let status = response.status().as_u16();

@@ -32,19 +32,24 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Books, Kind, Protocol, ProtocolLease, ProtocolPool, deadline, live_mut};
+use crate::endpoint::PrehashedState;
 use crate::pool::ProtocolConn;
 use crate::{CloseReason, Endpoint, Error, PooledConnection};
 
 /// Every endpoint's shares, for one protocol pool.
 pub(crate) struct Shares<P: Protocol> {
-    sets: Mutex<HashMap<Endpoint, Arc<ShareSet<P>>>>,
+    /// Keyed by the endpoint's own hash, as the core's map is: no
+    /// hashing on the way to a share.
+    sets: Mutex<HashMap<Endpoint, Arc<ShareSet<P>>, PrehashedState>>,
 }
 
 impl<P: Protocol> Default for Shares<P> {
@@ -57,9 +62,11 @@ impl<P: Protocol> Default for Shares<P> {
 
 impl<P: Protocol> Shares<P> {
     fn set(&self, endpoint: &Endpoint) -> Arc<ShareSet<P>> {
-        self.sets
-            .lock()
-            .entry(endpoint.clone())
+        let mut sets = self.sets.lock();
+        if let Some(set) = sets.get(endpoint) {
+            return set.clone();
+        }
+        sets.entry(endpoint.clone())
             .or_insert_with(|| {
                 Arc::new(ShareSet {
                     state: Mutex::new(SetState {
@@ -213,8 +220,10 @@ impl<P: Protocol> ShareSet<P> {
     }
 
     /// Hands shares to waiters, first come first served, while an open
-    /// connection has room.
-    fn serve_waiters(self: &Arc<Self>, st: &mut SetState<P>, books: &Arc<Books<P>>, now: Instant) {
+    /// connection has room. The clock is read only if someone waits: most
+    /// returns find nobody.
+    fn serve_waiters(self: &Arc<Self>, st: &mut SetState<P>, books: &Arc<Books<P>>) {
+        let mut clock = None;
         loop {
             // Places of callers that left (the turn's holder's, once it
             // has its connection, among them) go first, so that no share
@@ -225,6 +234,7 @@ impl<P: Protocol> ShareSet<P> {
             if st.waiters.is_empty() {
                 return;
             }
+            let now = *clock.get_or_insert_with(Instant::now);
             let Some(mut share) = self.take_share(st, books, now) else {
                 return;
             };
@@ -299,7 +309,7 @@ impl<P: Protocol> ShareSet<P> {
                 handed: 0,
             });
             let mine = self.take_share(&mut st, books, now);
-            self.serve_waiters(&mut st, books, now);
+            self.serve_waiters(&mut st, books);
             if st.waiters.is_empty() {
                 st.acquiring = false;
             } else {
@@ -315,6 +325,9 @@ impl<P: Protocol> ShareSet<P> {
 /// Gives connections done with sharing back to the core: a release, so
 /// that the protocol is asked whether the connection is still ready.
 fn give_back(finished: Vec<PooledConnection>) {
+    if finished.is_empty() {
+        return;
+    }
     for lease in finished {
         lease.release();
     }
@@ -397,8 +410,11 @@ pub(super) async fn get<P: Protocol>(
         return Err(Error::PoolClosed);
     }
     let set = pp.books.shares.set(endpoint);
-    let deadline = deadline(&pp.ctx.config);
     let max_waiters = pp.ctx.config.max_waiters_per_endpoint();
+    // `acquire_timeout` runs from the first time a share is not there at
+    // once (a lock's hold after the call): a get that finds one reads the
+    // clock only to check the connection's age.
+    let mut waits_until: Option<Option<Instant>> = None;
     let mut turn: Option<AcquireTurn<P>> = None;
     loop {
         let (next, finished) = {
@@ -431,6 +447,10 @@ pub(super) async fn get<P: Protocol>(
         };
         give_back(finished);
         drop(turn.take());
+        let deadline = match next {
+            Next::Leased(_) => None,
+            _ => *waits_until.get_or_insert_with(|| deadline(&pp.ctx.config)),
+        };
         match next {
             Next::Leased(share) => return Ok(shared_lease(share)),
             Next::TooManyWaiters(waiting) => {
@@ -484,10 +504,18 @@ fn shared_lease<P: Protocol>(share: Share<P>) -> ProtocolLease<P> {
     }
 }
 
+/// `step`, unless `deadline` passes first. A step ready at its first poll
+/// (an idle connection in the core) sets no timer: tokio's `Timeout` would
+/// poll it first all the same, but only after registering one.
 async fn within<F: Future>(deadline: Option<Instant>, step: F) -> Option<F::Output> {
-    match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, step).await.ok(),
-        None => Some(step.await),
+    let Some(deadline) = deadline else {
+        return Some(step.await);
+    };
+    let mut step = pin!(step);
+    let first = std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => tokio::time::timeout_at(deadline, step).await.ok(),
     }
 }
 
@@ -581,7 +609,7 @@ impl<P: Protocol> Drop for Share<P> {
             }
             st.shares -= 1;
             st.check_books();
-            self.set.serve_waiters(&mut st, &self.books, Instant::now());
+            self.set.serve_waiters(&mut st, &self.books);
             ShareSet::take_finished(&mut st)
         };
         give_back(finished);
