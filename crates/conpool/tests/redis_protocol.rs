@@ -63,7 +63,7 @@ async fn connections_received(admin: &mut MultiplexedConnection) -> u64 {
 
 /// Waits, in real time, until the server has `n` clients open.
 async fn until_clients(admin: &mut MultiplexedConnection, n: usize, what: &str) {
-    for _ in 0..400 {
+    for _ in 0..1000 {
         if clients(admin).await == n {
             return;
         }
@@ -112,7 +112,11 @@ async fn sixty_four_tasks_share_one_multiplexed_connection() {
             })
         })
         .collect();
-    all_in.wait().await;
+    // Bounded, so that a pool that cannot give 64 shares at once fails
+    // here instead of hanging.
+    tokio::time::timeout(Duration::from_secs(10), all_in.wait())
+        .await
+        .expect("all 64 tasks hold a share at once");
     let s = redis.stats(&ep);
     assert_eq!((s.shares, s.active, s.idle), (TASKS, 1, 0), "{s:?}");
     assert_eq!(s.protocol, Some("redis"));
@@ -145,6 +149,88 @@ async fn sixty_four_tasks_share_one_multiplexed_connection() {
     drop(conn);
     let s = redis.stats(&ep);
     assert_eq!((s.total_created, s.total_reused), (1, 1), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_limit_spreads_tasks_over_connections_within_the_endpoints_limit() {
+    const TASKS: usize = 64;
+    const SHARES: usize = 8;
+    let server = RedisServer::start(&[]).await;
+    let ep = endpoint(&server);
+    let pool = Pool::new(
+        Config::builder()
+            .max_connections_per_endpoint(2)
+            .build()
+            .unwrap(),
+    );
+    let limit = std::num::NonZeroUsize::new(SHARES).unwrap();
+    let redis = pool.protocol(Redis::new(RedisConnectionInfo::default()).max_shares(limit));
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (redis, ep) = (redis.clone(), ep.clone());
+            tokio::spawn(async move {
+                let mut most_shares = 0;
+                for round in 0..200 {
+                    let (key, value) = (format!("task:{task}"), format!("{task}/{round}"));
+                    let mut conn = redis.get(&ep).await.unwrap();
+                    most_shares = most_shares.max(redis.stats(&ep).shares);
+                    let () = conn.set(&key, &value).await.unwrap();
+                    drop(conn);
+                    let mut conn = redis.get(&ep).await.unwrap();
+                    let got: String = conn.get(&key).await.unwrap();
+                    assert_eq!(got, value);
+                }
+                most_shares
+            })
+        })
+        .collect();
+    let mut most_shares = 0;
+    for task in tasks {
+        most_shares = most_shares.max(task.await.unwrap());
+    }
+    assert!(
+        most_shares <= 2 * SHARES,
+        "{most_shares} shares at once over 2 connections of {SHARES}"
+    );
+    let s = redis.stats(&ep);
+    assert_eq!(s.total_created, 2, "{s:?}");
+    assert_eq!((s.total_closed, s.errors, s.shares), (0, 0, 0), "{s:?}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_server_timed_out_is_replaced() {
+    let server = RedisServer::start(&["--timeout", "1"]).await;
+    let ep = endpoint(&server);
+    let mut admin = outside(&server, 0, None).await;
+    let (_pool, redis) = redis_pool(
+        Config::builder()
+            .maintenance_interval(None)
+            .build()
+            .unwrap(),
+        RedisConnectionInfo::default(),
+    );
+
+    let mut conn = redis.get(&ep).await.unwrap();
+    let () = conn.set("k", "v").await.unwrap();
+    let mut old = (*conn).clone();
+    drop(conn);
+    // Real time: the server's idle timeout runs on its own clock (in
+    // whole seconds: a client idle for more than one is closed within
+    // about two). The asking client stays busy, so it is not closed.
+    until_clients(&mut admin, 1, "the server closes the idle connection").await;
+    let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut old).await;
+    assert!(ping.is_err(), "the timed-out connection is over");
+
+    let mut conn = redis.get(&ep).await.unwrap();
+    let got: String = conn.get("k").await.unwrap();
+    assert_eq!(got, "v");
+    let s = redis.stats(&ep);
+    assert_eq!(
+        (s.total_created, s.closed_for(CloseReason::NotReady)),
+        (2, 1),
+        "{s:?}"
+    );
 }
 
 #[tokio::test]
