@@ -176,3 +176,57 @@ pub fn thousands(n: f64) -> String {
     }
     format!("{sign}{out}")
 }
+
+/// Where the `redis-compare` binary's section of BENCHMARKS.md begins and
+/// ends: it is measured by a run of its own (it needs a redis-server), so
+/// `compare` keeps it as it was when it rewrites the rest.
+pub const REDIS_BEGIN: &str = "<!-- redis-compare: begin -->";
+/// See [`REDIS_BEGIN`].
+pub const REDIS_END: &str = "<!-- redis-compare: end -->";
+
+/// The `redis-compare` section of `doc`, markers included, if it has one.
+pub fn redis_section(doc: &str) -> Option<&str> {
+    let begin = doc.find(REDIS_BEGIN)?;
+    let end = doc[begin..].find(REDIS_END)? + begin + REDIS_END.len();
+    Some(doc[begin..end].trim_end())
+}
+
+/// `doc` with `section` in place of its `redis-compare` section, or, if it
+/// has none, before its "How it is measured" part (at the end without one).
+pub fn with_redis_section(doc: &str, section: &str) -> String {
+    let section = section.trim_end();
+    if let Some(old) = redis_section(doc) {
+        return doc.replacen(old, section, 1);
+    }
+    match doc.find("\n## How it is measured") {
+        Some(at) => format!("{}\n{section}\n{}", &doc[..=at], &doc[at + 1..]),
+        None if doc.is_empty() => format!("{section}\n"),
+        None => format!("{}\n\n{section}\n", doc.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_section_replaces_the_old_one_or_goes_before_how_it_is_measured() {
+        let section = format!("{REDIS_BEGIN}\n## 6. Redis\nnew\n{REDIS_END}\n");
+        let fresh = "# B\n\n## 5. Five\n\n## How it is measured\n\nwords\n";
+        let once = with_redis_section(fresh, &section);
+        assert_eq!(
+            once,
+            format!(
+                "# B\n\n## 5. Five\n\n{}\n\n## How it is measured\n\nwords\n",
+                section.trim_end()
+            )
+        );
+        let again = with_redis_section(&once, &section.replace("new", "newer"));
+        assert_eq!(again, once.replace("new\n", "newer\n"));
+        assert_eq!(
+            redis_section(&again).map(|s| s.contains("newer")),
+            Some(true)
+        );
+        assert_eq!(redis_section(fresh), None);
+    }
+}

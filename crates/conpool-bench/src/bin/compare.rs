@@ -1665,6 +1665,16 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     md
 }
 
+/// The report with the `redis-compare` section of the BENCHMARKS.md at
+/// `path` kept, if it had one (that binary measures it in a run of its own).
+fn keep_redis_section(path: &std::path::Path, md: String) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    match report::redis_section(&old) {
+        Some(section) => report::with_redis_section(&md, section),
+        None => md,
+    }
+}
+
 fn main() {
     let mut plan = FULL;
     let mut out = report::workspace_root();
@@ -1722,6 +1732,7 @@ fn main() {
     }
     let md = write_report(&results, plan, started.elapsed(), &out);
     let path = out.join("BENCHMARKS.md");
+    let md = keep_redis_section(&path, md);
     std::fs::write(&path, md).expect("write BENCHMARKS.md");
     println!(
         "wrote {} and {}/docs/bench-{{overhead,scale}}.svg in {:.0} s",
