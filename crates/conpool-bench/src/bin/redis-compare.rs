@@ -26,9 +26,18 @@ struct Row {
 
 fn main() {
     let mut write = false;
-    for arg in std::env::args().skip(1) {
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--write" => write = true,
+            // For a profiler: one subject's rounds, figures only.
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .expect("--only NAME (a prefix of a subject's name)"),
+                )
+            }
             "-h" | "--help" => {
                 println!(
                     "redis-compare [--write]: Redis GET through conpool, bb8-redis, deadpool-redis and one shared connection"
@@ -53,6 +62,10 @@ fn main() {
         let subjects: Vec<_> = Subject::all(&server)
             .await
             .into_iter()
+            .filter(|(name, _)| {
+                only.as_ref()
+                    .is_none_or(|only| name.starts_with(only.as_str()))
+            })
             .map(|(name, s)| (name, Arc::new(s)))
             .collect();
         // Warm every pool to its working set before any round counts.
@@ -82,6 +95,17 @@ fn main() {
             .collect::<Vec<_>>()
     });
     rt.shutdown_timeout(Duration::from_millis(100));
+    if only.is_some() {
+        for r in &rows {
+            println!(
+                "{}: {} GETs/s, p99 {:.0} µs",
+                r.name,
+                report::thousands(r.ops.median),
+                r.p99_us.median
+            );
+        }
+        return;
+    }
     let section = section(&rows);
     print!("{section}");
     if write {
