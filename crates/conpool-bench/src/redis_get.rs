@@ -81,6 +81,9 @@ pub enum Subject {
     Conpool(ProtocolPool<Redis>, Endpoint),
     /// One connection, a clone per task, no pool.
     Shared(MultiplexedConnection),
+    /// One connection, a clone per GET, no pool: what a share costs of
+    /// redis-rs's own, without conpool's books.
+    ClonePerGet(MultiplexedConnection),
     /// bb8-redis, checking each connection with a PING on checkout (its
     /// default) or not.
     Bb8(bb8::Pool<bb8_redis::RedisConnectionManager>),
@@ -124,9 +127,13 @@ impl Subject {
         vec![
             (
                 "one shared MultiplexedConnection (no pool)",
-                Subject::Shared(seed),
+                Subject::Shared(seed.clone()),
             ),
             ("conpool `Redis`", Subject::Conpool(conpool, endpoint)),
+            (
+                "one shared MultiplexedConnection, cloned per GET (no pool)",
+                Subject::ClonePerGet(seed.clone()),
+            ),
             ("bb8-redis", Subject::Bb8(bb8)),
             (
                 "bb8-redis, no check on checkout",
@@ -145,6 +152,7 @@ impl Subject {
                 conn.get(KEY).await
             }
             Subject::Shared(_) => shared.as_mut().expect("a clone per task").get(KEY).await,
+            Subject::ClonePerGet(conn) => conn.clone().get(KEY).await,
             Subject::Bb8(pool) => {
                 let mut conn = pool.get().await.expect("a bb8 connection");
                 conn.get(KEY).await

@@ -199,7 +199,7 @@ pub fn with_redis_section(doc: &str, section: &str) -> String {
         return doc.replacen(old, section, 1);
     }
     match doc.find("\n## How it is measured") {
-        Some(at) => format!("{}\n{section}\n{}", &doc[..=at], &doc[at + 1..]),
+        Some(at) => format!("{}{section}\n\n{}", &doc[..=at], &doc[at + 1..]),
         None if doc.is_empty() => format!("{section}\n"),
         None => format!("{}\n\n{section}\n", doc.trim_end()),
     }
