@@ -11,6 +11,8 @@
 //! - [`floor`]: the work no checkout with conpool's guarantees can avoid;
 //! - [`external`]: figures from tools run on the examples (callgrind, and
 //!   perf or strace counting the liveness check's kernel looks);
+//! - [`redis_get`]: Redis GET through conpool's `Redis`, bb8-redis,
+//!   deadpool-redis and one shared connection (the `redis-compare` binary);
 //! - [`report`] and [`chart`]: what the `compare` binary writes.
 //!
 //! The criterion benches under `benches/` and the `compare` binary share
@@ -22,6 +24,7 @@ pub mod external;
 pub mod floor;
 pub mod load;
 pub mod net;
+pub mod redis_get;
 pub mod report;
 pub mod scale;
 pub mod subjects;

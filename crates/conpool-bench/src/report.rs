@@ -176,3 +176,117 @@ pub fn thousands(n: f64) -> String {
     }
     format!("{sign}{out}")
 }
+
+/// A part of BENCHMARKS.md written by a run of its own rather than by
+/// `compare` (it needs a server, or minutes, or a hand): kept between two
+/// marker comments, so that `compare`, rewriting the rest, keeps it as it
+/// was, and its own writer replaces it in place.
+#[derive(Clone, Copy, Debug)]
+pub struct Kept {
+    pub begin: &'static str,
+    pub end: &'static str,
+}
+
+/// The `protocols` binary's section (`--write`).
+pub const PROTOCOLS: Kept = Kept {
+    begin: "<!-- protocols: begin -->",
+    end: "<!-- protocols: end -->",
+};
+/// What limits the protocol pools, written by hand after a `protocols` run.
+pub const PROTOCOLS_NOTES: Kept = Kept {
+    begin: "<!-- protocols notes: begin -->",
+    end: "<!-- protocols notes: end -->",
+};
+/// The `redis-compare` binary's section (`--write`).
+pub const REDIS: Kept = Kept {
+    begin: "<!-- redis-compare: begin -->",
+    end: "<!-- redis-compare: end -->",
+};
+/// `scripts/bench-tools`' section, its hand-written notes included.
+pub const TOOLS: Kept = Kept {
+    begin: "<!-- bench-tools -->",
+    end: "<!-- /bench-tools -->",
+};
+/// Every kept part, in the order they stand in a file that has them all.
+pub const KEPT: [Kept; 4] = [PROTOCOLS, PROTOCOLS_NOTES, REDIS, TOOLS];
+
+impl Kept {
+    /// This part of `doc`, markers included, if it has one.
+    pub fn section(self, doc: &str) -> Option<&str> {
+        let begin = doc.find(self.begin)?;
+        let end = doc[begin..].find(self.end)? + begin + self.end.len();
+        Some(doc[begin..end].trim_end())
+    }
+
+    /// `doc` with `section` in place of this part, or, if it has none,
+    /// before its "How it is measured" part (at the end without one).
+    pub fn with_section(self, doc: &str, section: &str) -> String {
+        let section = section.trim_end();
+        if let Some(old) = self.section(doc) {
+            return doc.replacen(old, section, 1);
+        }
+        match doc.find("\n## How it is measured") {
+            Some(at) => format!("{}{section}\n\n{}", &doc[..=at], &doc[at + 1..]),
+            None if doc.is_empty() => format!("{section}\n"),
+            None => format!("{}\n\n{section}\n", doc.trim_end()),
+        }
+    }
+}
+
+/// `doc` (a fresh `compare` report) with every kept part `old` (the file
+/// it replaces) has and it lacks.
+pub fn with_kept_sections(mut doc: String, old: &str) -> String {
+    for kept in KEPT {
+        if let (Some(section), None) = (kept.section(old), kept.section(&doc)) {
+            doc = kept.with_section(&doc, section);
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_section_replaces_the_old_one_or_goes_before_how_it_is_measured() {
+        let section = format!("{}\n## 9. Redis\nnew\n{}\n", REDIS.begin, REDIS.end);
+        let fresh = "# B\n\n## 5. Five\n\n## How it is measured\n\nwords\n";
+        let once = REDIS.with_section(fresh, &section);
+        assert_eq!(
+            once,
+            format!(
+                "# B\n\n## 5. Five\n\n{}\n\n## How it is measured\n\nwords\n",
+                section.trim_end()
+            )
+        );
+        let again = REDIS.with_section(&once, &section.replace("new", "newer"));
+        assert_eq!(again, once.replace("new\n", "newer\n"));
+        assert_eq!(
+            REDIS.section(&again).map(|s| s.contains("newer")),
+            Some(true)
+        );
+        assert_eq!(REDIS.section(fresh), None);
+    }
+
+    #[test]
+    fn a_fresh_report_keeps_every_part_the_old_file_had_in_their_order() {
+        let part = |k: Kept, body: &str| format!("{}\n{body}\n{}", k.begin, k.end);
+        let old = [
+            "# B\n".to_owned(),
+            part(PROTOCOLS, "p"),
+            part(PROTOCOLS_NOTES, "n"),
+            part(REDIS, "r"),
+            "## How it is measured\n".to_owned(),
+            part(TOOLS, "t"),
+        ]
+        .join("\n\n");
+        let fresh = "# B\n\n## How it is measured\n".to_owned();
+        let kept = with_kept_sections(fresh, &old);
+        let at = |k: Kept| kept.find(k.begin).expect("kept");
+        assert!(at(PROTOCOLS) < at(PROTOCOLS_NOTES));
+        assert!(at(PROTOCOLS_NOTES) < at(REDIS));
+        assert!(at(REDIS) < at(TOOLS));
+        assert!(at(TOOLS) < kept.find("## How it is measured").unwrap());
+    }
+}

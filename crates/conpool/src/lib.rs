@@ -108,6 +108,7 @@
 //! | `maintenance` | the background task: eviction, warm-up, leak warnings, and which runtime runs it |
 //! | `deadline` | instants that cannot overflow, for durations up to `Duration::MAX` |
 //! | [`stream`] | the byte stream: TCP, TLS or custom |
+//! | `redis` | (feature `redis`) `Redis`: redis-rs's multiplexed connection as a shared protocol |
 //!
 //! # Guarantees
 //!
@@ -142,6 +143,8 @@ pub mod lease;
 mod maintenance;
 mod pool;
 pub mod protocol;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod stats;
 pub mod stream;
 

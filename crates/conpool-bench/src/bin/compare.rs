@@ -1726,6 +1726,8 @@ fn write_report(r: &Results, plan: Plan, took: Duration, out: &std::path::Path) 
     md
 }
 
+/// The report with the `redis-compare` section of the BENCHMARKS.md at
+/// `path` kept, if it had one (that binary measures it in a run of its own).
 fn main() {
     let mut plan = FULL;
     let mut out = report::workspace_root();
@@ -1790,7 +1792,9 @@ fn main() {
     }
     let md = write_report(&results, plan, started.elapsed(), &out);
     let path = out.join("BENCHMARKS.md");
-    let md = with_tools_section(md, &path);
+    // What other runs wrote (the protocol pools, redis, the tools beside
+    // conpool) is not measured here: kept as it was.
+    let md = report::with_kept_sections(md, &std::fs::read_to_string(&path).unwrap_or_default());
     std::fs::write(&path, md).expect("write BENCHMARKS.md");
     println!(
         "wrote {} and {}/docs/bench-{{overhead,scale}}.svg in {:.0} s",
@@ -1800,22 +1804,4 @@ fn main() {
     );
     // Idle watcher tasks and servers live on the runtime; do not wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
-}
-
-/// The report with the section `scripts/bench-tools` wrote into the file
-/// before (between its markers) kept at its end: the two scripts measure
-/// different things at different times, and neither run should erase the
-/// other's figures.
-fn with_tools_section(mut md: String, path: &std::path::Path) -> String {
-    const START: &str = "<!-- bench-tools -->";
-    const END: &str = "<!-- /bench-tools -->";
-    let Ok(old) = std::fs::read_to_string(path) else {
-        return md;
-    };
-    if let (Some(start), Some(end)) = (old.find(START), old.find(END)) {
-        if start < end {
-            md = format!("{}\n\n{}\n", md.trim_end(), &old[start..end + END.len()]);
-        }
-    }
-    md
 }

@@ -801,7 +801,8 @@ fn write_section(
     let machine = report::Machine::detect();
     let (date, time) = report::utc_now();
     let mut w = String::new();
-    let _ = writeln!(w, "## Protocol pools\n");
+    let _ = writeln!(w, "{}", report::PROTOCOLS.begin);
+    let _ = writeln!(w, "## 8. Protocol pools: HTTP/1.1 and shares\n");
     let _ = writeln!(
         w,
         "Written by `cargo run --release -p conpool-bench --features protocols --bin protocols -- --write` on {date} at {time} UTC (conpool revision {}); the run took {} s. {} CPUs ({}), {}, {}; the load generator, nginx and everything else on the machine share those cores, so the absolute figures are noisy and the ratios between figures of this one run are what counts.\n",
@@ -930,29 +931,15 @@ fn write_section(
         "To reproduce: `cargo run --release -p conpool-bench --features protocols --bin protocols` (about {} s; `--quick` for one short round; `--write` to put the section here). One cycle under callgrind: `valgrind --tool=callgrind target/release/protocols share 220000`.\n",
         took.as_secs().max(1)
     );
+    let _ = writeln!(w, "{}", report::PROTOCOLS.end);
     w
 }
 
-/// Replaces the "Protocol pools" section of BENCHMARKS.md with `section`,
-/// keeping any analysis written under the marker comments.
+/// Puts `section` (markers included) in place of the protocol pools'
+/// section of BENCHMARKS.md, leaving the notes written by hand after it.
 fn write_into(path: &Path, section: &str) -> Result<(), String> {
     let md = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    const HEAD: &str = "## Protocol pools\n";
-    const NEXT: &str = "## How it is measured";
-    let (before, after) = match md.find(HEAD) {
-        Some(start) => {
-            let rest = &md[start + HEAD.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(md.len(), |i| start + HEAD.len() + i + 1);
-            (&md[..start], &md[end..])
-        }
-        None => match md.find(NEXT) {
-            Some(i) => (&md[..i], &md[i..]),
-            None => (md.as_str(), ""),
-        },
-    };
-    let out = format!("{before}{section}{after}");
+    let out = report::PROTOCOLS.with_section(&md, section);
     std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))
 }
 
