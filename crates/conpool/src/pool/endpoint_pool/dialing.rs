@@ -165,12 +165,11 @@ impl EndpointPool {
                     cold.last_dial_error = Some(err.to_string());
                     // A name that does not resolve is the resolver's to
                     // answer (it keeps failures for a second), with its own
-                    // words, not the breaker's.
-                    let counts = !matches!(err, Error::DnsResolutionFailed { .. });
-                    if let Some(open) = counts
-                        .then(|| cold.breaker.dial_failed(Instant::now(), threshold))
-                        .flatten()
-                    {
+                    // words, not the breaker's: it does not count, and a
+                    // probe that met it gives its turn to the next get.
+                    if matches!(err, Error::DnsResolutionFailed { .. }) {
+                        cold.breaker.dial_abandoned(Instant::now());
+                    } else if let Some(open) = cold.breaker.dial_failed(Instant::now(), threshold) {
                         tracing::warn!(endpoint = %self.endpoint, ?open, error = %err, "circuit breaker open");
                     }
                     if warm {
