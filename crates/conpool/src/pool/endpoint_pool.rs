@@ -1445,6 +1445,16 @@ impl EndpointPool {
         self.close_all(closing);
         // Parked connections predate the clear: taken back, they close.
         self.take_back_parked();
+        self.retire_shares();
+    }
+
+    /// For a shared protocol's endpoint, after a clear or a close: the
+    /// connections out for sharing take no new shares (they come back,
+    /// and close, once their shares in flight do).
+    fn retire_shares(&self) {
+        if let Some(protocol) = &self.ctx.protocol {
+            protocol.retire_shares(&self.endpoint);
+        }
     }
 
     /// Closes idle connections, fails waiters, and refuses new acquires.
@@ -1474,6 +1484,7 @@ impl EndpointPool {
         }
         self.close_all(closing);
         self.take_back_parked();
+        self.retire_shares();
     }
 
     fn drain_idle(&self, st: &mut State, reason: CloseReason) -> Closing {

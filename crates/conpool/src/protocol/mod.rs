@@ -254,6 +254,10 @@ pub(crate) trait ErasedProtocol: Send + Sync + 'static {
     /// Shares of `endpoint`'s connections in flight, and callers waiting
     /// for one (both 0 for exclusive protocols).
     fn share_counts(&self, endpoint: &Endpoint) -> (usize, usize);
+
+    /// `endpoint` was cleared or its pool closed: its connections out for
+    /// sharing take no new shares.
+    fn retire_shares(&self, endpoint: &Endpoint);
 }
 
 pub(crate) struct HandshakeFailure {
@@ -302,6 +306,10 @@ impl<P: Protocol> ErasedProtocol for Books<P> {
 
     fn share_counts(&self, endpoint: &Endpoint) -> (usize, usize) {
         self.shares.counts(endpoint)
+    }
+
+    fn retire_shares(&self, endpoint: &Endpoint) {
+        self.shares.retire(endpoint);
     }
 }
 

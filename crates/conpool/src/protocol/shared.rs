@@ -30,10 +30,13 @@
 //! the core only after the share lock is released, as closing one runs the
 //! config's hooks.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::panic::Location;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 
 use parking_lot::Mutex;
@@ -47,14 +50,34 @@ use crate::{CloseReason, Endpoint, Error, PooledConnection};
 
 /// Every endpoint's shares, for one protocol pool.
 pub(crate) struct Shares<P: Protocol> {
+    /// Tells this protocol pool's entries in each thread's [`LAST_SET`]
+    /// from another's (never reused, unlike an address).
+    id: u64,
     /// Keyed by the endpoint's own hash, as the core's map is: no
     /// hashing on the way to a share.
     sets: Mutex<HashMap<Endpoint, Arc<ShareSet<P>>, PrehashedState>>,
 }
 
+thread_local! {
+    /// The share set this thread found last: a thread mostly shares
+    /// connections to one endpoint per protocol pool, and the map's lock
+    /// is one that every get on every core would otherwise take. A hint,
+    /// checked on every use (the pool, the endpoint), and weak, so that it
+    /// keeps nothing alive.
+    static LAST_SET: RefCell<Option<LastSet>> = const { RefCell::new(None) };
+}
+
+struct LastSet {
+    shares: u64,
+    hash: u64,
+    set: Weak<dyn Any + Send + Sync>,
+}
+
 impl<P: Protocol> Default for Shares<P> {
     fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Shares {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             sets: Mutex::default(),
         }
     }
@@ -62,6 +85,40 @@ impl<P: Protocol> Default for Shares<P> {
 
 impl<P: Protocol> Shares<P> {
     fn set(&self, endpoint: &Endpoint) -> Arc<ShareSet<P>> {
+        if let Some(set) = self.last_set(endpoint) {
+            return set;
+        }
+        let set = self.set_in_map(endpoint);
+        let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(&set) as _;
+        let replaced = LAST_SET.try_with(|last| {
+            let mut last = last.try_borrow_mut().ok()?;
+            last.replace(LastSet {
+                shares: self.id,
+                hash: endpoint.prehash(),
+                set: weak,
+            })
+        });
+        // Dropped outside the borrow.
+        drop(replaced);
+        set
+    }
+
+    fn last_set(&self, endpoint: &Endpoint) -> Option<Arc<ShareSet<P>>> {
+        let found = LAST_SET
+            .try_with(|last| {
+                let last = last.try_borrow().ok()?;
+                let last = last.as_ref()?;
+                (last.shares == self.id && last.hash == endpoint.prehash())
+                    .then(|| last.set.upgrade())
+                    .flatten()
+            })
+            .ok()
+            .flatten()?;
+        let set = found.downcast::<ShareSet<P>>().ok()?;
+        (set.endpoint == *endpoint).then_some(set)
+    }
+
+    fn set_in_map(&self, endpoint: &Endpoint) -> Arc<ShareSet<P>> {
         let mut sets = self.sets.lock();
         if let Some(set) = sets.get(endpoint) {
             return set.clone();
@@ -69,6 +126,7 @@ impl<P: Protocol> Shares<P> {
         sets.entry(endpoint.clone())
             .or_insert_with(|| {
                 Arc::new(ShareSet {
+                    endpoint: endpoint.clone(),
                     state: Mutex::new(SetState {
                         conns: Vec::new(),
                         acquiring: false,
@@ -78,6 +136,23 @@ impl<P: Protocol> Shares<P> {
                 })
             })
             .clone()
+    }
+
+    /// After a clear or a close of `endpoint`: its connections out for
+    /// sharing take no new shares, and those with none in flight go back
+    /// to the core now (which closes them).
+    pub(crate) fn retire(&self, endpoint: &Endpoint) {
+        let Some(set) = self.sets.lock().get(endpoint).cloned() else {
+            return;
+        };
+        let finished = {
+            let mut st = set.state.lock();
+            for c in &mut st.conns {
+                c.open = false;
+            }
+            ShareSet::take_finished(&mut st)
+        };
+        give_back(finished);
     }
 
     /// `endpoint`'s shares in flight, and the callers waiting for one
@@ -94,6 +169,7 @@ impl<P: Protocol> Shares<P> {
 
 /// One endpoint's shared connections and the callers waiting for a share.
 pub(crate) struct ShareSet<P: Protocol> {
+    endpoint: Endpoint,
     state: Mutex<SetState<P>>,
 }
 
@@ -171,7 +247,9 @@ impl<P: Protocol> ShareSet<P> {
             // it leased it out, and counted that use: the first share's.
             let first = c.handed == 0;
             let spent = !first && c.lease.share_verdict(now).is_some();
-            let handle = if spent || !c.lease.is_current() {
+            // A clear or a close since it came out marked it not open
+            // (`retire`), so no generation check is needed here.
+            let handle = if spent {
                 None
             } else {
                 let live = live_mut::<P>(&mut c.lease);
@@ -194,7 +272,6 @@ impl<P: Protocol> ShareSet<P> {
             let share = Share {
                 conn,
                 id: c.lease.id(),
-                endpoint: c.lease.endpoint().clone(),
                 set: self.clone(),
                 books: books.clone(),
                 reused,
@@ -301,11 +378,15 @@ impl<P: Protocol> ShareSet<P> {
         let (mine, finished) = {
             let mut st = self.state.lock();
             turn.disarm();
+            // Asked under this lock, which `retire` takes after a clear or
+            // a close has moved the endpoint on: either this sees it, or
+            // `retire` sees this connection.
+            let open = lease.is_current();
             st.conns.push(Shared {
                 lease,
                 max,
                 in_flight: 0,
-                open: true,
+                open,
                 handed: 0,
             });
             let mine = self.take_share(&mut st, books, now);
@@ -555,7 +636,6 @@ fn timeout_error<P: Protocol>(pp: &ProtocolPool<P>, endpoint: &Endpoint) -> Erro
 pub(crate) struct Share<P: Protocol> {
     conn: P::Conn,
     id: u64,
-    endpoint: Endpoint,
     set: Arc<ShareSet<P>>,
     books: Arc<Books<P>>,
     reused: bool,
@@ -574,7 +654,7 @@ impl<P: Protocol> Share<P> {
     }
 
     pub(super) fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        &self.set.endpoint
     }
 
     pub(super) fn id(&self) -> u64 {
