@@ -620,14 +620,13 @@ impl<P: Protocol> Drop for ProtocolLease<P> {
 /// its own, so a release decides, which asks the protocol once more.
 fn give_back<P: Protocol>(lease: &mut PooledConnection) {
     if !std::thread::panicking() && lease.holds_conn() {
-        let live = live_mut::<P>(lease);
-        let books = live.books.clone();
+        let Live { conn, books, .. } = live_mut::<P>(lease);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let pending = books
-            .protocol
-            .poll_ready(&mut live.conn, &mut cx)
-            .is_pending();
+        // Most returns find the connection ready: the runtime and a second
+        // reference to the protocol are only fetched for one that is not.
+        let pending = books.protocol.poll_ready(conn, &mut cx).is_pending();
         if let (true, Ok(runtime)) = (pending, tokio::runtime::Handle::try_current()) {
+            let books = books.clone();
             let mut lease = lease.detach();
             runtime.spawn(async move {
                 let ready = std::future::poll_fn(|cx| {
