@@ -854,6 +854,40 @@ async fn a_cancelled_waiter_does_not_take_a_share_with_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shared_get_that_must_wait_outside_a_runtime_fails_instead_of_panicking() {
+    let dialer = MemDialer::default();
+    let config = base()
+        .max_connections_per_endpoint(1)
+        .acquire_timeout(Duration::from_secs(10));
+    let (_pool, pp) = pools(config, &dialer, SharedProto::shared(1));
+    let held = pp.get(&ep()).await.unwrap();
+    // This one holds the turn, queued in the core for the one connection.
+    let turn = {
+        let pp = pp.clone();
+        tokio::spawn(async move { pp.get(&ep()).await.map(drop) })
+    };
+    settle().await;
+    let outside = {
+        let pp = pp.clone();
+        std::thread::spawn(move || {
+            let endpoint = ep();
+            let mut get = std::pin::pin!(pp.get(&endpoint));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match get.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(Err(err)) => err.to_string(),
+                std::task::Poll::Ready(Ok(_)) => "served".to_owned(),
+                std::task::Poll::Pending => "pending".to_owned(),
+            }
+        })
+        .join()
+        .expect("no panic outside a runtime")
+    };
+    assert!(outside.contains("needs a tokio runtime"), "{outside}");
+    drop(held);
+    turn.await.unwrap().expect("the turn's holder is served");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_expired_shared_connection_takes_no_new_shares_finishes_its_own_then_closes() {
     let dialer = MemDialer::default();
     let config = base().max_connection_lifetime(Duration::from_secs(10));

@@ -568,6 +568,15 @@ pub(super) async fn get<P: Protocol>(
                     None => return Err(timeout_error(pp, endpoint)),
                 }
             }
+            // Its timer needs a runtime: a get polled on another
+            // executor that has to wait fails as the core's does.
+            Next::Wait(_)
+                if deadline.is_some() && tokio::runtime::Handle::try_current().is_err() =>
+            {
+                return Err(Error::NoRuntime {
+                    endpoint: endpoint.clone(),
+                });
+            }
             Next::Wait(mut waiting) => match within(deadline, &mut waiting.rx).await {
                 Some(Ok(Turn::Share(share))) => return Ok(shared_lease(share)),
                 Some(Ok(Turn::Acquire)) => turn = Some(AcquireTurn::new(&set)),
