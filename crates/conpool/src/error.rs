@@ -16,17 +16,20 @@ use crate::stats::PoolState;
 pub enum Error {
     /// The resolver found no address for the host (or could not ask);
     /// never retried.
-    #[error("DNS resolution failed for host {host:?}")]
+    #[error("{}DNS resolution failed for host {host:?}", pool_of(*protocol))]
     DnsResolutionFailed {
         /// The host name that did not resolve.
         host: String,
         /// What the resolver said.
         #[source]
         source: io::Error,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// Every connect attempt failed; `source` is the last attempt's error.
-    #[error("could not connect to {endpoint} after {attempts} attempt{}", plural(*attempts))]
+    #[error("{}could not connect to {endpoint} after {attempts} attempt{}", pool_of(*protocol), plural(*attempts))]
     ConnectionFailed {
         /// Where the pool tried to connect.
         endpoint: Endpoint,
@@ -35,11 +38,15 @@ pub enum Error {
         /// The last attempt's error.
         #[source]
         source: io::Error,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// The last connect attempt did not finish within `connect_timeout`.
     #[error(
-        "connecting to {endpoint} timed out after {timeout:?} ({attempts} attempt{} made)",
+        "{}connecting to {endpoint} timed out after {timeout:?} ({attempts} attempt{} made)",
+        pool_of(*protocol),
         plural(*attempts)
     )]
     ConnectionTimeout {
@@ -49,12 +56,15 @@ pub enum Error {
         timeout: Duration,
         /// How many attempts were made.
         attempts: u32,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// The TLS handshake failed: the certificate did not verify, the name
     /// did not match, or the server spoke something other than TLS. Not
     /// retried, as retrying cannot fix it.
-    #[error("TLS handshake with {endpoint} failed: {reason}")]
+    #[error("{}TLS handshake with {endpoint} failed: {reason}", pool_of(*protocol))]
     Tls {
         /// The TLS endpoint.
         endpoint: Endpoint,
@@ -63,13 +73,16 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: io::Error,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// The `on_connect` hook refused the new connection (the server said
     /// no to its AUTH, say); `source` is the hook's own error. Not
     /// retried, unless the hook said the failure was transient
     /// ([`OnConnectError::transient`](crate::dial::OnConnectError::transient)).
-    #[error("on_connect failed for a new connection to {endpoint} ({attempts} attempt{} made): {source}", plural(*attempts))]
+    #[error("{}on_connect failed for a new connection to {endpoint} ({attempts} attempt{} made): {source}", pool_of(*protocol), plural(*attempts))]
     OnConnect {
         /// The endpoint dialed.
         endpoint: Endpoint,
@@ -78,6 +91,9 @@ pub enum Error {
         /// The hook's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// The endpoint's circuit breaker is open: its last
@@ -85,7 +101,8 @@ pub enum Error {
     /// of dialing again. Idle connections are still handed out; after the
     /// open time one get's dial probes the endpoint.
     #[error(
-        "the circuit breaker of {endpoint} is open after {failures} failed dial{} in a row: {}{}",
+        "{}the circuit breaker of {endpoint} is open after {failures} failed dial{} in a row: {}{}",
+        pool_of(*protocol),
         plural(*failures),
         next_try(*retry_in),
         last_dial_error.as_deref().map(|e| format!("; last dial error: {e}")).unwrap_or_default()
@@ -100,11 +117,15 @@ pub enum Error {
         retry_in: Duration,
         /// The last dial's error, in words.
         last_dial_error: Option<String>,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// No connection could be had within `acquire_timeout`.
     #[error(
-        "no connection to {endpoint} within {timeout:?} (the endpoint had {} active, {} idle, {} dialing, {} waiting){}",
+        "{}no connection to {endpoint} within {timeout:?} (the endpoint had {} active, {} idle, {} dialing, {} waiting){}",
+        pool_of(*protocol),
         state.active, state.idle, state.dialing, state.waiting,
         last_dial_error.as_deref().map(|e| format!("; last dial error: {e}")).unwrap_or_default()
     )]
@@ -117,11 +138,15 @@ pub enum Error {
         state: PoolState,
         /// The last dial failure on this endpoint, if the last dial failed.
         last_dial_error: Option<String>,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// The endpoint already had `max_waiters_per_endpoint` callers waiting.
     #[error(
-        "too many callers waiting for {endpoint}: the limit is {max_waiters} (the endpoint had {} active, {} idle, {} dialing)",
+        "{}too many callers waiting for {endpoint}: the limit is {max_waiters} (the endpoint had {} active, {} idle, {} dialing)",
+        pool_of(*protocol),
         state.active, state.idle, state.dialing
     )]
     TooManyWaiters {
@@ -131,6 +156,9 @@ pub enum Error {
         max_waiters: usize,
         /// The endpoint's pool at that moment.
         state: PoolState,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 
     /// A configuration value broke a rule; nothing was built.
@@ -173,11 +201,15 @@ pub enum Error {
     /// timer, which needs a tokio runtime, and was polled outside one (on
     /// another executor). A get that finds an idle connection needs none.
     #[error(
-        "a get for {endpoint} had to dial, wait or time a check, which needs a tokio runtime, but was polled outside one"
+        "{}a get for {endpoint} had to dial, wait or time a check, which needs a tokio runtime, but was polled outside one",
+        pool_of(*protocol)
     )]
     NoRuntime {
         /// The endpoint asked for.
         endpoint: Endpoint,
+        /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
+        /// `None` for the byte-stream pool.
+        protocol: Option<&'static str>,
     },
 }
 
@@ -187,6 +219,12 @@ fn next_try(retry_in: Duration) -> String {
     } else {
         format!("it lets a dial through again in {retry_in:?}")
     }
+}
+
+/// What starts the message of an error from a protocol pool, so that a
+/// log line says which of a pool's protocols failed: `"redis pool: "`.
+fn pool_of(protocol: Option<&'static str>) -> String {
+    protocol.map(|p| format!("{p} pool: ")).unwrap_or_default()
 }
 
 fn plural(n: u32) -> &'static str {
@@ -205,9 +243,65 @@ impl Error {
             | Error::AcquireTimeout { endpoint, .. }
             | Error::TooManyWaiters { endpoint, .. }
             | Error::Handshake { endpoint, .. }
-            | Error::NoRuntime { endpoint } => Some(endpoint),
+            | Error::NoRuntime { endpoint, .. } => Some(endpoint),
             _ => None,
         }
+    }
+
+    /// The protocol pool the error came from ([`Protocol::name`](crate::Protocol::name)),
+    /// or `None` for the byte-stream pool (and for errors of no endpoint).
+    ///
+    /// ```
+    /// # #[cfg(feature = "redis")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Nothing listens on port 1 of loopback.
+    /// let config = conpool::Config::builder().connect_retry_count(1).build()?;
+    /// let pool = conpool::Pool::new(config);
+    /// let redis = pool.protocol(conpool::redis::Redis::new(Default::default()));
+    /// let err = redis.get(&conpool::Endpoint::new("127.0.0.1", 1)?).await.unwrap_err();
+    /// assert_eq!(err.protocol(), Some("redis"));
+    /// assert!(err.to_string().starts_with("redis pool: could not connect to 127.0.0.1:1"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "redis"))]
+    /// # fn main() {}
+    /// ```
+    pub fn protocol(&self) -> Option<&'static str> {
+        match self {
+            Error::Handshake { protocol, .. } => Some(protocol),
+            Error::DnsResolutionFailed { protocol, .. }
+            | Error::ConnectionFailed { protocol, .. }
+            | Error::ConnectionTimeout { protocol, .. }
+            | Error::Tls { protocol, .. }
+            | Error::OnConnect { protocol, .. }
+            | Error::CircuitOpen { protocol, .. }
+            | Error::AcquireTimeout { protocol, .. }
+            | Error::TooManyWaiters { protocol, .. }
+            | Error::NoRuntime { protocol, .. } => *protocol,
+            _ => None,
+        }
+    }
+
+    /// The same error, said of `name`'s protocol pool: the core makes its
+    /// errors without knowing which pool asked, and a protocol pool's get
+    /// names itself in whatever comes back.
+    pub(crate) fn in_protocol_pool(mut self, name: &'static str) -> Error {
+        match &mut self {
+            Error::DnsResolutionFailed { protocol, .. }
+            | Error::ConnectionFailed { protocol, .. }
+            | Error::ConnectionTimeout { protocol, .. }
+            | Error::Tls { protocol, .. }
+            | Error::OnConnect { protocol, .. }
+            | Error::CircuitOpen { protocol, .. }
+            | Error::AcquireTimeout { protocol, .. }
+            | Error::TooManyWaiters { protocol, .. }
+            | Error::NoRuntime { protocol, .. } => *protocol = Some(name),
+            Error::Handshake { .. }
+            | Error::InvalidConfig { .. }
+            | Error::InvalidEndpoint { .. }
+            | Error::PoolClosed => {}
+        }
+        self
     }
 
     /// Whether the error is about time running out.

@@ -121,6 +121,7 @@ async fn the_sixth_get_to_a_refused_port_fails_at_once_with_circuit_open_without
         failures,
         retry_in,
         last_dial_error,
+        protocol: None,
     } = &err
     else {
         panic!("expected Error::CircuitOpen, got {err:?}");

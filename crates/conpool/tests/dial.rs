@@ -148,6 +148,7 @@ async fn a_connect_that_hangs_times_out_per_attempt() {
             endpoint,
             timeout,
             attempts,
+            protocol: None,
         } => {
             assert_eq!(endpoint, &ep);
             assert_eq!(*timeout, Duration::from_secs(1));

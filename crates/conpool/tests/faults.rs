@@ -196,6 +196,7 @@ async fn server_dies_and_comes_back(tls: bool) {
                 endpoint,
                 attempts,
                 source,
+                protocol: None,
             } => {
                 assert_eq!(endpoint, &p.ep, "get {i}");
                 assert_eq!(*attempts, ATTEMPTS, "get {i}");

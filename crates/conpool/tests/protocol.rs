@@ -1274,6 +1274,118 @@ async fn a_handshake_error_fails_the_get_naming_endpoint_and_protocol_without_re
     pp.get(&ep()).await.unwrap().call();
 }
 
+/// A user with one pool for streams and several protocols reads from an
+/// error alone which of them failed: every error of a protocol pool's get
+/// names the protocol (in `protocol()` and at the head of its message),
+/// the byte-stream pool's none.
+#[tokio::test(start_paused = true)]
+async fn every_error_of_a_protocol_pool_names_its_protocol() {
+    fn assert_names(err: &Error, name: &str) {
+        assert_eq!(err.protocol(), Some(name), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("{name} pool: ")), "{text}");
+        assert!(text.contains("memory.example"), "{text}");
+    }
+    let dialer = MemDialer::default();
+    let config = base()
+        .max_connections_per_endpoint(1)
+        .max_waiters_per_endpoint(1)
+        .acquire_timeout(Duration::from_secs(1));
+    let pool = Pool::with_dialer(config.build().unwrap(), dialer.clone());
+    let excl = pool.protocol(Exclusive::exclusive());
+    let shared = pool.protocol(SharedProto::shared(1));
+
+    // Timeouts, the stream pool's too.
+    let stream = pool.get(&ep()).await.unwrap();
+    let err = pool.get(&ep()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::AcquireTimeout { protocol: None, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.protocol(), None);
+    assert!(
+        err.to_string()
+            .starts_with("no connection to memory.example:1"),
+        "{err}"
+    );
+    drop(stream);
+    let held = excl.get(&ep()).await.unwrap();
+    let err = excl.get(&ep()).await.unwrap_err();
+    assert!(matches!(err, Error::AcquireTimeout { .. }), "{err}");
+    assert_names(&err, "test-exclusive");
+    drop(held);
+    let held = shared.get(&ep2()).await.unwrap();
+    let err = shared.get(&ep2()).await.unwrap_err();
+    assert!(matches!(err, Error::AcquireTimeout { .. }), "{err}");
+    assert_names(&err, "test-shared");
+
+    // Too many waiters, from the shared path and from the core's queue.
+    let waiter = {
+        let shared = shared.clone();
+        tokio::spawn(async move { shared.get(&ep2()).await.map(drop) })
+    };
+    settle().await;
+    let err = shared.get(&ep2()).await.unwrap_err();
+    assert!(matches!(err, Error::TooManyWaiters { .. }), "{err}");
+    assert_names(&err, "test-shared");
+    drop(held);
+    waiter.await.unwrap().unwrap();
+    let held = excl.get(&ep()).await.unwrap();
+    let waiter = {
+        let excl = excl.clone();
+        tokio::spawn(async move { excl.get(&ep()).await.map(drop) })
+    };
+    settle().await;
+    let err = excl.get(&ep()).await.unwrap_err();
+    assert!(matches!(err, Error::TooManyWaiters { .. }), "{err}");
+    assert_names(&err, "test-exclusive");
+    drop(held);
+    waiter.await.unwrap().unwrap();
+
+    // A handshake error names it as before, once.
+    excl.protocol()
+        .script(&[Handshake::Fail { transient: false }]);
+    excl.clear_endpoint(&ep());
+    let err = excl.get(&ep()).await.unwrap_err();
+    assert!(matches!(err, Error::Handshake { .. }), "{err}");
+    assert_eq!(err.protocol(), Some("test-exclusive"));
+    assert_eq!(
+        err.to_string().matches("test-exclusive").count(),
+        1,
+        "{err}"
+    );
+}
+
+/// A dial that fails (nothing listens) reaches a protocol pool's caller
+/// naming the protocol too.
+#[tokio::test]
+async fn a_failed_dial_names_the_protocol() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let pool = Pool::new(Config::builder().connect_retry_count(1).build().unwrap());
+    let pp = pool.protocol(Exclusive::exclusive());
+    let server = Endpoint::new("127.0.0.1", port).unwrap();
+    let err = pp.get(&server).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ConnectionFailed {
+                protocol: Some("test-exclusive"),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("test-exclusive pool: could not connect to 127.0.0.1:{port} after 1 attempt")
+    );
+    let err = pool.get(&server).await.unwrap_err();
+    assert_eq!(err.protocol(), None);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_transient_handshake_error_is_retried_up_to_connect_retry_count() {
     let dialer = MemDialer::default();

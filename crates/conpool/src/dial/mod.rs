@@ -479,11 +479,13 @@ pub(crate) async fn dial_with_retry(
         if attempt >= attempts {
             return Err(match failure {
                 Failure::Io(source) => Error::ConnectionFailed {
+                    protocol: None,
                     endpoint: endpoint.clone(),
                     attempts,
                     source,
                 },
                 Failure::TimedOut(timeout) => Error::ConnectionTimeout {
+                    protocol: None,
                     endpoint: endpoint.clone(),
                     timeout,
                     attempts,
@@ -505,12 +507,14 @@ fn final_error(endpoint: &Endpoint, err: DialError, attempts: u32) -> Error {
         DialErrorKind::Unreachable => {
             tracing::warn!(%endpoint, error = %err.source, "no address can be reached");
             Error::ConnectionFailed {
+                protocol: None,
                 endpoint: endpoint.clone(),
                 attempts,
                 source: err.source,
             }
         }
         DialErrorKind::OnConnect => Error::OnConnect {
+            protocol: None,
             endpoint: endpoint.clone(),
             attempts,
             source: err
@@ -521,6 +525,7 @@ fn final_error(endpoint: &Endpoint, err: DialError, attempts: u32) -> Error {
         DialErrorKind::Resolve => {
             tracing::warn!(host = endpoint.host(), error = %err.source, "DNS resolution failed");
             Error::DnsResolutionFailed {
+                protocol: None,
                 host: endpoint.host().to_owned(),
                 source: err.source,
             }
@@ -529,6 +534,7 @@ fn final_error(endpoint: &Endpoint, err: DialError, attempts: u32) -> Error {
             let reason = tls::is_tls_failure(&err.source).unwrap_or_else(|| err.source.to_string());
             tracing::warn!(%endpoint, %reason, "TLS handshake failed");
             Error::Tls {
+                protocol: None,
                 endpoint: endpoint.clone(),
                 reason,
                 source: err.source,

@@ -740,6 +740,7 @@ impl EndpointPool {
         };
         tracing::warn!(endpoint = %self.endpoint, ?timeout, ?state, "acquire timed out");
         Error::AcquireTimeout {
+            protocol: None,
             endpoint: self.endpoint.clone(),
             timeout,
             state,
@@ -751,6 +752,7 @@ impl EndpointPool {
     fn no_runtime_error(&self) -> Error {
         tracing::warn!(endpoint = %self.endpoint, "a get was polled outside a tokio runtime");
         Error::NoRuntime {
+            protocol: None,
             endpoint: self.endpoint.clone(),
         }
     }
@@ -805,6 +807,7 @@ impl EndpointPool {
                     return self.begin_acquire(now, None);
                 }
                 return Err(Error::TooManyWaiters {
+                    protocol: None,
                     endpoint: self.endpoint.clone(),
                     max_waiters: self.config().max_waiters_per_endpoint().unwrap_or(0),
                     state,
@@ -1250,6 +1253,7 @@ impl EndpointPool {
                 .is_some_and(|max| st.waiting() >= max)
             {
                 let err = Error::TooManyWaiters {
+                    protocol: None,
                     endpoint: self.endpoint.clone(),
                     max_waiters: config.max_waiters_per_endpoint().unwrap_or(0),
                     state: self.gauges(&st),

@@ -472,7 +472,8 @@ impl<P: Protocol> ProtocolPool<P> {
     /// arrival order, within `acquire_timeout`. A shared protocol dials a
     /// new connection only when every open one is at its
     /// [`max_shares`](Protocol::max_shares), one dial at a time per
-    /// endpoint.
+    /// endpoint. Every error it returns names this pool's protocol
+    /// ([`Error::protocol`]) as well as the endpoint.
     #[track_caller]
     pub fn get<'a>(
         &'a self,
@@ -480,14 +481,17 @@ impl<P: Protocol> ProtocolPool<P> {
     ) -> impl Future<Output = Result<ProtocolLease<P>, Error>> + Send + 'a {
         let caller = Location::caller();
         async move {
-            if P::SHARED {
+            let got = if P::SHARED {
                 shared::get(self, endpoint, caller).await
             } else {
-                let lease = self.pool.get_in(&self.ctx, endpoint, caller).await?;
-                Ok(ProtocolLease {
-                    kind: Kind::Exclusive(lease, PhantomData),
-                })
-            }
+                self.pool
+                    .get_in(&self.ctx, endpoint, caller)
+                    .await
+                    .map(|lease| ProtocolLease {
+                        kind: Kind::Exclusive(lease, PhantomData),
+                    })
+            };
+            got.map_err(|err| err.in_protocol_pool(self.books.protocol.name()))
         }
     }
 

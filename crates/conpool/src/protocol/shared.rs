@@ -574,6 +574,7 @@ pub(super) async fn get<P: Protocol>(
                 if deadline.is_some() && tokio::runtime::Handle::try_current().is_err() =>
             {
                 return Err(Error::NoRuntime {
+                    protocol: None,
                     endpoint: endpoint.clone(),
                 });
             }
@@ -622,6 +623,7 @@ fn too_many_waiters_error<P: Protocol>(
         waiting,
     };
     Error::TooManyWaiters {
+        protocol: None,
         endpoint: endpoint.clone(),
         max_waiters: pp.ctx.config.max_waiters_per_endpoint().unwrap_or(0),
         state,
@@ -632,6 +634,7 @@ fn timeout_error<P: Protocol>(pp: &ProtocolPool<P>, endpoint: &Endpoint) -> Erro
     match pp.ctx.endpoints.get(endpoint) {
         Some(pool) => pool.timeout_error(),
         None => Error::AcquireTimeout {
+            protocol: None,
             endpoint: endpoint.clone(),
             timeout: pp.ctx.config.acquire_timeout().unwrap_or_default(),
             state: crate::PoolState::default(),

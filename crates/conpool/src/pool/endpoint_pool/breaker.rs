@@ -203,6 +203,7 @@ impl EndpointPool {
                 Ok(())
             }
             Admission::Refused { retry_in } => Err(Error::CircuitOpen {
+                protocol: None,
                 endpoint: self.endpoint.clone(),
                 failures: cold.breaker.failures,
                 retry_in,

@@ -50,6 +50,7 @@ impl EndpointPool {
             // the runtime shut down under it. The slot's guard gave the
             // slot back.
             Err(_) => Err(Error::ConnectionFailed {
+                protocol: None,
                 endpoint: self.endpoint.clone(),
                 attempts: 1,
                 source: std::io::Error::other(
