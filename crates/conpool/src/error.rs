@@ -116,7 +116,7 @@ pub enum Error {
         /// dial is under way (the next may go once it fails).
         retry_in: Duration,
         /// The last dial's error, in words.
-        last_dial_error: Option<String>,
+        last_dial_error: Option<std::sync::Arc<str>>,
         /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
         /// `None` for the byte-stream pool.
         protocol: Option<&'static str>,
@@ -137,7 +137,7 @@ pub enum Error {
         /// The endpoint's pool at the moment the wait ended.
         state: PoolState,
         /// The last dial failure on this endpoint, if the last dial failed.
-        last_dial_error: Option<String>,
+        last_dial_error: Option<std::sync::Arc<str>>,
         /// The protocol pool the get was for ([`Protocol::name`](crate::Protocol::name));
         /// `None` for the byte-stream pool.
         protocol: Option<&'static str>,

@@ -1,11 +1,12 @@
 //! The byte stream under a pooled connection.
 //!
-//! A [`Stream`] is plain TCP, TLS over TCP, or any other
-//! `AsyncRead + AsyncWrite` a dialer produces: the default dialer's Unix
-//! sockets (plain or TLS), a custom [`Dial`](crate::dial::Dial)'s
-//! streams, in-memory test doubles. The two built-in kinds
-//! are enum variants rather than trait objects so that the common case pays
-//! no virtual call per read or write.
+//! A [`Stream`] is plain TCP, TLS over TCP, a Unix socket (plain or TLS),
+//! or any other `AsyncRead + AsyncWrite` a dialer produces: a custom
+//! [`Dial`](crate::dial::Dial)'s streams, in-memory test doubles. The
+//! default dialer's kinds are enum variants rather than trait objects, so
+//! that the common case pays no virtual call per read or write, and so
+//! that the liveness look can ask the kernel about the socket and a TLS
+//! session can be read back (ALPN, for one) whatever it runs over.
 
 use std::fmt;
 use std::io;
@@ -15,13 +16,15 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+#[cfg(unix)]
+use tokio::net::UnixStream;
 use tokio_rustls::client::TlsStream;
 
 /// What a custom dialer may return: any owned async byte stream.
 pub trait CustomStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> CustomStream for T {}
 
-/// A connection's byte stream: TCP, TLS, or custom.
+/// A connection's byte stream: TCP, TLS, a Unix socket, or custom.
 pub struct Stream {
     inner: Inner,
 }
@@ -30,6 +33,10 @@ enum Inner {
     Tcp(TcpStream),
     // Boxed: the rustls session is large, and TCP is the common case.
     Tls(Box<TlsStream<TcpStream>>),
+    #[cfg(unix)]
+    Unix(UnixStream),
+    #[cfg(unix)]
+    UnixTls(Box<TlsStream<UnixStream>>),
     Custom(Box<dyn CustomStream>),
 }
 
@@ -48,28 +55,58 @@ impl Stream {
         }
     }
 
-    /// Wraps any other stream, such as a `UnixStream` or a
-    /// `tokio::io::DuplexStream` in tests.
+    /// Wraps a Unix domain socket stream.
+    #[cfg(unix)]
+    pub fn unix(stream: UnixStream) -> Self {
+        Stream {
+            inner: Inner::Unix(stream),
+        }
+    }
+
+    /// Wraps an established TLS client stream over a Unix domain socket.
+    #[cfg(unix)]
+    pub fn unix_tls(stream: TlsStream<UnixStream>) -> Self {
+        Stream {
+            inner: Inner::UnixTls(Box::new(stream)),
+        }
+    }
+
+    /// Wraps any other stream, such as a `tokio::io::DuplexStream` in
+    /// tests. The pool's liveness look polls it once for a byte; it has no
+    /// TLS session to read back.
     pub fn custom(stream: impl CustomStream) -> Self {
         Stream {
             inner: Inner::Custom(Box::new(stream)),
         }
     }
 
-    /// The TCP stream underneath, for TCP and TLS streams.
+    /// The TCP stream underneath, for TCP and TLS-over-TCP streams.
     pub fn as_tcp(&self) -> Option<&TcpStream> {
         match &self.inner {
             Inner::Tcp(s) => Some(s),
             Inner::Tls(s) => Some(s.get_ref().0),
-            Inner::Custom(_) => None,
+            _ => None,
         }
     }
 
-    /// The TLS session, for TLS streams: the negotiated ALPN protocol,
-    /// version, cipher suite and peer certificates.
+    /// The Unix socket underneath, for Unix streams, plain or TLS.
+    #[cfg(unix)]
+    pub fn as_unix(&self) -> Option<&UnixStream> {
+        match &self.inner {
+            Inner::Unix(s) => Some(s),
+            Inner::UnixTls(s) => Some(s.get_ref().0),
+            _ => None,
+        }
+    }
+
+    /// The TLS session, for TLS streams (over TCP or a Unix socket): the
+    /// negotiated ALPN protocol, version, cipher suite and peer
+    /// certificates.
     pub fn tls_session(&self) -> Option<&rustls::ClientConnection> {
         match &self.inner {
             Inner::Tls(s) => Some(s.get_ref().1),
+            #[cfg(unix)]
+            Inner::UnixTls(s) => Some(s.get_ref().1),
             _ => None,
         }
     }
@@ -137,7 +174,7 @@ impl Stream {
     /// rustls, so that a post-handshake session ticket is consumed as the
     /// protocol message it is and a close_notify reads as end of stream;
     /// plaintext rustls already holds (the unread rest of a reply) counts
-    /// as stray. A custom stream is polled once for a byte, outside tokio's
+    /// as stray. Unix sockets are looked at as TCP ones are. A custom stream is polled once for a byte, outside tokio's
     /// cooperative budget (with the budget spent, a ready stream would
     /// look quiet); a byte read there is lost, which does not matter, as a
     /// connection with stray bytes is closed. `look` does not apply to
@@ -145,8 +182,12 @@ impl Stream {
     #[inline]
     pub(crate) fn liveness(&mut self, look: Look) -> Liveness {
         match &mut self.inner {
-            Inner::Tcp(tcp) => tcp_liveness(tcp, look),
-            Inner::Tls(tls) => tls_liveness(tls, look),
+            Inner::Tcp(tcp) => socket_liveness(tcp, look),
+            Inner::Tls(tls) => tls_liveness(&mut **tls, look),
+            #[cfg(unix)]
+            Inner::Unix(unix) => socket_liveness(unix, look),
+            #[cfg(unix)]
+            Inner::UnixTls(tls) => tls_liveness(&mut **tls, look),
             Inner::Custom(_) => self.poll_once(),
         }
     }
@@ -172,21 +213,52 @@ impl Stream {
     }
 }
 
+/// A socket the liveness look can ask the kernel about: TCP or Unix.
+trait Socket {
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn sock_ref(&self) -> socket2::SockRef<'_>;
+}
+
+macro_rules! socket {
+    ($ty:ty) => {
+        impl Socket for $ty {
+            #[inline]
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$ty>::try_io(self, interest, f)
+            }
+            fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$ty>::poll_read_ready(self, cx)
+            }
+            fn sock_ref(&self) -> socket2::SockRef<'_> {
+                socket2::SockRef::from(self)
+            }
+        }
+    };
+}
+socket!(TcpStream);
+#[cfg(unix)]
+socket!(UnixStream);
+
 /// Runs `read` on the socket: through tokio's readiness (which skips the
 /// call while the flag is clear, and clears a flag the call finds stale),
 /// and, for [`Look::Kernel`], straight on the socket when readiness skipped
 /// it. `read` answers `Err(WouldBlock)` for a quiet socket.
 #[inline]
-fn look_at(
-    tcp: &TcpStream,
+fn look_at<S: Socket>(
+    socket: &S,
     look: Look,
     mut read: impl FnMut() -> io::Result<Liveness>,
 ) -> Liveness {
-    if look == Look::Kernel && driver_gone(tcp) {
+    if look == Look::Kernel && driver_gone(socket) {
         return Liveness::Failed;
     }
     let mut asked = false;
-    let seen = tcp.try_io(Interest::READABLE, || {
+    let seen = socket.try_io(Interest::READABLE, || {
         asked = true;
         read()
     });
@@ -219,9 +291,9 @@ fn look_at(
 /// poll tells (the flag looks merely clear); it runs outside the
 /// cooperative budget, which would otherwise make it look pending, and
 /// leaves a no-op waker behind, which the next read replaces.
-fn driver_gone(tcp: &TcpStream) -> bool {
+fn driver_gone<S: Socket>(socket: &S) -> bool {
     let mut poll = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
-        Poll::Ready(tcp.poll_read_ready(cx))
+        Poll::Ready(socket.poll_read_ready(cx))
     })));
     matches!(
         poll.as_mut()
@@ -231,25 +303,25 @@ fn driver_gone(tcp: &TcpStream) -> bool {
 }
 
 #[inline]
-fn tcp_liveness(tcp: &TcpStream, look: Look) -> Liveness {
-    look_at(tcp, look, || {
+fn socket_liveness<S: Socket>(socket: &S, look: Look) -> Liveness {
+    look_at(socket, look, || {
         let mut byte = [std::mem::MaybeUninit::uninit(); 1];
-        match socket2::SockRef::from(tcp).peek(&mut byte)? {
+        match socket.sock_ref().peek(&mut byte)? {
             0 => Ok(Liveness::Closed),
             _ => Ok(Liveness::UnexpectedData),
         }
     })
 }
 
-fn tls_liveness(tls: &mut TlsStream<TcpStream>, look: Look) -> Liveness {
-    let (tcp, session) = tls.get_mut();
+fn tls_liveness<S: Socket>(tls: &mut TlsStream<S>, look: Look) -> Liveness {
+    let (io, session) = tls.get_mut();
     // What an earlier read left decrypted: the rest of a reply, a close.
     match tls_verdict(session) {
         Liveness::Quiet => {}
         other => return other,
     }
-    look_at(tcp, look, || {
-        let socket = socket2::SockRef::from(&*tcp);
+    look_at(&*io, look, || {
+        let socket = io.sock_ref();
         let mut chunk = [0u8; 4096];
         let mut edge = RecordEdge::default();
         loop {
@@ -347,6 +419,10 @@ impl fmt::Debug for Stream {
         let kind = match &self.inner {
             Inner::Tcp(_) => "tcp",
             Inner::Tls(_) => "tls",
+            #[cfg(unix)]
+            Inner::Unix(_) => "unix",
+            #[cfg(unix)]
+            Inner::UnixTls(_) => "unix+tls",
             Inner::Custom(_) => "custom",
         };
         f.debug_struct("Stream")
@@ -361,6 +437,10 @@ macro_rules! dispatch {
         match &mut $self.get_mut().inner {
             Inner::Tcp($s) => $e,
             Inner::Tls($s) => $e,
+            #[cfg(unix)]
+            Inner::Unix($s) => $e,
+            #[cfg(unix)]
+            Inner::UnixTls($s) => $e,
             Inner::Custom($s) => $e,
         }
     };
@@ -375,6 +455,12 @@ impl AsyncRead for Stream {
         match &mut self.get_mut().inner {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s)
+                .poll_read(cx, buf)
+                .map_err(crate::dial::tls::worded_read_error),
+            #[cfg(unix)]
+            Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
+            Inner::UnixTls(s) => Pin::new(s)
                 .poll_read(cx, buf)
                 .map_err(crate::dial::tls::worded_read_error),
             Inner::Custom(s) => Pin::new(s).poll_read(cx, buf),
@@ -403,6 +489,10 @@ impl AsyncWrite for Stream {
         match &self.inner {
             Inner::Tcp(s) => s.is_write_vectored(),
             Inner::Tls(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Inner::Unix(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Inner::UnixTls(s) => s.is_write_vectored(),
             Inner::Custom(s) => s.is_write_vectored(),
         }
     }

@@ -136,6 +136,35 @@ async fn http2_with_prior_knowledge_shares_one_connection_among_requests_in_flig
     http2_shares_one_connection(uri, pool).await;
 }
 
+/// TLS over a Unix socket offers and checks ALPN `h2` as over TCP, and the
+/// connection is shared the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_on_a_unix_socket_negotiates_h2_and_shares_one_connection() {
+    let (_cert, nginx, pool) = nginx_and_pool(4).await;
+    let http = pool.protocol(Http2::<http2::Body>::new());
+    let endpoint = conpool::Endpoint::unix_tls(&nginx.tls_socket, "localhost").unwrap();
+    let mut leases = Vec::new();
+    for _ in 0..8 {
+        leases.push(http.get(&endpoint).await.unwrap());
+    }
+    let mut replies = Vec::new();
+    for lease in &mut leases {
+        let request = hyper::Request::get("https://localhost/")
+            .body(http2::Body::new())
+            .unwrap();
+        replies.push(lease.send_request(request));
+    }
+    for reply in replies {
+        let response = reply.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+    }
+    let s = http.stats(&endpoint);
+    assert_eq!((s.total_created, s.shares), (1, 8), "{s:?}");
+    drop(leases);
+    assert_eq!(http.stats(&endpoint).shares, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_opens_another_connection_only_when_every_one_is_full() {
     let (_cert, nginx, pool) = nginx_and_pool(4).await;

@@ -239,6 +239,38 @@ async fn alpn_negotiates_h2_or_http11_with_nginx_and_the_lease_shows_which() {
     assert_eq!(conn.alpn_protocol(), None);
 }
 
+/// Over a Unix socket the TLS session is the lease's as over TCP: the
+/// negotiated protocol and the session can be read back.
+#[tokio::test]
+async fn alpn_over_tls_on_a_unix_socket_shows_on_the_lease() {
+    let cert = TlsCert::localhost();
+    let nginx = Nginx::start(&cert, "60s").await;
+    let pems = Pems::new();
+    let endpoint = Endpoint::unix_tls(&nginx.tls_socket, "localhost").unwrap();
+
+    let h2_first = Pool::new(
+        pems.trusting(&cert)
+            .tls_alpn_protocols(["h2", "http/1.1"])
+            .build()
+            .unwrap(),
+    );
+    let conn = h2_first.get(&endpoint).await.unwrap();
+    assert!(conn.as_unix().is_some() && conn.as_tcp().is_none());
+    assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+    let session = conn.tls_session().expect("a TLS session over the socket");
+    assert!(session.protocol_version().is_some());
+
+    let http11 = Pool::new(
+        pems.trusting(&cert)
+            .tls_alpn_protocols(["http/1.1"])
+            .build()
+            .unwrap(),
+    );
+    let mut conn = http11.get(&endpoint).await.unwrap();
+    assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(http_get(&mut conn).await.unwrap(), (200, "ok\n".into()));
+}
+
 #[tokio::test]
 async fn the_second_connection_to_a_host_resumes_the_first_ones_session() {
     let cert = TlsCert::localhost();

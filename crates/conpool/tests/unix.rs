@@ -11,6 +11,7 @@ use support::TlsCert;
 use support::hosts::Hosts;
 use support::redis::{RedisServer, Reply, call};
 use support::servers::{Nginx, http_get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn redis_on_a_unix_socket_answers_and_its_connection_is_reused() {
@@ -71,6 +72,65 @@ async fn tls_over_a_unix_socket_verifies_the_endpoints_server_name() {
         "the reason is rustls's, in words: {err}"
     );
     assert_eq!(pool.stats(&wrong).errors, 1);
+}
+
+/// A Unix socket's server closes it while it sits idle, and the get comes
+/// before the runtime has turned its I/O driver (so tokio's readiness flag
+/// is still clear): the kernel is asked, as for TCP, and the closed
+/// connection is not handed out.
+#[tokio::test(flavor = "current_thread")]
+async fn a_unix_connection_closed_while_idle_is_never_handed_out_even_before_the_driver_sees_it() {
+    use std::io::{Read, Write};
+    let dir = support::servers::TempDir::new("unix-close");
+    let path = dir.path.join("echo.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+    // A server on a thread of its own: answers each connection's first
+    // byte, and closes the first connection when told.
+    let server = std::thread::spawn(move || {
+        for (i, socket) in listener.incoming().take(2).enumerate() {
+            let mut socket = socket.unwrap();
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).unwrap();
+            socket.write_all(&byte).unwrap();
+            if i == 0 {
+                close_rx.recv().unwrap();
+                drop(socket);
+                closed_tx.send(()).unwrap();
+            }
+        }
+    });
+    let pool = Pool::new(Config::default());
+    let endpoint = Endpoint::unix(&path).unwrap();
+
+    let mut conn = pool.get(&endpoint).await.unwrap();
+    assert!(conn.as_unix().is_some());
+    conn.write_all(b"a").await.unwrap();
+    let mut byte = [0u8; 1];
+    conn.read_exact(&mut byte).await.unwrap();
+    let first = conn.id();
+    // A release looks at the socket (and finds it quiet), which leaves
+    // tokio's readiness flag clear: from here only the kernel knows.
+    conn.release();
+    // Blocking, so that the runtime does not run meanwhile: the close is
+    // in the kernel, not yet in tokio's readiness.
+    close_tx.send(()).unwrap();
+    closed_rx.recv().unwrap();
+
+    let mut conn = pool.get(&endpoint).await.unwrap();
+    assert_ne!(conn.id(), first, "the closed connection was handed out");
+    conn.write_all(b"b").await.unwrap();
+    conn.read_exact(&mut byte).await.unwrap();
+    assert_eq!(&byte, b"b");
+    let stats = pool.stats(&endpoint);
+    assert_eq!(
+        (stats.total_created, stats.total_closed),
+        (2, 1),
+        "{stats:?}"
+    );
+    drop(conn);
+    server.join().unwrap();
 }
 
 #[tokio::test]

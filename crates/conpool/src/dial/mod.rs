@@ -372,12 +372,12 @@ impl TcpTlsDialer {
                 ))
             })?;
         let Some(name) = endpoint.unix_server_name() else {
-            return Ok(Stream::custom(socket));
+            return Ok(Stream::unix(socket));
         };
         let name = ServerName::try_from(name.to_owned())
             .map_err(|e| DialError::tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let tls = self.secure(endpoint, name, socket, deadline).await?;
-        Ok(Stream::custom(tls))
+        Ok(Stream::unix_tls(tls))
     }
 
     #[cfg(not(unix))]

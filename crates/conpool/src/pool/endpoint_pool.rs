@@ -184,7 +184,7 @@ struct Cold {
     next_id: u64,
     /// The sweeper keeping the waiters' deadlines, while one runs.
     sweeper: Option<Sweeper>,
-    last_dial_error: Option<String>,
+    last_dial_error: Option<Arc<str>>,
     /// Leases out now, tracked only when `leak_threshold` is set.
     leases: HashMap<u64, LeaseRecord>,
     /// Since when the endpoint has had nothing in it, for retirement.

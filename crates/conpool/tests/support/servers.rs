@@ -108,7 +108,7 @@ http {{
         listen 127.0.0.1:{tls_port} ssl http2;
         listen 127.0.0.1:{h2c_port} http2;
         listen unix:{d}/http.sock;
-        listen unix:{d}/https.sock ssl;
+        listen unix:{d}/https.sock ssl http2;
         server_name localhost;
         # nginx before 1.23.4 (Debian 12 ships 1.22) offers TLS 1.3 only
         # when told; newer ones do by default. Told, both serve alike.

@@ -163,7 +163,7 @@ impl EndpointPool {
                     let wake = self.return_dial_slot(&mut st);
                     let threshold = self.config().breaker_failures();
                     let cold = st.cold();
-                    cold.last_dial_error = Some(err.to_string());
+                    cold.last_dial_error = Some(err.to_string().into());
                     // A name that does not resolve is the resolver's to
                     // answer (it keeps failures for a second), with its own
                     // words, not the breaker's: it does not count, and a
