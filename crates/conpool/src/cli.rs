@@ -329,6 +329,11 @@ struct PoolFlags {
     /// none for the OS's [default: none]
     #[arg(long, env = "CONPOOL_TCP_USER_TIMEOUT", value_name = "DURATION", value_parser = duration_or_none)]
     tcp_user_timeout: Option<NoneOr<Duration>>,
+
+    /// TCP_NODELAY on every TCP connection (Nagle's algorithm off); true
+    /// or false [default: true]
+    #[arg(long, env = "CONPOOL_TCP_NODELAY", value_name = "BOOL", action = clap::ArgAction::Set)]
+    tcp_nodelay: Option<bool>,
     /// Failed dials in a row after which an endpoint's circuit breaker
     /// opens and gets fail fast until a probe dial succeeds; 0 turns it off
     /// [default: 5]
@@ -496,6 +501,7 @@ impl PoolArgs {
             send_buffer_size,
             local_address,
             tcp_user_timeout,
+            tcp_nodelay,
             tls_roots,
             tls_ca_file,
             tls_client_cert,

@@ -27,6 +27,18 @@ async fn keepalive_is_off_by_default() {
 }
 
 #[tokio::test]
+async fn tcp_nodelay_is_on_by_default_and_off_when_configured() {
+    let (pool, server) = pooled_with(Config::default()).await;
+    let conn = pool.get(&server.endpoint()).await.unwrap();
+    assert!(SockRef::from(conn.as_tcp().unwrap()).tcp_nodelay().unwrap());
+
+    let nagle = Config::builder().tcp_nodelay(false).build().unwrap();
+    let (pool, server) = pooled_with(nagle).await;
+    let conn = pool.get(&server.endpoint()).await.unwrap();
+    assert!(!SockRef::from(conn.as_tcp().unwrap()).tcp_nodelay().unwrap());
+}
+
+#[tokio::test]
 async fn keepalive_idle_interval_and_retries_are_set_as_configured() {
     let config = Config::builder()
         .tcp_keepalive(30 * S)

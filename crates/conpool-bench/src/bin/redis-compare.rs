@@ -18,9 +18,12 @@ const TASKS: usize = 64;
 const PER_TASK: usize = 1000;
 const ROUNDS: usize = 11;
 
-/// What a profile of conpool's subject found, for a run that misses the
-/// 0.95 target (from the run of 2026-12-01; see BENCHMARKS.md).
-const WHY_SHORT_OF_THE_FLOOR: &str = "Where the second target is missed, why: the row that clones the shared connection for every GET runs as fast as the bare one, so redis-rs's clone is not the cost; conpool's books are. Since the first runs of this section (0.69–0.85), a get no longer takes the protocol pool's map lock (each thread remembers the share set it found last) nor the endpoint's lock (a clear or a close retires shared connections instead of every share asking the generation), and a share holds two references, not three: in the runs on this machine after that, 0.82, 0.86, 0.88 and 0.95. What is left per GET is the share set's lock twice (get and drop) and two reference counts, on cache lines both workers write, so that every GET moves them between the two cores (this VM has no hardware counters to count the misses). Runs on this shared 2-core machine swing by up to half between rounds (the min–max above), more than the gap to the target.";
+/// Why every subject's sockets are set alike, and what was found where
+/// they were not (from the runs of 2026-12-01; see BENCHMARKS.md).
+const SOCKETS_NOTE: &str = "Every subject's TCP sockets set `TCP_NODELAY`, as conpool's do by default (`tcp_nodelay`). redis-rs leaves Nagle's algorithm on unless told, and with it on this load's GETs from many tasks leave in fewer segments: on this machine that alone doubled the shared connection's GETs/s with one tokio worker. The earlier runs of this section left the shared connection and the other pools on redis-rs's default while conpool set `TCP_NODELAY`, and so measured the socket option, not the pools: conpool at 0.69–0.95 of the shared connection then. A user who wants Nagle's batching sets `tcp_nodelay(false)` on conpool's config.";
+
+/// For a run that misses the floor target.
+const WHY_SHORT_OF_THE_FLOOR: &str = "Where the second target is missed, why: what conpool adds to each GET is a share's get and drop, two turns of the share set's lock and a reference count on lines both workers write (section 8 counts the instructions); the rounds' ratios (the min–max above) show how far this shared 2-core machine swings beside that.";
 
 struct Row {
     name: &'static str,
@@ -40,6 +43,7 @@ struct Measured {
 fn main() {
     let mut write = false;
     let mut only: Option<String> = None;
+    let mut workers = 2;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -51,9 +55,17 @@ fn main() {
                         .expect("--only NAME (a prefix of a subject's name)"),
                 )
             }
+            // The section is written for 2; other counts are for study.
+            "--workers" => {
+                workers = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--workers N (tokio worker threads, at least 1)")
+            }
             "-h" | "--help" => {
                 println!(
-                    "redis-compare [--write]: Redis GET through conpool, bb8-redis, deadpool-redis and one shared connection"
+                    "redis-compare [--write] [--only NAME] [--workers N]: Redis GET through conpool, bb8-redis, deadpool-redis and one shared connection"
                 );
                 return;
             }
@@ -70,7 +82,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let rt = conpool_bench::load::runtime(2);
+    let rt = conpool_bench::load::runtime(workers);
     let measured = rt.block_on(async {
         let subjects: Vec<_> = Subject::all(&server)
             .await
@@ -126,13 +138,20 @@ fn main() {
     });
     rt.shutdown_timeout(Duration::from_millis(100));
     let rows = &measured.rows;
-    if only.is_some() {
+    if only.is_some() || workers != 2 {
         for r in rows {
             println!(
                 "{}: {} GETs/s, p99 {:.0} µs",
                 r.name,
                 report::thousands(r.ops.median),
                 r.p99_us.median
+            );
+        }
+        let ratio = &measured.floor_ratio;
+        if !ratio.median.is_nan() {
+            println!(
+                "conpool ÷ the shared connection, per round: {:.3} ({:.3}–{:.3}), {workers} worker(s)",
+                ratio.median, ratio.min, ratio.max
             );
         }
         return;
@@ -246,6 +265,7 @@ fn section(measured: &Measured) -> String {
     if ratio.median.is_nan() || ratio.median < 0.95 {
         let _ = writeln!(md, "\n{WHY_SHORT_OF_THE_FLOOR}");
     }
+    let _ = writeln!(md, "\n{SOCKETS_NOTE}");
     let _ = writeln!(
         md,
         "\nReproduce: `cargo run --release -p conpool-bench --bin redis-compare -- --write` \

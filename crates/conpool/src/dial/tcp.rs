@@ -56,9 +56,10 @@ pub async fn connect_any(addrs: &[SocketAddr], deadline: Option<Instant>) -> io:
     .map_err(DialError::into_io)
 }
 
-/// The socket options the default dialer sets on each TCP socket before it
-/// connects: the config's keepalive, buffer sizes, local address and
-/// `TCP_USER_TIMEOUT`. The default sets none (the OS's own).
+/// The socket options the default dialer sets on each TCP socket: the
+/// config's keepalive, buffer sizes, local address and `TCP_USER_TIMEOUT`
+/// before it connects, `TCP_NODELAY` after. The default sets none of the
+/// first (the OS's own) and `TCP_NODELAY`, as the config's default does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SocketOptions {
     keepalive: Option<Duration>,
@@ -68,6 +69,9 @@ pub struct SocketOptions {
     send_buffer_size: Option<usize>,
     local_address: Option<IpAddr>,
     user_timeout: Option<Duration>,
+    /// Leaves Nagle's algorithm on: `TCP_NODELAY` unset (false, the
+    /// default, sets it).
+    nagle: bool,
 }
 
 impl SocketOptions {
@@ -81,6 +85,7 @@ impl SocketOptions {
             send_buffer_size: config.send_buffer_size(),
             local_address: config.local_address(),
             user_timeout: config.tcp_user_timeout(),
+            nagle: !config.tcp_nodelay(),
         }
     }
 
@@ -137,8 +142,7 @@ impl SocketOptions {
 }
 
 /// Connects to `addr` with `options` set, failing with
-/// [`io::ErrorKind::TimedOut`] at `deadline`, and turns Nagle's algorithm
-/// off.
+/// [`io::ErrorKind::TimedOut`] at `deadline`.
 pub async fn connect(
     addr: SocketAddr,
     deadline: Option<Instant>,
@@ -159,6 +163,6 @@ pub async fn connect(
                 })??
         }
     };
-    stream.set_nodelay(true)?;
+    stream.set_nodelay(!options.nagle)?;
     Ok(stream)
 }

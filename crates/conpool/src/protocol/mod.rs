@@ -268,14 +268,16 @@ pub(crate) struct HandshakeFailure {
 /// A protocol and what the pool keeps beside the core's books for it: the
 /// shares of its connections.
 pub(crate) struct Books<P: Protocol> {
-    protocol: P,
+    /// Shared with each endpoint's share set, whose shares ask it whether
+    /// their connection is still ready as they come back.
+    protocol: Arc<P>,
     shares: shared::Shares<P>,
 }
 
 impl<P: Protocol> Books<P> {
     pub(crate) fn new(protocol: P) -> Self {
         Books {
-            protocol,
+            protocol: Arc::new(protocol),
             shares: shared::Shares::default(),
         }
     }

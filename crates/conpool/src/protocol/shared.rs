@@ -43,7 +43,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Books, Kind, Protocol, ProtocolLease, ProtocolPool, deadline, live_mut};
+use super::{Kind, Protocol, ProtocolLease, ProtocolPool, deadline, live_mut};
 use crate::endpoint::PrehashedState;
 use crate::pool::ProtocolConn;
 use crate::{CloseReason, Endpoint, Error, PooledConnection};
@@ -84,11 +84,11 @@ impl<P: Protocol> Default for Shares<P> {
 }
 
 impl<P: Protocol> Shares<P> {
-    fn set(&self, endpoint: &Endpoint) -> Arc<ShareSet<P>> {
+    fn set(&self, endpoint: &Endpoint, protocol: &Arc<P>) -> Arc<ShareSet<P>> {
         if let Some(set) = self.last_set(endpoint) {
             return set;
         }
-        let set = self.set_in_map(endpoint);
+        let set = self.set_in_map(endpoint, protocol);
         let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(&set) as _;
         let replaced = LAST_SET.try_with(|last| {
             let mut last = last.try_borrow_mut().ok()?;
@@ -118,7 +118,7 @@ impl<P: Protocol> Shares<P> {
         (set.endpoint == *endpoint).then_some(set)
     }
 
-    fn set_in_map(&self, endpoint: &Endpoint) -> Arc<ShareSet<P>> {
+    fn set_in_map(&self, endpoint: &Endpoint, protocol: &Arc<P>) -> Arc<ShareSet<P>> {
         let mut sets = self.sets.lock();
         if let Some(set) = sets.get(endpoint) {
             return set.clone();
@@ -127,6 +127,7 @@ impl<P: Protocol> Shares<P> {
             .or_insert_with(|| {
                 Arc::new(ShareSet {
                     endpoint: endpoint.clone(),
+                    protocol: protocol.clone(),
                     state: Mutex::new(SetState {
                         conns: Vec::new(),
                         acquiring: false,
@@ -170,6 +171,11 @@ impl<P: Protocol> Shares<P> {
 /// One endpoint's shared connections and the callers waiting for a share.
 pub(crate) struct ShareSet<P: Protocol> {
     endpoint: Endpoint,
+    /// The pool's protocol: what a share asks as it comes back, and what
+    /// makes a share's handle. Held here so that a share holds one
+    /// reference, to its set, not a second to the pool's books: each is a
+    /// count that both cores write on every get.
+    protocol: Arc<P>,
     state: Mutex<SetState<P>>,
 }
 
@@ -189,6 +195,10 @@ struct SetState<P: Protocol> {
 
 /// A connection out for sharing.
 struct Shared {
+    /// The lease's [`id`](PooledConnection::id), beside the counts that a
+    /// share's return looks it up with: the lease's own lies further off,
+    /// on another cache line.
+    id: u64,
     lease: PooledConnection,
     /// `max_shares` as the protocol gave it when the connection came out.
     max: usize,
@@ -231,14 +241,10 @@ impl<P: Protocol> SetState<P> {
 }
 
 impl<P: Protocol> ShareSet<P> {
-    /// One more share of the first open connection with room, marking
-    /// those found unfit on the way as taking no more.
-    fn take_share(
-        self: &Arc<Self>,
-        st: &mut SetState<P>,
-        books: &Arc<Books<P>>,
-        now: Instant,
-    ) -> Option<Share<P>> {
+    /// One more share of the first open connection with room, counted in
+    /// the books (its caller makes it a [`Share`]), marking those found
+    /// unfit on the way as taking no more.
+    fn take_share(&self, st: &mut SetState<P>, now: Instant) -> Option<Taken<P>> {
         for c in st.conns.iter_mut() {
             if !c.open || c.in_flight >= c.max {
                 continue;
@@ -254,7 +260,7 @@ impl<P: Protocol> ShareSet<P> {
             } else {
                 let live = live_mut::<P>(&mut c.lease);
                 if live.is_ready() {
-                    books.protocol.share(&live.conn)
+                    self.protocol.share(&live.conn)
                 } else {
                     None
                 }
@@ -269,18 +275,10 @@ impl<P: Protocol> ShareSet<P> {
             }
             let reused = c.handed > 0 || c.lease.is_reused();
             c.handed += 1;
-            let share = Share {
-                conn,
-                id: c.lease.id(),
-                set: self.clone(),
-                books: books.clone(),
-                reused,
-                armed: true,
-                discard: false,
-            };
+            let id = c.id;
             st.shares += 1;
             st.check_books();
-            return Some(share);
+            return Some(Taken { conn, id, reused });
         }
         None
     }
@@ -288,7 +286,7 @@ impl<P: Protocol> ShareSet<P> {
     /// Takes back, under the lock, a share that found no taker.
     fn undo(st: &mut SetState<P>, mut share: Share<P>) {
         share.armed = false;
-        if let Some(c) = st.conns.iter_mut().find(|c| c.lease.id() == share.id) {
+        if let Some(c) = st.conns.iter_mut().find(|c| c.id == share.id) {
             c.in_flight -= 1;
             c.handed -= 1;
         }
@@ -299,7 +297,7 @@ impl<P: Protocol> ShareSet<P> {
     /// Hands shares to waiters, first come first served, while an open
     /// connection has room. The clock is read only if someone waits: most
     /// returns find nobody.
-    fn serve_waiters(self: &Arc<Self>, st: &mut SetState<P>, books: &Arc<Books<P>>) {
+    fn serve_waiters(self: &Arc<Self>, st: &mut SetState<P>) {
         let mut clock = None;
         loop {
             // Places of callers that left (the turn's holder's, once it
@@ -312,9 +310,10 @@ impl<P: Protocol> ShareSet<P> {
                 return;
             }
             let now = *clock.get_or_insert_with(Instant::now);
-            let Some(mut share) = self.take_share(st, books, now) else {
+            let Some(taken) = self.take_share(st, now) else {
                 return;
             };
+            let mut share = taken.into_share(self.clone());
             loop {
                 let Some(waiter) = st.waiters.pop_front() else {
                     Self::undo(st, share);
@@ -367,11 +366,10 @@ impl<P: Protocol> ShareSet<P> {
     fn add(
         self: &Arc<Self>,
         mut lease: PooledConnection,
-        books: &Arc<Books<P>>,
         mut turn: AcquireTurn<P>,
     ) -> Option<Share<P>> {
         let now = Instant::now();
-        let max = books
+        let max = self
             .protocol
             .max_shares(&live_mut::<P>(&mut lease).conn)
             .max(1);
@@ -383,14 +381,17 @@ impl<P: Protocol> ShareSet<P> {
             // `retire` sees this connection.
             let open = lease.is_current();
             st.conns.push(Shared {
+                id: lease.id(),
                 lease,
                 max,
                 in_flight: 0,
                 open,
                 handed: 0,
             });
-            let mine = self.take_share(&mut st, books, now);
-            self.serve_waiters(&mut st, books);
+            let mine = self
+                .take_share(&mut st, now)
+                .map(|taken| taken.into_share(self.clone()));
+            self.serve_waiters(&mut st);
             if st.waiters.is_empty() {
                 st.acquiring = false;
             } else {
@@ -459,7 +460,7 @@ impl<P: Protocol> Drop for Waiting<P> {
 }
 
 enum Next<P: Protocol> {
-    Leased(Share<P>),
+    Leased(Taken<P>),
     /// The turn, and a place at the head of the waiters while it is used.
     Acquire(AcquireTurn<P>, Waiting<P>),
     Wait(Waiting<P>),
@@ -490,7 +491,7 @@ pub(super) async fn get<P: Protocol>(
     if pp.pool.is_closed() {
         return Err(Error::PoolClosed);
     }
-    let set = pp.books.shares.set(endpoint);
+    let set = pp.books.shares.set(endpoint, &pp.books.protocol);
     let max_waiters = pp.ctx.config.max_waiters_per_endpoint();
     // `acquire_timeout` runs from the first time a share is not there at
     // once (a lock's hold after the call): a get that finds one reads the
@@ -500,12 +501,12 @@ pub(super) async fn get<P: Protocol>(
     loop {
         let (next, finished) = {
             let mut st = set.state.lock();
-            let share = set.take_share(&mut st, &pp.books, Instant::now());
-            let next = match (share, turn.take()) {
-                (Some(share), unused) => {
+            let taken = set.take_share(&mut st, Instant::now());
+            let next = match (taken, turn.take()) {
+                (Some(taken), unused) => {
                     // Passed on once the lock is released.
                     turn = unused;
-                    Next::Leased(share)
+                    Next::Leased(taken)
                 }
                 (None, Some(turn)) => Next::Acquire(turn, place_first(&mut st, &set)),
                 (None, None) if !st.acquiring => {
@@ -533,7 +534,8 @@ pub(super) async fn get<P: Protocol>(
             _ => *waits_until.get_or_insert_with(|| deadline(&pp.ctx.config)),
         };
         match next {
-            Next::Leased(share) => return Ok(shared_lease(share)),
+            // This get's reference to the set becomes the share's.
+            Next::Leased(taken) => return Ok(shared_lease(taken.into_share(set))),
             Next::TooManyWaiters(waiting) => {
                 return Err(too_many_waiters_error(pp, endpoint, waiting));
             }
@@ -558,7 +560,7 @@ pub(super) async fn get<P: Protocol>(
                 };
                 match lease {
                     Some(Ok(lease)) => {
-                        if let Some(share) = set.add(lease, &pp.books, turn) {
+                        if let Some(share) = set.add(lease, turn) {
                             return Ok(shared_lease(share));
                         }
                         // The new connection could not be shared (not
@@ -643,13 +645,35 @@ fn timeout_error<P: Protocol>(pp: &ProtocolPool<P>, endpoint: &Endpoint) -> Erro
     }
 }
 
+/// A share counted in the books under the set's lock, before it has the
+/// reference to its set that makes it a [`Share`]: taken after the lock's
+/// release, from the get's own where it can, so that a get moves no count
+/// it does not have to.
+struct Taken<P: Protocol> {
+    conn: P::Conn,
+    id: u64,
+    reused: bool,
+}
+
+impl<P: Protocol> Taken<P> {
+    fn into_share(self, set: Arc<ShareSet<P>>) -> Share<P> {
+        Share {
+            conn: self.conn,
+            id: self.id,
+            set,
+            reused: self.reused,
+            armed: true,
+            discard: false,
+        }
+    }
+}
+
 /// A share of a connection: its own handle on the connection, given back
 /// when dropped.
 pub(crate) struct Share<P: Protocol> {
     conn: P::Conn,
     id: u64,
     set: Arc<ShareSet<P>>,
-    books: Arc<Books<P>>,
     reused: bool,
     /// Whether dropping it gives it back (false once taken back unsent).
     armed: bool,
@@ -687,10 +711,10 @@ impl<P: Protocol> Drop for Share<P> {
         if !self.armed {
             return;
         }
-        let ready = self.books.protocol.is_ready(&mut self.conn);
+        let ready = self.set.protocol.is_ready(&mut self.conn);
         let finished = {
             let mut st = self.set.state.lock();
-            if let Some(c) = st.conns.iter_mut().find(|c| c.lease.id() == self.id) {
+            if let Some(c) = st.conns.iter_mut().find(|c| c.id == self.id) {
                 c.in_flight -= 1;
                 if self.discard {
                     c.open = false;
@@ -701,7 +725,7 @@ impl<P: Protocol> Drop for Share<P> {
             }
             st.shares -= 1;
             st.check_books();
-            self.set.serve_waiters(&mut st, &self.books);
+            self.set.serve_waiters(&mut st);
             ShareSet::take_finished(&mut st)
         };
         give_back(finished);
