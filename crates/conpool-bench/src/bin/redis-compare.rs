@@ -20,7 +20,7 @@ const ROUNDS: usize = 11;
 
 /// Why every subject's sockets are set alike, and what was found where
 /// they were not (from the runs of 2026-12-01; see BENCHMARKS.md).
-const SOCKETS_NOTE: &str = "Every subject's TCP sockets set `TCP_NODELAY`, as conpool's do by default (`tcp_nodelay`). redis-rs leaves Nagle's algorithm on unless told, and with it on this load's GETs from many tasks leave in fewer segments: on this machine that alone doubled the shared connection's GETs/s with one tokio worker. The earlier runs of this section left the shared connection and the other pools on redis-rs's default while conpool set `TCP_NODELAY`, and so measured the socket option, not the pools: conpool at 0.69–0.95 of the shared connection then. A user who wants Nagle's batching sets `tcp_nodelay(false)` on conpool's config.";
+const SOCKETS_NOTE: &str = "Every subject's TCP sockets set `TCP_NODELAY`, as conpool's do by default (`tcp_nodelay`). redis-rs leaves Nagle's algorithm on unless told, and with it on this load's GETs from many tasks leave in fewer segments: on this machine that alone doubled the shared connection's GETs/s with one tokio worker. The earlier runs of this section left the shared connection and the other pools on redis-rs's default while conpool set `TCP_NODELAY`, and so measured the socket option, not the pools: conpool at 0.69–0.95 of the shared connection then. A user who wants Nagle's batching sets `tcp_nodelay(false)` on conpool's config. With one tokio worker (`redis-compare --workers 1`, which prints figures only), runs on 2026-12-01 gave conpool 0.91 and 0.96 of the shared connection per round.";
 
 /// For a run that misses the floor target.
 const WHY_SHORT_OF_THE_FLOOR: &str = "Where the second target is missed, why: what conpool adds to each GET is a share's get and drop, two turns of the share set's lock and a reference count on lines both workers write (section 8 counts the instructions); the rounds' ratios (the min–max above) show how far this shared 2-core machine swings beside that.";
@@ -225,9 +225,9 @@ fn section(measured: &Measured) -> String {
          and given back; the shared connection is cloned into each task once. Median of \
          {ROUNDS} interleaved rounds (min–max), 2 tokio workers, redis-server on the same \
          2 cores. In each round the shared connection runs twice, just before and just \
-         after conpool, and conpool's rate is divided by the mean of those two: the ratio \
-         the second target is judged on is the median of those per-round ratios, which the \
-         machine's swings between rounds (the min–max of the rows) do not reach.\n"
+         after conpool, and conpool's rate is divided by the mean of those two, so that a \
+         swing of the machine between rounds (the rows' min–max) falls on both sides of \
+         each ratio; the second target is judged on the median of those per-round ratios.\n"
     );
     let _ = writeln!(md, "| subject | GETs/s | p99 latency (µs) |");
     let _ = writeln!(md, "| --- | ---: | ---: |");
