@@ -128,12 +128,14 @@ impl Stream {
             .and_then(|session| session.alpn_protocol())
     }
 
-    /// The remote address, for TCP and TLS streams.
+    /// The remote address, for TCP and TLS-over-TCP streams (`None` for a
+    /// Unix socket).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.as_tcp().and_then(|s| s.peer_addr().ok())
     }
 
-    /// The local address, for TCP and TLS streams.
+    /// The local address, for TCP and TLS-over-TCP streams (`None` for a
+    /// Unix socket).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.as_tcp().and_then(|s| s.local_addr().ok())
     }

@@ -474,8 +474,8 @@ impl<P: Protocol> ProtocolPool<P> {
     /// arrival order, within `acquire_timeout`. A shared protocol dials a
     /// new connection only when every open one is at its
     /// [`max_shares`](Protocol::max_shares), one dial at a time per
-    /// endpoint. Every error it returns names this pool's protocol
-    /// ([`Error::protocol`]) as well as the endpoint.
+    /// endpoint. Every error it returns but [`Error::PoolClosed`] names
+    /// this pool's protocol ([`Error::protocol`]) as well as the endpoint.
     #[track_caller]
     pub fn get<'a>(
         &'a self,
