@@ -7,8 +7,9 @@
 //!   [`TcpTlsDialer`], resolves the host through the pool's cache of a
 //!   [`Resolve`]r's answers ([`resolve`]), races TCP connects to its
 //!   addresses ([`happy_eyeballs`], [`tcp`]) and runs the TLS handshake for
-//!   TLS endpoints ([`tls`]) inside each racer. Unix sockets, proxies and test doubles are other
-//!   implementations.
+//!   TLS endpoints ([`tls`]) inside each racer; a Unix socket endpoint it
+//!   connects by path, with TLS over it for a TLS one. Proxies and test
+//!   doubles are other implementations.
 //! - the pool's attempt is the dial and then the config's `on_connect` hook
 //!   on the new stream ([`OnConnect`]); it wraps every attempt in the
 //!   configured `connect_timeout` and retries what can succeed on retry (a

@@ -125,8 +125,10 @@ impl Pool {
         Pool::build(config, Arc::new(dialer.clone()), Some(dialer))
     }
 
-    /// A pool that dials with a custom [`Dial`] (Unix sockets, proxies,
-    /// test doubles). Timeouts, retries and limits still come from `config`.
+    /// A pool that dials with a custom [`Dial`] (proxies, tunnels, test
+    /// doubles; the default dialer already reaches TCP, TLS and Unix
+    /// socket endpoints). Timeouts, retries and limits still come from
+    /// `config`.
     pub fn with_dialer(config: Config, dialer: impl Dial) -> Self {
         Pool::build(config, Arc::new(dialer), None)
     }
