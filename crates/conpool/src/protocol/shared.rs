@@ -459,8 +459,8 @@ impl<P: Protocol> Drop for Waiting<P> {
     }
 }
 
+/// What a get that found no share at once does next.
 enum Next<P: Protocol> {
-    Leased(Taken<P>),
     /// The turn, and a place at the head of the waiters while it is used.
     Acquire(AcquireTurn<P>, Waiting<P>),
     Wait(Waiting<P>),
@@ -506,36 +506,48 @@ pub(super) async fn get<P: Protocol>(
                 (Some(taken), unused) => {
                     // Passed on once the lock is released.
                     turn = unused;
-                    Next::Leased(taken)
+                    Ok(taken)
                 }
-                (None, Some(turn)) => Next::Acquire(turn, place_first(&mut st, &set)),
+                (None, Some(turn)) => Err(Next::Acquire(turn, place_first(&mut st, &set))),
                 (None, None) if !st.acquiring => {
                     st.acquiring = true;
-                    Next::Acquire(AcquireTurn::new(&set), place_first(&mut st, &set))
+                    Err(Next::Acquire(
+                        AcquireTurn::new(&set),
+                        place_first(&mut st, &set),
+                    ))
                 }
-                (None, None) if st.too_many_waiters(max_waiters).is_some() => {
-                    Next::TooManyWaiters(st.too_many_waiters(max_waiters).unwrap_or_default())
-                }
+                (None, None) if st.too_many_waiters(max_waiters).is_some() => Err(
+                    Next::TooManyWaiters(st.too_many_waiters(max_waiters).unwrap_or_default()),
+                ),
                 (None, None) => {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(tx);
-                    Next::Wait(Waiting {
+                    Err(Next::Wait(Waiting {
                         rx,
                         set: set.clone(),
-                    })
+                    }))
                 }
             };
             (next, ShareSet::take_finished(&mut st))
         };
+        let next = match next {
+            Ok(taken) => {
+                // A `Share` (whose drop gives it back) before anything else
+                // runs: giving connections back runs the protocol's code,
+                // and a panic there must leave no share counted that
+                // nothing would give back. This get's reference to the set
+                // becomes the share's.
+                let share = taken.into_share(set);
+                give_back(finished);
+                drop(turn.take());
+                return Ok(shared_lease(share));
+            }
+            Err(next) => next,
+        };
         give_back(finished);
         drop(turn.take());
-        let deadline = match next {
-            Next::Leased(_) => None,
-            _ => *waits_until.get_or_insert_with(|| deadline(&pp.ctx.config)),
-        };
+        let deadline = *waits_until.get_or_insert_with(|| deadline(&pp.ctx.config));
         match next {
-            // This get's reference to the set becomes the share's.
-            Next::Leased(taken) => return Ok(shared_lease(taken.into_share(set))),
             Next::TooManyWaiters(waiting) => {
                 return Err(too_many_waiters_error(pp, endpoint, waiting));
             }
