@@ -105,7 +105,7 @@ pub enum Error {
         pool_of(*protocol),
         plural(*failures),
         next_try(*retry_in),
-        last_dial_error.as_deref().map(|e| format!("; last dial error: {e}")).unwrap_or_default()
+        last_dial_error_of(last_dial_error)
     )]
     CircuitOpen {
         /// The endpoint asked for.
@@ -127,7 +127,7 @@ pub enum Error {
         "{}no connection to {endpoint} within {timeout:?} (the endpoint had {} active, {} idle, {} dialing, {} waiting){}",
         pool_of(*protocol),
         state.active, state.idle, state.dialing, state.waiting,
-        last_dial_error.as_deref().map(|e| format!("; last dial error: {e}")).unwrap_or_default()
+        last_dial_error_of(last_dial_error)
     )]
     AcquireTimeout {
         /// The endpoint asked for.
@@ -211,6 +211,14 @@ pub enum Error {
         /// `None` for the byte-stream pool.
         protocol: Option<&'static str>,
     },
+}
+
+/// The end of a message that names the endpoint's last dial error, if any.
+fn last_dial_error_of(error: &Option<std::sync::Arc<str>>) -> String {
+    error
+        .as_deref()
+        .map(|e| format!("; last dial error: {e}"))
+        .unwrap_or_default()
 }
 
 fn next_try(retry_in: Duration) -> String {
