@@ -25,7 +25,7 @@ use conpool::cli::PoolArgs;
 use conpool::{Config, Endpoint, Error, Pool, ThreadSlots, TlsRoots};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::servers::TempDir;
+use support::servers::Pems;
 use support::{EchoServer, TlsCert, round_trip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -367,7 +367,7 @@ fn every_flag_sets_its_config_field() {
 
 #[test]
 fn the_tls_flags_set_their_config_fields_through_the_builder() {
-    let pems = Pems::new();
+    let pems = Pems::new("cli");
     let cert = TlsCert::localhost();
     let ca = pems.write("ca.pem", &cert.cert_pem);
     let key = pems.write("key.pem", &cert.key_pem);
@@ -689,35 +689,16 @@ fn a_later_update_is_checked_against_the_rules_with_the_earlier_flags() {
     );
 }
 
-/// PEM files in a directory removed at the end of the test.
-struct Pems {
-    dir: TempDir,
-}
-
-impl Pems {
-    fn new() -> Pems {
-        Pems {
-            dir: TempDir::new("cli"),
-        }
-    }
-
-    fn write(&self, name: &str, contents: &str) -> String {
-        let path = self.dir.path.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-}
-
 #[test]
 fn a_tls_file_that_cannot_be_used_is_a_clap_error_naming_flag_and_file() {
-    let pems = Pems::new();
+    let pems = Pems::new("cli");
     let cert = TlsCert::localhost();
     let other = TlsCert::localhost();
     let cert_file = pems.write("cert.pem", &cert.cert_pem);
     let key_file = pems.write("key.pem", &cert.key_pem);
     let other_key = pems.write("other-key.pem", &other.key_pem);
     let not_pem = pems.write("notes.txt", "not a certificate\n");
-    let missing = pems.dir.path.join("missing.pem");
+    let missing = pems.path("missing.pem");
     let missing = missing.to_str().unwrap();
 
     let first_line = |args: &[&str]| error_of(args);
@@ -794,7 +775,7 @@ fn a_tls_file_that_cannot_be_used_is_a_clap_error_naming_flag_and_file() {
 async fn ca_file_and_server_name_reach_a_tls_server_by_its_address() {
     let cert = TlsCert::localhost();
     let server = EchoServer::start_tls(&cert).await;
-    let pems = Pems::new();
+    let pems = Pems::new("cli");
     let ca = pems.write("ca.pem", &cert.cert_pem);
     // Dialed by address; the certificate names only localhost.
     let by_address = Endpoint::tls("127.0.0.1", server.port()).unwrap();
@@ -877,7 +858,7 @@ async fn client_certificate_flags_give_mutual_tls() {
     let client_cert = TlsCert::localhost();
     let port = mutual_tls_server(&server_cert, &client_cert).await;
     let endpoint = Endpoint::tls("localhost", port).unwrap();
-    let pems = Pems::new();
+    let pems = Pems::new("cli");
     let ca = pems.write("ca.pem", &server_cert.cert_pem);
     let cert = pems.write("client.pem", &client_cert.cert_pem);
     let key = pems.write("client-key.pem", &client_cert.key_pem);

@@ -10,42 +10,9 @@ use std::sync::Arc;
 
 use conpool::{Config, ConfigBuilder, Endpoint, Error, Pool, TlsRoots};
 use rustls::HandshakeKind;
-use support::servers::{Nginx, TempDir, http_get};
+use support::servers::{Nginx, Pems, http_get};
 use support::{EchoServer, TlsCert, round_trip};
 use tokio::io::AsyncReadExt;
-
-/// PEM files of certificates and keys, in a directory of their own.
-struct Pems {
-    dir: TempDir,
-}
-
-impl Pems {
-    fn new() -> Pems {
-        Pems {
-            dir: TempDir::new("tls-settings"),
-        }
-    }
-
-    fn write(&self, name: &str, contents: &str) -> String {
-        let path = self.dir.path.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-
-    /// A builder that trusts `server` only, as the suite's servers need.
-    fn trusting(&self, server: &TlsCert) -> ConfigBuilder {
-        Config::builder()
-            .tls_ca_file(self.write("server-ca.pem", &server.cert_pem))
-            .tls_roots(TlsRoots::None)
-    }
-
-    /// `builder` presenting `client` as its certificate.
-    fn presenting(&self, builder: ConfigBuilder, client: &TlsCert, tag: &str) -> ConfigBuilder {
-        builder
-            .tls_client_cert(self.write(&format!("{tag}-cert.pem"), &client.cert_pem))
-            .tls_client_key(self.write(&format!("{tag}-key.pem"), &client.key_pem))
-    }
-}
 
 fn mtls_endpoint(nginx: &Nginx) -> Endpoint {
     Endpoint::tls("localhost", nginx.mtls_port.unwrap()).unwrap()
@@ -55,7 +22,7 @@ fn mtls_endpoint(nginx: &Nginx) -> Endpoint {
 async fn mutual_tls_with_the_client_certificate_nginx_trusts_gets_200() {
     let (server, client) = (TlsCert::localhost(), TlsCert::localhost());
     let nginx = Nginx::start_mtls(&server, &client).await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let pool = Pool::new(
         pems.presenting(pems.trusting(&server), &client, "client")
             .build()
@@ -74,7 +41,7 @@ async fn nginx_with_ssl_verify_client_on_refuses_no_certificate_and_a_wrong_one_
         TlsCert::localhost(),
     );
     let nginx = Nginx::start_mtls(&server, &client).await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let endpoint = mtls_endpoint(&nginx);
 
     // nginx's http module completes the handshake either way and answers
@@ -147,7 +114,7 @@ async fn a_tls13_server_that_wants_a_client_certificate_says_so_in_words_on_the_
         TlsCert::localhost_named("a stranger"),
     );
     let endpoint = rustls_mtls_server(&server, &client, &rustls::version::TLS13).await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
 
     // TLS 1.3: the client's side of the handshake is done before the
     // server judges its certificate, so the verdict is the first read's.
@@ -194,7 +161,7 @@ async fn a_tls13_server_that_wants_a_client_certificate_says_so_in_words_on_the_
 async fn a_tls12_server_that_wants_a_client_certificate_fails_the_dial_in_words() {
     let (server, client) = (TlsCert::localhost(), TlsCert::localhost());
     let endpoint = rustls_mtls_server(&server, &client, &rustls::version::TLS12).await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let pool = Pool::new(pems.trusting(&server).build().unwrap());
 
     let err = pool.get(&endpoint).await.unwrap_err();
@@ -212,7 +179,7 @@ async fn a_tls12_server_that_wants_a_client_certificate_fails_the_dial_in_words(
 async fn alpn_negotiates_h2_or_http11_with_nginx_and_the_lease_shows_which() {
     let cert = TlsCert::localhost();
     let nginx = Nginx::start(&cert, "60s").await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let endpoint = nginx.endpoint(true);
 
     let h2_first = Pool::new(
@@ -245,7 +212,7 @@ async fn alpn_negotiates_h2_or_http11_with_nginx_and_the_lease_shows_which() {
 async fn alpn_over_tls_on_a_unix_socket_shows_on_the_lease() {
     let cert = TlsCert::localhost();
     let nginx = Nginx::start(&cert, "60s").await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let endpoint = Endpoint::unix_tls(&nginx.tls_socket, "localhost").unwrap();
 
     let h2_first = Pool::new(
@@ -275,7 +242,7 @@ async fn alpn_over_tls_on_a_unix_socket_shows_on_the_lease() {
 async fn the_second_connection_to_a_host_resumes_the_first_ones_session() {
     let cert = TlsCert::localhost();
     let nginx = Nginx::start(&cert, "60s").await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let endpoint = nginx.endpoint(true);
     let pool = Pool::new(pems.trusting(&cert).build().unwrap());
 
@@ -314,7 +281,7 @@ async fn the_second_connection_to_a_host_resumes_the_first_ones_session() {
 async fn extra_roots_from_a_pem_file_sit_beside_the_webpki_roots() {
     let cert = TlsCert::localhost();
     let server = EchoServer::start_tls(&cert).await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let config = Config::builder()
         .tls_ca_file(pems.write("ca.pem", &cert.cert_pem))
         .build()
@@ -330,7 +297,7 @@ async fn extra_roots_from_a_pem_file_sit_beside_the_webpki_roots() {
 async fn the_platform_verifier_takes_extra_roots_and_refuses_an_unknown_issuer() {
     let cert = TlsCert::localhost();
     let server = EchoServer::start_tls(&cert).await;
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let platform = || Config::builder().tls_roots(TlsRoots::Platform);
 
     let pool = Pool::new(
@@ -368,7 +335,7 @@ fn refusal(builder: ConfigBuilder) -> String {
 
 #[test]
 fn bad_tls_settings_are_refused_at_build_naming_the_value_and_the_rule() {
-    let pems = Pems::new();
+    let pems = Pems::new("tls-settings");
     let cert = TlsCert::localhost();
     let other = TlsCert::localhost();
     let cert_file = pems.write("cert.pem", &cert.cert_pem);

@@ -257,3 +257,48 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// PEM files of certificates and keys, in a directory of their own removed
+/// when dropped.
+pub struct Pems {
+    dir: TempDir,
+}
+
+impl Pems {
+    pub fn new(tag: &str) -> Pems {
+        Pems {
+            dir: TempDir::new(tag),
+        }
+    }
+
+    /// Where the file `name` is (or would be) in the directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path.join(name)
+    }
+
+    /// Writes `contents` to the file `name`, and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// A builder that trusts `server` only, as the suite's servers need.
+    pub fn trusting(&self, server: &super::TlsCert) -> conpool::ConfigBuilder {
+        conpool::Config::builder()
+            .tls_ca_file(self.write("server-ca.pem", &server.cert_pem))
+            .tls_roots(conpool::TlsRoots::None)
+    }
+
+    /// `builder` presenting `client` as its certificate.
+    pub fn presenting(
+        &self,
+        builder: conpool::ConfigBuilder,
+        client: &super::TlsCert,
+        tag: &str,
+    ) -> conpool::ConfigBuilder {
+        builder
+            .tls_client_cert(self.write(&format!("{tag}-cert.pem"), &client.cert_pem))
+            .tls_client_key(self.write(&format!("{tag}-key.pem"), &client.key_pem))
+    }
+}
