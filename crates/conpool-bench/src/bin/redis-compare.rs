@@ -49,30 +49,25 @@ fn main() {
         match arg.as_str() {
             "--write" => write = true,
             // For a profiler: one subject's rounds, figures only.
-            "--only" => {
-                only = Some(
-                    args.next()
-                        .expect("--only NAME (a prefix of a subject's name)"),
-                )
-            }
+            "--only" => match args.next() {
+                Some(name) => only = Some(name),
+                None => usage_error("--only needs NAME (a prefix of a subject's name)"),
+            },
             // The section is written for 2; other counts are for study.
-            "--workers" => {
-                workers = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .expect("--workers N (tokio worker threads, at least 1)")
-            }
+            "--workers" => match args.next().map(|n| (n.parse::<usize>(), n)) {
+                Some((Ok(n), _)) if n > 0 => workers = n,
+                Some((_, given)) => usage_error(&format!(
+                    "--workers is {given:?}; it must be a whole number of tokio worker threads, at least 1"
+                )),
+                None => usage_error("--workers needs N (tokio worker threads, at least 1)"),
+            },
             "-h" | "--help" => {
                 println!(
                     "redis-compare [--write] [--only NAME] [--workers N]: Redis GET through conpool, bb8-redis, deadpool-redis and one shared connection"
                 );
                 return;
             }
-            other => {
-                eprintln!("unknown argument {other:?} (try --help)");
-                std::process::exit(2);
-            }
+            other => usage_error(&format!("unknown argument {other:?} (try --help)")),
         }
     }
     let server = match RedisServer::start() {
@@ -165,6 +160,12 @@ fn main() {
             .expect("write BENCHMARKS.md");
         eprintln!("wrote the section into {}", path.display());
     }
+}
+
+/// Bad arguments: one line saying which and why, exit code 2.
+fn usage_error(why: &str) -> ! {
+    eprintln!("redis-compare: {why}");
+    std::process::exit(2);
 }
 
 fn section(measured: &Measured) -> String {
